@@ -1,0 +1,91 @@
+//! A small HTTP/1.1 client for the CLI: the control socket (unix) or a blade's API (TCP).
+//! The requests are tiny and one-shot, so `Connection: close` and reading to EOF suffice.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    /// `host:port`
+    Tcp(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "http://{a}"),
+        }
+    }
+}
+
+pub struct Response {
+    pub code: u16,
+    pub body: String,
+}
+
+/// Splits a raw HTTP response into status code and body (tiny_http answers with a length).
+pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP response (no header end)")?;
+    let code = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or("malformed HTTP status line")?;
+    Ok(Response { code, body: body.to_string() })
+}
+
+pub fn call(
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, String> {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let host = match ep {
+        Endpoint::Tcp(a) => a.as_str(),
+        Endpoint::Unix(_) => "localhost",
+    };
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n");
+    let mut raw = Vec::new();
+    let io = |e: std::io::Error| format!("{ep}: {e}");
+    match ep {
+        Endpoint::Unix(p) => {
+            let mut s = UnixStream::connect(p).map_err(io)?;
+            s.set_read_timeout(Some(timeout)).map_err(io)?;
+            s.write_all(req.as_bytes()).map_err(io)?;
+            s.read_to_end(&mut raw).map_err(io)?;
+        }
+        Endpoint::Tcp(a) => {
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(a.as_str())
+                .map_err(io)?
+                .next()
+                .ok_or_else(|| format!("{ep}: no address"))?;
+            let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+            s.set_read_timeout(Some(timeout)).map_err(io)?;
+            s.write_all(req.as_bytes()).map_err(io)?;
+            s.read_to_end(&mut raw).map_err(io)?;
+        }
+    }
+    parse_response(&raw).map_err(|e| format!("{ep}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_split_into_code_and_body() {
+        let r = parse_response(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n{}").unwrap();
+        assert_eq!((r.code, r.body.as_str()), (401, "{}"));
+        assert!(parse_response(b"garbage").is_err());
+    }
+}

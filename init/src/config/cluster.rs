@@ -1,0 +1,204 @@
+//! The shared cluster configuration: one file for every blade, fetched at boot from
+//! `bladevisor.config=<url>` or baked into the image. It names the cluster, its API token and
+//! its blades; later sections (aliases, guests) hang off the same file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{find_key_line, ConfigError};
+use super::services::is_safe_name;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Cluster {
+    pub name: String,
+    /// Bearer token for mutating API calls. Never logged.
+    #[serde(default, skip_serializing)]
+    pub token: Option<String>,
+}
+
+/// How a blade's management interface gets its address.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Management {
+    /// Interface name; by default the first NIC with a carrier, in name order.
+    pub interface: Option<String>,
+    /// `"dhcp"` (the default) or a static `address/prefix`.
+    #[serde(default = "dhcp")]
+    pub address: String,
+    pub gateway: Option<String>,
+}
+
+fn dhcp() -> String {
+    "dhcp".into()
+}
+
+impl Default for Management {
+    fn default() -> Self {
+        Management { interface: None, address: dhcp(), gateway: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Node {
+    #[serde(skip_deserializing)]
+    pub name: String,
+    /// MAC addresses of the blade's NICs, by which it finds itself without `bladevisor.node=`.
+    #[serde(default)]
+    pub macs: Vec<String>,
+    #[serde(default)]
+    pub management: Management,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClusterConfig {
+    pub cluster: Cluster,
+    #[serde(default)]
+    pub nodes: BTreeMap<String, Node>,
+}
+
+/// A MAC address normalised to lower-case colon form, or None when it is not one.
+pub fn normalise_mac(mac: &str) -> Option<String> {
+    let parts: Vec<&str> = mac.split([':', '-']).collect();
+    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit())) {
+        return None;
+    }
+    Some(parts.join(":").to_ascii_lowercase())
+}
+
+fn valid_cidr(s: &str) -> bool {
+    match s.split_once('/') {
+        Some((ip, prefix)) => ip.parse::<std::net::Ipv4Addr>().is_ok() && prefix.parse::<u8>().is_ok_and(|p| p <= 32),
+        None => false,
+    }
+}
+
+pub fn parse_cluster(file: &Path, text: &str) -> Result<ClusterConfig, ConfigError> {
+    let mut cfg: ClusterConfig = toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
+    let at = |section: &str, key: &str, msg: String| match find_key_line(text, section, key) {
+        Some(l) => ConfigError::at_line(file, l, msg),
+        None => ConfigError::new(file, msg),
+    };
+    if !is_safe_name(&cfg.cluster.name) {
+        return Err(at(
+            "cluster",
+            "name",
+            format!("cluster name {:?} must be 1-64 of [A-Za-z0-9._-]", cfg.cluster.name),
+        ));
+    }
+    let mut seen_macs: BTreeMap<String, String> = BTreeMap::new();
+    for (name, node) in cfg.nodes.iter_mut() {
+        if !is_safe_name(name) {
+            return Err(at("nodes", name, format!("node name {name:?} must be 1-64 of [A-Za-z0-9._-]")));
+        }
+        node.name = name.clone();
+        let section = format!("nodes.{name}");
+        for mac in node.macs.iter_mut() {
+            let norm = normalise_mac(mac)
+                .ok_or_else(|| at(&section, "macs", format!("node {name}: {mac:?} is not a MAC address")))?;
+            if let Some(other) = seen_macs.insert(norm.clone(), name.clone()) {
+                return Err(at(&section, "macs", format!("node {name}: MAC {norm} is also listed for node {other}")));
+            }
+            *mac = norm;
+        }
+        let m = &node.management;
+        if m.address != "dhcp" && !valid_cidr(&m.address) {
+            return Err(at(
+                &section,
+                "management",
+                format!("node {name}: management address {:?} must be \"dhcp\" or address/prefix", m.address),
+            ));
+        }
+        if let Some(gw) = &m.gateway {
+            if gw.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(at(&section, "management", format!("node {name}: gateway {gw:?} is not an IPv4 address")));
+            }
+        }
+    }
+    Ok(cfg)
+}
+
+/// Which node entry describes this blade: the one named on the command line, else the one that
+/// lists one of the blade's MAC addresses.
+pub fn find_node<'a>(cfg: &'a ClusterConfig, named: Option<&str>, blade_macs: &[String]) -> Result<&'a Node, String> {
+    if let Some(name) = named {
+        return cfg.nodes.get(name).ok_or_else(|| {
+            let known: Vec<&str> = cfg.nodes.keys().map(String::as_str).collect();
+            format!("bladevisor.node={name} is not in the configuration (nodes: {})", known.join(", "))
+        });
+    }
+    let macs: Vec<String> = blade_macs.iter().filter_map(|m| normalise_mac(m)).collect();
+    cfg.nodes
+        .values()
+        .find(|n| n.macs.iter().any(|m| macs.contains(m)))
+        .ok_or_else(|| format!("no node in the configuration lists any of this blade's MACs ({})", macs.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ClusterConfig, String> {
+        parse_cluster(Path::new("cluster.toml"), text).map_err(|e| e.to_string())
+    }
+
+    const GOOD: &str = r#"
+[cluster]
+name = "lab"
+token = "s3cret"
+
+[nodes.blade1]
+macs = ["52:54:00:00:00:01"]
+
+[nodes.blade2]
+macs = ["52-54-00-00-00-0A"]
+management = { interface = "eth0", address = "10.0.0.12/24", gateway = "10.0.0.1" }
+"#;
+
+    #[test]
+    fn a_cluster_file_parses_and_normalises_macs() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.cluster.name, "lab");
+        assert_eq!(c.cluster.token.as_deref(), Some("s3cret"));
+        assert_eq!(c.nodes["blade2"].macs, vec!["52:54:00:00:00:0a"]);
+        assert_eq!(c.nodes["blade1"].management.address, "dhcp");
+        assert_eq!(c.nodes["blade2"].name, "blade2");
+    }
+
+    #[test]
+    fn the_token_is_never_serialised() {
+        let c = parse(GOOD).unwrap();
+        assert!(!serde_json::to_string(&c).unwrap().contains("s3cret"));
+    }
+
+    #[test]
+    fn a_blade_finds_itself_by_name_or_mac() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(find_node(&c, Some("blade1"), &[]).unwrap().name, "blade1");
+        assert_eq!(find_node(&c, None, &["52:54:00:00:00:0A".into()]).unwrap().name, "blade2");
+        let e = find_node(&c, Some("blade9"), &[]).unwrap_err();
+        assert!(e.contains("blade9") && e.contains("blade1, blade2"), "{e}");
+        let e = find_node(&c, None, &["02:00:00:00:00:01".into()]).unwrap_err();
+        assert!(e.contains("02:00:00:00:00:01"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let e = parse("[cluster]\nname = \"lab\"\n[nodes.b1]\nmacs = [\"zz\"]\n").unwrap_err();
+        assert_eq!(e, "cluster.toml:4: node b1: \"zz\" is not a MAC address");
+        let e = parse("[cluster]\nname = \"lab\"\n[nodes.b1]\nmacs = [\"52:54:00:00:00:01\"]\n[nodes.b2]\nmacs = [\"52:54:00:00:00:01\"]\n").unwrap_err();
+        assert_eq!(e, "cluster.toml:6: node b2: MAC 52:54:00:00:00:01 is also listed for node b1");
+        let e = parse("[cluster]\nname = \"lab\"\n[nodes.b1]\nmanagement = { address = \"10.0.0.1\" }\n").unwrap_err();
+        assert!(e.starts_with("cluster.toml:4: node b1: management address"), "{e}");
+        let e = parse("[cluster]\nname = \"\"\n").unwrap_err();
+        assert!(e.starts_with("cluster.toml:2: cluster name"), "{e}");
+        let e = parse("[cluster]\nname = \"lab\"\ncolour = 1\n").unwrap_err();
+        assert!(e.starts_with("cluster.toml:3:1: unknown field `colour`"), "{e}");
+        let e = parse("[nodes.b1]\n").unwrap_err();
+        assert!(e.contains("missing field `cluster`"), "{e}");
+    }
+}

@@ -1,0 +1,394 @@
+//! The service table: which daemons the blade runs, in what order, and how they are restarted.
+//!
+//! It is baked into the image (`/etc/bladevisor/services.toml`), because which daemons exist is a
+//! property of the image, not of the cluster. One `[services.<name>]` table per daemon.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{find_key_line, ConfigError};
+
+/// Whether a service that exited is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Restart whatever the exit status was.
+    #[default]
+    Always,
+    /// Restart only after a non-zero exit or a death by signal.
+    OnFailure,
+    /// Run once.
+    Never,
+}
+
+/// How the supervisor knows a started service is ready for its dependents.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Readiness {
+    /// Ready once this path exists (a control socket, a pid file).
+    pub path: Option<String>,
+    /// Ready once a TCP connection to this `host:port` succeeds.
+    pub tcp: Option<String>,
+    /// Give up waiting after this many seconds and treat the start as failed.
+    #[serde(default = "default_ready_timeout")]
+    pub timeout_s: f64,
+}
+
+fn default_ready_timeout() -> f64 {
+    30.0
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness { path: None, tcp: None, timeout_s: default_ready_timeout() }
+    }
+}
+
+/// Exponential backoff between restarts, with a cap and a give-up threshold.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Backoff {
+    /// Delay before the first restart.
+    #[serde(default = "default_initial")]
+    pub initial_s: f64,
+    /// Each further restart waits this many times longer...
+    #[serde(default = "default_factor")]
+    pub factor: f64,
+    /// ...up to this cap.
+    #[serde(default = "default_max")]
+    pub max_s: f64,
+    /// A service that ran this long counts as healthy again: its backoff starts over.
+    #[serde(default = "default_reset")]
+    pub reset_after_s: f64,
+    /// After this many restarts without a healthy run in between, the service is marked failed
+    /// and left alone until an operator starts it. 0 means never give up.
+    #[serde(default = "default_give_up")]
+    pub give_up_after: u32,
+}
+
+fn default_initial() -> f64 {
+    0.5
+}
+fn default_factor() -> f64 {
+    2.0
+}
+fn default_max() -> f64 {
+    30.0
+}
+fn default_reset() -> f64 {
+    60.0
+}
+fn default_give_up() -> u32 {
+    10
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial_s: default_initial(),
+            factor: default_factor(),
+            max_s: default_max(),
+            reset_after_s: default_reset(),
+            give_up_after: default_give_up(),
+        }
+    }
+}
+
+impl Backoff {
+    /// Delay before restart number `n` (1-based) of a run of failures.
+    pub fn delay(&self, n: u32) -> Duration {
+        let exp = self.factor.powi(n.saturating_sub(1).min(64) as i32);
+        let secs = (self.initial_s * exp).min(self.max_s);
+        Duration::from_secs_f64(secs.max(0.0))
+    }
+}
+
+/// One daemon the supervisor runs.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServiceSpec {
+    /// Filled in from the table's key.
+    #[serde(skip_deserializing)]
+    pub name: String,
+    /// Program and arguments, executed directly (no shell).
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Services that must be ready before this one starts; stopped after it on shutdown.
+    #[serde(default)]
+    pub after: Vec<String>,
+    #[serde(default)]
+    pub ready: Readiness,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// On stop: SIGTERM, then SIGKILL after this many seconds.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout_s: f64,
+    /// Start at boot. A service with `enabled = false` is started only on request.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_stop_timeout() -> f64 {
+    10.0
+}
+fn default_true() -> bool {
+    true
+}
+
+impl ServiceSpec {
+    pub fn stop_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.stop_timeout_s.max(0.0))
+    }
+    pub fn ready_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.ready.timeout_s.max(0.0))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServicesFile {
+    #[serde(default)]
+    services: BTreeMap<String, ServiceSpec>,
+}
+
+/// A name safe for a cgroup directory, a log field and a URL path segment.
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !name.starts_with('.')
+}
+
+/// Parses and validates a service table. Every problem names the file, and the line where it
+/// can be found.
+pub fn parse_services(file: &Path, text: &str) -> Result<Vec<ServiceSpec>, ConfigError> {
+    let parsed: ServicesFile = toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
+    let at = |name: &str, key: Option<&str>, msg: String| {
+        let line = key
+            .and_then(|k| find_key_line(text, &format!("services.{name}"), k))
+            .or_else(|| find_key_line(text, "services", name));
+        match line {
+            Some(l) => ConfigError::at_line(file, l, msg),
+            None => ConfigError::new(file, msg),
+        }
+    };
+    let mut out = Vec::new();
+    for (name, mut spec) in parsed.services {
+        if !is_safe_name(&name) {
+            return Err(at(
+                &name,
+                None,
+                format!("service name {name:?} must be 1-64 of [A-Za-z0-9._-], not starting with '.'"),
+            ));
+        }
+        if spec.argv.is_empty() || spec.argv[0].is_empty() {
+            return Err(at(&name, Some("argv"), format!("service {name}: argv must name a program")));
+        }
+        if !spec.argv[0].starts_with('/') {
+            return Err(at(
+                &name,
+                Some("argv"),
+                format!(
+                    "service {name}: argv[0] {:?} must be an absolute path (there is no shell and no PATH search)",
+                    spec.argv[0]
+                ),
+            ));
+        }
+        let b = &spec.backoff;
+        if !(b.initial_s >= 0.0 && b.factor >= 1.0 && b.max_s >= b.initial_s && b.reset_after_s >= 0.0) {
+            return Err(at(
+                &name,
+                Some("backoff"),
+                format!("service {name}: backoff needs initial-s >= 0, factor >= 1 and max-s >= initial-s"),
+            ));
+        }
+        if !(spec.stop_timeout_s >= 0.0 && spec.stop_timeout_s.is_finite()) {
+            return Err(at(
+                &name,
+                Some("stop-timeout-s"),
+                format!("service {name}: stop-timeout-s must be a non-negative number"),
+            ));
+        }
+        if spec.ready.path.is_some() && spec.ready.tcp.is_some() {
+            return Err(at(
+                &name,
+                Some("ready"),
+                format!("service {name}: give one readiness check, path or tcp, not both"),
+            ));
+        }
+        if let Some(addr) = &spec.ready.tcp {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(at(
+                    &name,
+                    Some("ready"),
+                    format!("service {name}: ready.tcp {addr:?} is not an ip:port address"),
+                ));
+            }
+        }
+        spec.name = name;
+        out.push(spec);
+    }
+    // Dependencies: every name must exist, and there must be no cycle.
+    let names: Vec<&str> = out.iter().map(|s| s.name.as_str()).collect();
+    for s in &out {
+        for dep in &s.after {
+            if !names.contains(&dep.as_str()) {
+                return Err(at(
+                    &s.name,
+                    Some("after"),
+                    format!("service {}: depends on unknown service {dep:?}", s.name),
+                ));
+            }
+        }
+    }
+    if let Err(cycle) = crate::supervisor::order::start_order(&out) {
+        return Err(at(
+            &cycle[0],
+            Some("after"),
+            format!("services depend on each other in a cycle: {}", cycle.join(" -> ")),
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Vec<ServiceSpec>, String> {
+        parse_services(Path::new("services.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_full_service_table_parses_with_defaults() {
+        let s = parse(
+            r#"
+[services.udevd]
+argv = ["/lib/systemd/systemd-udevd"]
+ready = { path = "/run/udev/control" }
+
+[services.multipathd]
+argv = ["/sbin/multipathd", "-d", "-s"]
+after = ["udevd"]
+restart = "on-failure"
+backoff = { initial-s = 1, max-s = 8, give-up-after = 3 }
+env = { LANG = "C" }
+stop-timeout-s = 5
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.len(), 2);
+        let m = s.iter().find(|s| s.name == "multipathd").unwrap();
+        assert_eq!(m.after, vec!["udevd"]);
+        assert_eq!(m.restart, RestartPolicy::OnFailure);
+        assert_eq!(m.backoff.give_up_after, 3);
+        assert_eq!(m.backoff.factor, 2.0);
+        assert_eq!(m.env["LANG"], "C");
+        let u = s.iter().find(|s| s.name == "udevd").unwrap();
+        assert_eq!(u.restart, RestartPolicy::Always);
+        assert_eq!(u.ready.path.as_deref(), Some("/run/udev/control"));
+        assert!(u.enabled);
+    }
+
+    #[test]
+    fn an_empty_file_means_no_services() {
+        assert_eq!(parse("").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_line() {
+        let e = parse("[services.a]\nargv = [\"/bin/true\"]\nrestrat = \"always\"\n").unwrap_err();
+        assert!(e.starts_with("services.toml:3:1: unknown field `restrat`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_top_level_tables_are_errors() {
+        let e = parse("[servics.a]\nargv = [\"/bin/true\"]\n").unwrap_err();
+        assert!(e.contains("services.toml:1:") && e.contains("unknown field `servics`"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_line() {
+        let e = parse("[services.a]\nargv = [\"/bin/true\"\n").unwrap_err();
+        assert!(e.starts_with("services.toml:2:") || e.starts_with("services.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_errors() {
+        let e = parse("[services.a]\nargv = \"/bin/true\"\n").unwrap_err();
+        assert!(e.starts_with("services.toml:2:8:") && e.contains("expected a sequence"), "{e}");
+        let e = parse("[services.a]\nargv = [\"/bin/true\"]\nrestart = \"sometimes\"\n").unwrap_err();
+        assert!(e.starts_with("services.toml:3:") && e.contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_argv_is_an_error() {
+        let e = parse("[services.a]\nafter = []\n").unwrap_err();
+        assert!(e.contains("missing field `argv`"), "{e}");
+        let e = parse("[services.a]\nargv = []\n").unwrap_err();
+        assert_eq!(e, "services.toml:2: service a: argv must name a program");
+    }
+
+    #[test]
+    fn relative_programs_are_refused() {
+        let e = parse("[services.a]\nargv = [\"sleep\", \"1\"]\n").unwrap_err();
+        assert!(e.starts_with("services.toml:2: service a: argv[0] \"sleep\" must be an absolute path"), "{e}");
+    }
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        let e = parse("[services.\"a/b\"]\nargv = [\"/bin/true\"]\n").unwrap_err();
+        assert!(e.contains("service name \"a/b\""), "{e}");
+    }
+
+    #[test]
+    fn unknown_dependencies_are_refused() {
+        let e = parse("[services.a]\nargv = [\"/bin/true\"]\nafter = [\"b\"]\n").unwrap_err();
+        assert_eq!(e, "services.toml:3: service a: depends on unknown service \"b\"");
+    }
+
+    #[test]
+    fn dependency_cycles_are_refused() {
+        let e = parse(
+            "[services.a]\nargv = [\"/bin/true\"]\nafter = [\"b\"]\n[services.b]\nargv = [\"/bin/true\"]\nafter = [\"a\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("cycle: a -> b -> a"), "{e}");
+    }
+
+    #[test]
+    fn bad_backoff_and_timeouts_are_refused() {
+        let e = parse("[services.a]\nargv = [\"/bin/true\"]\nbackoff = { initial-s = 5, max-s = 1 }\n").unwrap_err();
+        assert!(e.starts_with("services.toml:3: service a: backoff"), "{e}");
+        let e = parse("[services.a]\nargv = [\"/bin/true\"]\nbackoff = { factor = 0.5 }\n").unwrap_err();
+        assert!(e.contains("factor >= 1"), "{e}");
+        let e = parse("[services.a]\nargv = [\"/bin/true\"]\nstop-timeout-s = -1\n").unwrap_err();
+        assert!(e.starts_with("services.toml:3: service a: stop-timeout-s"), "{e}");
+    }
+
+    #[test]
+    fn readiness_checks_are_validated() {
+        let e = parse("[services.a]\nargv = [\"/bin/true\"]\nready = { tcp = \"localhost\" }\n").unwrap_err();
+        assert!(e.contains("ready.tcp \"localhost\" is not an ip:port"), "{e}");
+        let e = parse("[services.a]\nargv = [\"/bin/true\"]\nready = { path = \"/x\", tcp = \"127.0.0.1:1\" }\n")
+            .unwrap_err();
+        assert!(e.contains("not both"), "{e}");
+        let e = parse("[services.a]\nargv = [\"/bin/true\"]\nready = { file = \"/x\" }\n").unwrap_err();
+        assert!(e.contains("unknown field `file`"), "{e}");
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_up_to_the_cap() {
+        let b = Backoff { initial_s: 0.5, factor: 2.0, max_s: 3.0, ..Backoff::default() };
+        let d: Vec<f64> = (1..=5).map(|n| b.delay(n).as_secs_f64()).collect();
+        assert_eq!(d, vec![0.5, 1.0, 2.0, 3.0, 3.0]);
+        // Huge restart counts do not overflow.
+        assert_eq!(b.delay(u32::MAX).as_secs_f64(), 3.0);
+    }
+}

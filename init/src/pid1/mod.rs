@@ -1,0 +1,337 @@
+//! What only PID 1 does: early mounts, reaping every orphan, power signals, and the main loop
+//! that drives the supervisor. It never returns and never panics out: a panic in the loop is
+//! caught, logged, and the loop resumes; a failed boot step leaves a degraded blade that still
+//! answers on its control socket.
+
+pub mod mounts;
+pub mod shutdown;
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use signal_hook::consts::*;
+use tracing::{error, info, warn};
+
+use crate::api::{self, Reply, Request, ServiceAction};
+use crate::config::{self, ClusterConfig};
+use crate::supervisor::cgroup::Cgroups;
+use crate::supervisor::policy::Exit;
+use crate::supervisor::process::ProcessRuntime;
+use crate::supervisor::{ServiceState, Supervisor};
+use shutdown::PowerAction;
+
+/// Everything that wakes the main loop.
+pub enum Event {
+    Signal(i32),
+    Api(Request, Sender<Reply>),
+}
+
+/// Reaps every exited child (ours or an orphan re-parented to us) without blocking.
+pub fn reap_all(mut on_exit: impl FnMut(u32, Exit)) {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => on_exit(pid.as_raw() as u32, Exit::Code(code)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => on_exit(pid.as_raw() as u32, Exit::Signal(sig as i32)),
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// The state the main loop owns.
+pub struct Init {
+    sup: Supervisor,
+    rt: ProcessRuntime,
+    is_pid1: bool,
+    node: String,
+    version: String,
+    /// Problems found during boot (configuration, mounts), kept for status.
+    boot_problems: Vec<String>,
+    shutdown: Option<(PowerAction, Instant)>,
+    ready_ms: Option<u64>,
+    orphans_reaped: u64,
+}
+
+/// How long an orderly shutdown may take before what is left is killed regardless.
+const SHUTDOWN_CAP_EXTRA: Duration = Duration::from_secs(5);
+/// The loop wakes at least this often, to reap anything a coalesced SIGCHLD hid.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+impl Init {
+    fn handle_exit(&mut self, pid: u32, exit: Exit) {
+        let now = Instant::now();
+        if !self.sup.on_exit(pid, exit, &mut self.rt, now) {
+            self.orphans_reaped += 1;
+            tracing::debug!(pid, %exit, "reaped orphan");
+        }
+    }
+
+    fn begin_shutdown(&mut self, action: PowerAction, why: &str) {
+        if self.shutdown.is_some() {
+            info!(action = action.as_str(), "shutdown already in progress");
+            return;
+        }
+        info!(action = action.as_str(), "{why}: shutting down");
+        self.shutdown = Some((action, Instant::now()));
+        self.sup.begin_shutdown(&mut self.rt, Instant::now());
+    }
+
+    pub fn status(&self) -> api::Status {
+        api::Status {
+            node: self.node.clone(),
+            version: self.version.clone(),
+            ready: self.ready_ms.is_some(),
+            ready_ms: self.ready_ms,
+            uptime_s: crate::logging::boot_ms() as f64 / 1000.0,
+            shutting_down: self.shutdown.map(|(a, _)| a),
+            degraded: self.degraded(),
+            orphans_reaped: self.orphans_reaped,
+            services: self.sup.status(Instant::now()),
+        }
+    }
+
+    fn handle_request(&mut self, req: Request) -> Reply {
+        let now = Instant::now();
+        match req {
+            Request::Status => Reply::Status(Box::new(self.status())),
+            Request::Power(action) => {
+                self.begin_shutdown(action, "requested over the control API");
+                Reply::Ok(format!("{} in progress", action.as_str()))
+            }
+            Request::Service { name, action } => {
+                let r = match action {
+                    ServiceAction::Start => self.sup.request_start(&name, now),
+                    ServiceAction::Stop => self.sup.request_stop(&name, &mut self.rt, now),
+                    ServiceAction::Restart => self.sup.request_restart(&name, &mut self.rt, now),
+                };
+                match r {
+                    Ok(()) => Reply::Ok(format!("{name}: {action:?} requested").to_lowercase()),
+                    Err(e @ crate::supervisor::RequestError::UnknownService(_)) => Reply::Error(404, e.to_string()),
+                    Err(e) => Reply::Error(409, e.to_string()),
+                }
+            }
+        }
+    }
+
+    fn handle_signal(&mut self, sig: i32) {
+        match sig {
+            SIGCHLD => {}
+            SIGHUP => match config::load_services(&config::etc_dir().join("services.toml")) {
+                Ok(s) => {
+                    info!(services = s.len(), "SIGHUP: service table is valid; changes to it apply at the next boot")
+                }
+                Err(e) => error!("SIGHUP: {e}"),
+            },
+            s => {
+                if let Some(action) = shutdown::action_for_signal(s) {
+                    let name = nix::sys::signal::Signal::try_from(s).map(|s| s.as_str()).unwrap_or("?");
+                    self.begin_shutdown(action, &format!("received {name}"));
+                }
+            }
+        }
+    }
+
+    /// One pass of the loop: waits for an event or the next deadline, then brings everything up
+    /// to date. Returns the power action when the shutdown is complete.
+    fn step(&mut self, rx: &Receiver<Event>, next: &mut Instant) -> Option<PowerAction> {
+        let timeout = next.saturating_duration_since(Instant::now()).min(IDLE_WAKE);
+        match rx.recv_timeout(timeout) {
+            Ok(Event::Signal(sig)) => self.handle_signal(sig),
+            Ok(Event::Api(req, reply)) => {
+                let _ = reply.send(self.handle_request(req));
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(IDLE_WAKE),
+        }
+        let mut exits = Vec::new();
+        reap_all(|pid, exit| exits.push((pid, exit)));
+        for (pid, exit) in exits {
+            self.handle_exit(pid, exit);
+        }
+        let now = Instant::now();
+        *next = self.sup.tick(&mut self.rt, now).unwrap_or(now + IDLE_WAKE);
+        if self.ready_ms.is_none() && self.shutdown.is_none() && self.boot_settled() {
+            let ms = crate::logging::boot_ms();
+            self.ready_ms = Some(ms);
+            let degraded = self.degraded();
+            let state = if degraded.is_empty() { "" } else { " (degraded)" };
+            info!("bladevisor ready{state}: node {}, version {}, {ms} ms since kernel start", self.node, self.version);
+            for d in &degraded {
+                warn!("degraded: {d}");
+            }
+        }
+        if let Some((action, since)) = self.shutdown {
+            let cap = self.sup.stop_budget() + SHUTDOWN_CAP_EXTRA;
+            if self.sup.all_stopped() || since.elapsed() >= cap {
+                if !self.sup.all_stopped() {
+                    warn!(cap_s = cap.as_secs_f64(), "services did not stop within the shutdown budget");
+                }
+                return Some(action);
+            }
+        }
+        None
+    }
+
+    /// Boot is settled when no enabled service is still on its way up.
+    fn boot_settled(&self) -> bool {
+        !self
+            .sup
+            .status(Instant::now())
+            .iter()
+            .any(|s| matches!(s.state, ServiceState::Waiting | ServiceState::Starting))
+    }
+
+    /// Why the blade is not fully healthy: problems found at boot, and services that failed.
+    fn degraded(&self) -> Vec<String> {
+        let failed = self.sup.status(Instant::now()).into_iter().filter(|s| s.state == ServiceState::Failed);
+        let failed = failed.map(|s| format!("service {} failed: {}", s.name, s.reason.unwrap_or_default()));
+        self.boot_problems.iter().cloned().chain(failed).collect()
+    }
+}
+
+/// Where the init found its configuration and how it names itself.
+fn load_identity(degraded: &mut Vec<String>) -> String {
+    let cmdline = crate::cmdline::read(std::path::Path::new("/proc"));
+    for u in &cmdline.unknown {
+        warn!("unknown kernel command line key ignored: {u}");
+    }
+    let file = config::etc_dir().join("cluster.toml");
+    let cluster: Option<ClusterConfig> = if file.exists() {
+        match config::read(&file).and_then(|t| config::cluster::parse_cluster(&file, &t)) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                error!("{e}");
+                degraded.push(e.to_string());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let macs = blade_macs(std::path::Path::new("/sys/class/net"));
+    match (&cluster, &cmdline.node) {
+        (Some(c), named) => match config::cluster::find_node(c, named.as_deref(), &macs) {
+            Ok(n) => n.name.clone(),
+            Err(e) => {
+                error!("{e}");
+                degraded.push(e);
+                named.clone().unwrap_or_else(|| "bladevisor".into())
+            }
+        },
+        (None, Some(n)) => n.clone(),
+        (None, None) => "bladevisor".into(),
+    }
+}
+
+/// MAC addresses of the blade's NICs (loopback and all-zero addresses left out).
+pub fn blade_macs(class_net: &std::path::Path) -> Vec<String> {
+    let mut macs: Vec<String> = std::fs::read_dir(class_net)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_to_string(e.path().join("address")).ok())
+                .map(|a| a.trim().to_string())
+                .filter(|a| a.len() == 17 && a != "00:00:00:00:00:00")
+                .collect()
+        })
+        .unwrap_or_default();
+    macs.sort();
+    macs
+}
+
+fn start_signal_thread(tx: Sender<Event>) -> Result<(), String> {
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, nix::libc::SIGPWR])
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    crate::spawn_worker("signals", move || {
+        for sig in signals.forever() {
+            if tx.send(Event::Signal(sig)).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The init's entry point: never returns.
+pub fn run() -> ! {
+    crate::logging::init();
+    std::panic::set_hook(Box::new(|info| {
+        error!("panic: {info}");
+    }));
+    let is_pid1 = std::process::id() == 1;
+    let version = crate::image_version();
+    info!(version = %version, pid1 = is_pid1, "bladevisor init starting");
+    let mut degraded = Vec::new();
+    if is_pid1 {
+        degraded.extend(mounts::mount_early());
+        // ctrl-alt-del becomes SIGINT to us instead of an immediate reboot.
+        let _ = nix::sys::reboot::set_cad_enabled(false);
+    } else {
+        // Outside PID 1 (development), adopt orphans of our services so they are still reaped.
+        let _ = nix::sys::prctl::set_child_subreaper(true);
+    }
+    let node = load_identity(&mut degraded);
+    if is_pid1 {
+        if let Err(e) = nix::unistd::sethostname(&node) {
+            warn!("cannot set hostname {node}: {e}");
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    if let Err(e) = start_signal_thread(tx.clone()) {
+        error!("{e}");
+        degraded.push(e);
+    }
+    let services_file: PathBuf = config::etc_dir().join("services.toml");
+    let specs = match config::load_services(&services_file) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}; no services will run until it is fixed");
+            degraded.push(e.to_string());
+            vec![]
+        }
+    };
+    let prefix = std::env::var("BLADEVISOR_CGROUP").unwrap_or_else(|_| "bladevisor".into());
+    let cgroups = Cgroups::new(std::path::Path::new("/proc/self/mountinfo"), &prefix).unwrap_or_else(|e| {
+        warn!("services run without cgroups: {e}");
+        Cgroups::disabled()
+    });
+    if let Err(e) = api::serve_control(&crate::run_dir(), tx.clone()) {
+        error!("{e}");
+        degraded.push(e);
+    }
+    let mut init = Init {
+        sup: Supervisor::new(specs, Instant::now()),
+        rt: ProcessRuntime::new(cgroups),
+        is_pid1,
+        node,
+        version,
+        boot_problems: degraded,
+        shutdown: None,
+        ready_ms: None,
+        orphans_reaped: 0,
+    };
+    let mut next = Instant::now();
+    loop {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| init.step(&rx, &mut next)));
+        match r {
+            Ok(Some(action)) => {
+                if init.is_pid1 {
+                    shutdown::finish(action);
+                    // Only reached when reboot(2) failed: keep reaping, keep answering.
+                    init.shutdown = None;
+                } else {
+                    info!(action = action.as_str(), "not PID 1: exiting instead of {}", action.as_str());
+                    std::process::exit(0);
+                }
+            }
+            Ok(None) => {}
+            Err(p) => {
+                error!("main loop panicked: {}; continuing", crate::panic_message(&p));
+                next = Instant::now() + Duration::from_millis(100);
+            }
+        }
+    }
+}

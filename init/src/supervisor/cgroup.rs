@@ -1,0 +1,109 @@
+//! One cgroup (v2) per service, so that stopping a service stops everything it forked and the
+//! operator can see what each daemon costs. Without a usable cgroup2 hierarchy the supervisor
+//! still works, with process groups only (and says so once).
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+/// Where the services' cgroups live: `<cgroup2 mount>/<prefix>/<service>`.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    root: Option<PathBuf>,
+}
+
+/// The mount point of the cgroup2 hierarchy, read from a mountinfo file.
+pub fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let mnt = pre.split_whitespace().nth(4)?;
+        (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mnt))
+    })
+}
+
+impl Cgroups {
+    pub fn disabled() -> Self {
+        Cgroups { root: None }
+    }
+
+    /// Sets up `<cgroup2>/<prefix>`; returns why not when that cannot be done.
+    pub fn new(mountinfo: &Path, prefix: &str) -> Result<Self, String> {
+        let info = fs::read_to_string(mountinfo).map_err(|e| format!("{}: {e}", mountinfo.display()))?;
+        let mnt = find_cgroup2(&info).ok_or("no cgroup2 hierarchy is mounted")?;
+        Self::at(&mnt.join(prefix))
+    }
+
+    pub fn at(root: &Path) -> Result<Self, String> {
+        fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
+        Ok(Cgroups { root: Some(root.to_path_buf()) })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.root.is_some()
+    }
+
+    fn dir(&self, name: &str) -> Option<PathBuf> {
+        self.root.as_ref().map(|r| r.join(name))
+    }
+
+    /// Creates the service's cgroup and opens its `cgroup.procs` for the child to join itself
+    /// before exec (so not one fork escapes), or None without cgroups.
+    pub fn prepare(&self, name: &str) -> std::io::Result<Option<OwnedFd>> {
+        let Some(dir) = self.dir(name) else { return Ok(None) };
+        fs::create_dir_all(&dir)?;
+        let f = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
+        Ok(Some(f.into()))
+    }
+
+    /// Pids in the service's cgroup (as this pid namespace sees them).
+    pub fn pids(&self, name: &str) -> Vec<i32> {
+        let Some(dir) = self.dir(name) else { return vec![] };
+        fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .filter(|p| *p > 0)
+            .collect()
+    }
+
+    /// Kills everything in the cgroup at once where the kernel supports `cgroup.kill` (5.14+).
+    pub fn kill_all(&self, name: &str) -> bool {
+        let Some(dir) = self.dir(name) else { return false };
+        fs::OpenOptions::new().write(true).open(dir.join("cgroup.kill")).and_then(|mut f| f.write_all(b"1")).is_ok()
+    }
+
+    /// Removes the (empty) cgroup. A cgroup that still holds a process stays, and is reused.
+    pub fn remove(&self, name: &str) {
+        if let Some(dir) = self.dir(name) {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cgroup2_mount_is_found_in_mountinfo() {
+        let info = "22 1 0:21 / /sys rw,nosuid - sysfs sysfs rw\n\
+                    30 22 0:26 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs ro\n\
+                    40 30 0:35 / /sys/fs/cgroup/unified rw,nosuid shared:9 - cgroup2 cgroup2 rw\n";
+        assert_eq!(find_cgroup2(info), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(find_cgroup2("22 1 0:21 / /sys rw - sysfs sysfs rw\n"), None);
+    }
+
+    #[test]
+    fn a_plain_directory_stands_in_for_a_hierarchy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cg = Cgroups::at(&tmp.path().join("bv")).unwrap();
+        // A plain directory has no cgroup.procs until we make one, as the kernel would.
+        std::fs::create_dir_all(tmp.path().join("bv/udevd")).unwrap();
+        std::fs::write(tmp.path().join("bv/udevd/cgroup.procs"), "12\n0\n13\n").unwrap();
+        assert!(cg.prepare("udevd").unwrap().is_some());
+        assert_eq!(cg.pids("udevd"), vec![12, 13]);
+        assert!(!Cgroups::disabled().enabled());
+        assert!(Cgroups::disabled().prepare("x").unwrap().is_none());
+    }
+}

@@ -1,0 +1,126 @@
+//! The real runtime: services as child processes of PID 1, each in its own session and cgroup,
+//! with stdout and stderr captured line by line into the log under the service's name.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tracing::{info, warn};
+
+use super::cgroup::Cgroups;
+use super::Runtime;
+use crate::config::services::Readiness;
+use crate::config::ServiceSpec;
+
+/// What every service finds in its environment unless its spec says otherwise.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+pub struct ProcessRuntime {
+    pub cgroups: Cgroups,
+}
+
+impl ProcessRuntime {
+    pub fn new(cgroups: Cgroups) -> Self {
+        ProcessRuntime { cgroups }
+    }
+}
+
+/// Logs each line a service writes, until it closes its output.
+fn capture(name: String, out: std::io::PipeReader) {
+    crate::spawn_worker(&format!("log-{name}"), move || {
+        for line in BufReader::new(out).split(b'\n') {
+            let Ok(line) = line else { break };
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end();
+            if !text.is_empty() {
+                info!(service = %name, "{text}");
+            }
+        }
+    });
+}
+
+impl Runtime for ProcessRuntime {
+    fn spawn(&mut self, spec: &ServiceSpec) -> std::io::Result<u32> {
+        let (reader, writer) = std::io::pipe()?;
+        let mut cmd = Command::new(&spec.argv[0]);
+        cmd.args(&spec.argv[1..])
+            .env_clear()
+            .env("PATH", DEFAULT_PATH)
+            .envs(&spec.env)
+            .stdin(Stdio::null())
+            .stdout(writer.try_clone()?)
+            .stderr(writer);
+        let procs = match self.cgroups.prepare(&spec.name) {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn!(service = %spec.name, "cannot create its cgroup, running it without one: {e}");
+                None
+            }
+        };
+        let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
+        // SAFETY: between fork and exec only async-signal-safe calls: setsid(2) and write(2) on
+        // an fd opened before the fork. No allocation, no locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                if let Some(fd) = procs_fd {
+                    // "0" moves the writing process itself: the child joins before it can fork.
+                    if nix::libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        drop(cmd); // closes our copies of the pipe's write end
+        drop(procs);
+        capture(spec.name.clone(), reader);
+        // The child is reaped by PID 1's waitpid(-1) loop, never through this handle.
+        Ok(child.id())
+    }
+
+    fn signal(&mut self, name: &str, pid: u32, sig: Signal) {
+        if sig == Signal::SIGKILL && self.cgroups.kill_all(name) {
+            return;
+        }
+        // The session leader's group, then every straggler the cgroup knows of (a daemon that
+        // made its own session is still in the cgroup).
+        let _ = kill(Pid::from_raw(-(pid as i32)), sig);
+        let _ = kill(Pid::from_raw(pid as i32), sig);
+        for p in self.cgroups.pids(name) {
+            let _ = kill(Pid::from_raw(p), sig);
+        }
+    }
+
+    fn is_ready(&mut self, check: &Readiness) -> bool {
+        if let Some(p) = &check.path {
+            return Path::new(p).exists();
+        }
+        if let Some(addr) = &check.tcp {
+            return addr
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| TcpStream::connect_timeout(&a, Duration::from_millis(50)).is_ok());
+        }
+        true
+    }
+
+    fn release(&mut self, name: &str) {
+        // The main process is gone; anything it left behind in its cgroup goes with it.
+        if !self.cgroups.pids(name).is_empty() {
+            warn!(service = %name, "main process exited; killing what it left in its cgroup");
+            if !self.cgroups.kill_all(name) {
+                for p in self.cgroups.pids(name) {
+                    let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                }
+            }
+        }
+        self.cgroups.remove(name);
+    }
+}

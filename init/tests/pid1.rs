@@ -1,0 +1,143 @@
+//! PID-1 tests: the real binary as PID 1 of a new PID, mount and UTS namespace
+//! (`unshare --pid --fork --mount --uts --mount-proc`), driven the way an operator would:
+//! signals, the control socket, and what it logs. Needs root, as on a blade and in CI.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+use std::time::Duration;
+
+use bladevisor::supervisor::ServiceState;
+
+#[path = "support/ns.rs"]
+mod ns;
+use ns::{zombies_of, Ns};
+
+#[test]
+fn a_double_forked_orphan_is_reaped() {
+    // The service leaves a grandchild behind that outlives its parent and then exits:
+    // it is re-parented to the init, which must reap it.
+    let ns = Ns::start(
+        "orphan",
+        r#"
+[services.forker]
+argv = ["/bin/sh", "-c", "(sh -c 'sleep 0.3; touch @DIR@/run/orphan-done' &); exec sleep 1000"]
+"#,
+    );
+    ns.wait_for("the orphan to finish", Duration::from_secs(20), |ns| ns.dir.join("run/orphan-done").exists());
+    ns.wait_for("the orphan to be reaped", Duration::from_secs(20), |ns| ns.status().orphans_reaped >= 1);
+    let init = ns.init_pid();
+    ns.wait_for("no zombie under the init", Duration::from_secs(5), |_| zombies_of(init).is_empty());
+    assert_eq!(ns.service("forker").state, ServiceState::Running, "the service itself is untouched");
+}
+
+#[test]
+fn a_crashing_service_is_restarted_with_growing_delays_then_failed() {
+    let ns = Ns::start(
+        "crash",
+        r#"
+[services.crasher]
+argv = ["/bin/sh", "-c", "echo crashing now; exit 3"]
+backoff = { initial-s = 0.2, factor = 2, give-up-after = 3 }
+"#,
+    );
+    ns.wait_for("the crasher to be marked failed", Duration::from_secs(30), |ns| {
+        ns.service("crasher").state == ServiceState::Failed
+    });
+    let s = ns.service("crasher");
+    assert_eq!(s.restarts, 3, "{s:?}");
+    assert!(s.reason.as_deref().unwrap_or("").contains("gave up after 3 restarts"), "{s:?}");
+    let log = ns.log();
+    let delays: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("restarting after backoff") && l.contains("service=crasher"))
+        .filter_map(|l| l.split("restart_in_ms=").nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(delays, vec!["200", "400", "800"], "console:\n{log}");
+    assert_eq!(log.matches("crashing now service=crasher").count(), 4, "console:\n{log}");
+    let status = ns.status();
+    assert!(status.degraded.iter().any(|d| d.contains("crasher")), "a failed service degrades the blade: {status:?}");
+    // Still manageable: an operator can start it again.
+    assert_eq!(ns.post("/v1/services/crasher/start"), 200);
+    ns.wait_for("the operator's start", Duration::from_secs(10), |ns| {
+        ns.log().matches("crashing now service=crasher").count() >= 5
+    });
+}
+
+#[test]
+fn a_service_starts_only_after_its_dependency_is_ready() {
+    let ns = Ns::start(
+        "deps",
+        r#"
+[services.base]
+argv = ["/bin/sh", "-c", "sleep 0.5; touch @DIR@/run/base.ready; exec sleep 1000"]
+ready = { path = "@DIR@/run/base.ready" }
+[services.top]
+argv = ["/bin/sh", "-c", "if test -e @DIR@/run/base.ready; then echo base-was-ready; else echo base-NOT-ready; fi; exec sleep 1000"]
+after = ["base"]
+"#,
+    );
+    ns.wait_for("top to run", Duration::from_secs(20), |ns| ns.log().contains("base-"));
+    let log = ns.log();
+    assert!(log.contains("base-was-ready service=top"), "console:\n{log}");
+    assert!(ns.status().ready);
+}
+
+#[test]
+fn sigterm_stops_services_in_reverse_order_and_ends_the_namespace() {
+    let mut ns = Ns::start(
+        "sigterm",
+        r#"
+[services.base]
+argv = ["/bin/sh", "-c", "trap 'echo base got TERM; exit 0' TERM; while true; do sleep 0.1; done"]
+stop-timeout-s = 5
+[services.stubborn]
+argv = ["/bin/sh", "-c", "trap 'echo stubborn ignores TERM' TERM; while true; do sleep 0.1; done"]
+after = ["base"]
+stop-timeout-s = 1
+"#,
+    );
+    ns.wait_for("ready", Duration::from_secs(20), |ns| ns.status().ready);
+    ns.signal("TERM");
+    let st = ns.wait_exit(Duration::from_secs(30));
+    let log = ns.log();
+    // In a PID namespace, reboot(2) from its init ends the namespace with SIGHUP (reboot).
+    assert_eq!(st.signal(), Some(1), "expected the namespace to end by reboot(2); got {st:?}; console:\n{log}");
+    let pos = |needle: &str| log.find(needle).unwrap_or_else(|| panic!("{needle:?} not logged; console:\n{log}"));
+    assert!(pos("stubborn ignores TERM") < pos("did not stop within its timeout; SIGKILL service=stubborn"));
+    assert!(
+        pos("stopped service=stubborn") < pos("stopping (SIGTERM) service=base"),
+        "dependents stop first; console:\n{log}"
+    );
+    assert!(pos("base got TERM") < pos("bladevisor going down"));
+}
+
+#[test]
+fn the_poweroff_command_powers_off() {
+    let mut ns = Ns::start("poweroff", "[services.idle]\nargv = [\"/bin/sleep\", \"1000\"]\n");
+    ns.wait_for("ready", Duration::from_secs(20), |ns| ns.status().ready);
+    let out = Command::new(env!("CARGO_BIN_EXE_bladevisor"))
+        .arg("poweroff")
+        .env("BLADEVISOR_RUN", ns.dir.join("run"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = ns.wait_exit(Duration::from_secs(30));
+    // Power off (and halt) end a PID namespace with SIGINT.
+    assert_eq!(st.signal(), Some(2), "got {st:?}; console:\n{}", ns.log());
+}
+
+#[test]
+fn a_malformed_config_leaves_a_degraded_init_that_still_answers() {
+    let mut ns = Ns::start("badconfig", "[services.x]\nargv = [\"/bin/true\"]\nrestrat = \"always\"\n");
+    let status = ns.status();
+    let log = ns.log();
+    assert!(log.contains("services.toml:3:1: unknown field `restrat`"), "console:\n{log}");
+    assert!(status.degraded.iter().any(|d| d.contains("services.toml:3:1")), "{status:?}");
+    assert!(status.ready, "degraded, but boot completes: {status:?}");
+    // Bad requests get clear answers and change nothing.
+    assert_eq!(ns.post("/v1/services/nosuch/start"), 404);
+    assert_eq!(ns.post("/v1/power/explode"), 404);
+    // And it can still be shut down.
+    ns.signal("USR2");
+    assert_eq!(ns.wait_exit(Duration::from_secs(30)).signal(), Some(2));
+}
