@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cmdline;
 pub mod config;
 pub mod logging;
+pub mod net;
 pub mod pid1;
 pub mod supervisor;
 

@@ -131,8 +131,8 @@ fn a_malformed_config_leaves_a_degraded_init_that_still_answers() {
     let mut ns = Ns::start("badconfig", "[services.x]\nargv = [\"/bin/true\"]\nrestrat = \"always\"\n");
     let status = ns.status();
     let log = ns.log();
-    assert!(log.contains("services.toml:3:1: unknown field `restrat`"), "console:\n{log}");
-    assert!(status.degraded.iter().any(|d| d.contains("services.toml:3:1")), "{status:?}");
+    assert!(log.contains("image.toml:3:1: unknown field `restrat`"), "console:\n{log}");
+    assert!(status.degraded.iter().any(|d| d.contains("image.toml:3:1")), "{status:?}");
     assert!(status.ready, "degraded, but boot completes: {status:?}");
     // Bad requests get clear answers and change nothing.
     assert_eq!(ns.post("/v1/services/nosuch/start"), 404);

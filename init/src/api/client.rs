@@ -26,6 +26,8 @@ impl std::fmt::Display for Endpoint {
 pub struct Response {
     pub code: u16,
     pub body: String,
+    /// The server used chunked transfer encoding (the body is then not decoded).
+    pub chunked: bool,
 }
 
 /// Splits a raw HTTP response into status code and body (tiny_http answers with a length).
@@ -38,7 +40,11 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .ok_or("malformed HTTP status line")?;
-    Ok(Response { code, body: body.to_string() })
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    Ok(Response { code, body: body.to_string(), chunked })
 }
 
 pub fn call(

@@ -1,18 +1,14 @@
 //! Routing HTTP requests to the main loop, and rendering its replies as JSON or Prometheus text.
 
-use std::sync::mpsc::{self, Sender};
-use std::time::Duration;
+use std::sync::mpsc::Sender;
 
 use tiny_http::{Header, Method, Response, Server};
 use tracing::warn;
 
-use super::{Reply, Request, ServiceAction, Status};
+use super::{ask, Auth, Reply, Request, ServiceAction, Status};
 use crate::pid1::shutdown::PowerAction;
 use crate::pid1::Event;
 use crate::supervisor::ServiceState;
-
-/// How long a handler waits for the main loop before answering 503.
-const LOOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A parsed route: what to ask the main loop, whether it mutates, and how to render it.
 #[derive(Debug, PartialEq)]
@@ -45,14 +41,6 @@ pub fn route(method: &Method, path: &str) -> Route {
     }
 }
 
-fn ask(tx: &Sender<Event>, req: Request) -> Reply {
-    let (rtx, rrx) = mpsc::channel();
-    if tx.send(Event::Api(req, rtx)).is_err() {
-        return Reply::Error(503, "the supervisor is not running".into());
-    }
-    rrx.recv_timeout(LOOP_TIMEOUT).unwrap_or_else(|_| Reply::Error(503, "the supervisor did not answer in time".into()))
-}
-
 fn json_response(code: u16, body: String) -> Response<std::io::Cursor<Vec<u8>>> {
     let h = Header::from_bytes("Content-Type", "application/json").expect("static header");
     Response::from_string(body).with_status_code(code).with_header(h)
@@ -62,9 +50,8 @@ fn message(code: u16, key: &str, msg: &str) -> Response<std::io::Cursor<Vec<u8>>
     json_response(code, serde_json::json!({ key: msg }).to_string())
 }
 
-/// Serves requests on a worker thread. With `token`, mutating calls must carry
-/// `Authorization: Bearer <token>`.
-pub fn serve(server: Server, tx: Sender<Event>, token: Option<String>, name: &str) {
+/// Serves requests on a worker thread; mutating calls are checked against `auth`.
+pub fn serve(server: Server, tx: Sender<Event>, auth: Auth, name: &str) {
     let name = name.to_string();
     crate::spawn_worker(&format!("api-{name}"), move || {
         for req in server.incoming_requests() {
@@ -88,22 +75,15 @@ pub fn serve(server: Server, tx: Sender<Event>, token: Option<String>, name: &st
                     Reply::Ok(m) => message(200, "ok", &m),
                 },
                 Route::Do(r) => {
-                    if let Some(t) = &token {
-                        let given = req
-                            .headers()
-                            .iter()
-                            .find(|h| h.field.equiv("Authorization"))
-                            .map(|h| h.value.as_str().to_string());
-                        if given.as_deref() != Some(&format!("Bearer {t}")) {
-                            warn!(api = %name, remote = ?req.remote_addr(), request = ?r, "refused: missing or wrong token");
-                            let resp = message(
-                                401,
-                                "error",
-                                "this call needs the cluster's token (Authorization: Bearer ...)",
-                            );
-                            let _ = req.respond(resp);
-                            continue;
-                        }
+                    let given = req
+                        .headers()
+                        .iter()
+                        .find(|h| h.field.equiv("Authorization"))
+                        .map(|h| h.value.as_str().to_string());
+                    if let Some((code, why)) = refuse(&auth, given.as_deref()) {
+                        warn!(api = %name, remote = ?req.remote_addr(), request = %req.url(), "refused: {why}");
+                        let _ = req.respond(message(code, "error", why));
+                        continue;
                     }
                     match ask(&tx, r) {
                         Reply::Ok(m) => message(200, "ok", &m),
@@ -115,6 +95,25 @@ pub fn serve(server: Server, tx: Sender<Event>, token: Option<String>, name: &st
             let _ = req.respond(resp);
         }
     });
+}
+
+/// Why a mutating call is refused, if it is: the HTTP code and the reason.
+pub fn refuse(auth: &Auth, authorization: Option<&str>) -> Option<(u16, &'static str)> {
+    match auth {
+        Auth::Local => None,
+        Auth::ReadOnly => Some((403, "no token is configured for this cluster: the API is read-only")),
+        Auth::Token(t) => {
+            let ok = authorization
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .is_some_and(|given| constant_time_eq(given.as_bytes(), t.as_bytes()));
+            (!ok).then_some((401, "this call needs the cluster's token (Authorization: Bearer ...)"))
+        }
+    }
+}
+
+/// Compares without leaking, through timing, how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn esc(v: &str) -> String {
@@ -197,6 +196,17 @@ mod tests {
     }
 
     #[test]
+    fn mutating_calls_need_the_token_over_the_network() {
+        let t = Auth::Token("s3cret".into());
+        assert_eq!(refuse(&t, Some("Bearer s3cret")), None);
+        assert_eq!(refuse(&t, Some("Bearer s3cre")).unwrap().0, 401);
+        assert_eq!(refuse(&t, Some("s3cret")).unwrap().0, 401);
+        assert_eq!(refuse(&t, None).unwrap().0, 401);
+        assert_eq!(refuse(&Auth::ReadOnly, Some("Bearer x")).unwrap().0, 403);
+        assert_eq!(refuse(&Auth::Local, None), None);
+    }
+
+    #[test]
     fn metrics_are_prometheus_text() {
         let s = Status {
             node: "blade1".into(),
@@ -207,6 +217,11 @@ mod tests {
             shutting_down: None,
             degraded: vec![],
             orphans_reaped: 2,
+            cluster: Some("lab".into()),
+            config_source: None,
+            management: None,
+            cpus: 2,
+            memory: Default::default(),
             services: vec![crate::supervisor::ServiceStatus {
                 name: "udevd".into(),
                 state: ServiceState::Running,

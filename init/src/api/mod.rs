@@ -34,11 +34,61 @@ impl ServiceAction {
 }
 
 /// What the main loop is asked to do.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Request {
     Status,
     Power(PowerAction),
-    Service { name: String, action: ServiceAction },
+    Service {
+        name: String,
+        action: ServiceAction,
+    },
+    /// From the boot sequence: run a service decided at boot.
+    AddService(Box<crate::config::ServiceSpec>),
+    /// From the boot sequence: it is done.
+    BootDone(Box<crate::pid1::boot::BootOutcome>),
+}
+
+impl PartialEq for Request {
+    fn eq(&self, other: &Self) -> bool {
+        // Only the operator's requests are ever compared (route tests).
+        match (self, other) {
+            (Request::Status, Request::Status) => true,
+            (Request::Power(a), Request::Power(b)) => a == b,
+            (Request::Service { name: a, action: x }, Request::Service { name: b, action: y }) => a == b && x == y,
+            _ => false,
+        }
+    }
+}
+
+/// How long a caller waits for the main loop before giving up.
+const LOOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Asks the main loop and waits for its reply (503 when it does not answer).
+pub fn ask(tx: &Sender<Event>, req: Request) -> Reply {
+    let (rtx, rrx) = std::sync::mpsc::channel();
+    if tx.send(Event::Api(req, rtx)).is_err() {
+        return Reply::Error(503, "the supervisor is not running".into());
+    }
+    rrx.recv_timeout(LOOP_TIMEOUT).unwrap_or_else(|_| Reply::Error(503, "the supervisor did not answer in time".into()))
+}
+
+/// Who may make mutating calls on a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// The local control socket: root only by its file mode.
+    Local,
+    /// The network: `Authorization: Bearer <token>`.
+    Token(String),
+    /// The network, with no token configured: mutating calls are refused.
+    ReadOnly,
+}
+
+/// Memory as the operator budgets it for guests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Memory {
+    pub total_mib: u64,
+    pub used_mib: u64,
+    pub available_mib: u64,
 }
 
 /// What it answers.
@@ -63,6 +113,14 @@ pub struct Status {
     /// Why the blade is not fully healthy, one line per reason.
     pub degraded: Vec<String>,
     pub orphans_reaped: u64,
+    /// The cluster this blade belongs to, once its configuration is known.
+    pub cluster: Option<String>,
+    /// Which configuration is in use: fetched from a URL, or the baked copy.
+    pub config_source: Option<String>,
+    /// The management interface and its address.
+    pub management: Option<String>,
+    pub cpus: usize,
+    pub memory: Memory,
     pub services: Vec<ServiceStatus>,
 }
 
@@ -75,6 +133,14 @@ pub fn serve_control(run_dir: &Path, tx: Sender<Event>) -> Result<(), String> {
         tiny_http::Server::http_unix(&sock).map_err(|e| format!("cannot listen on {}: {e}", sock.display()))?;
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
-    http::serve(server, tx, None, "control");
+    http::serve(server, tx, Auth::Local, "control");
+    Ok(())
+}
+
+/// Starts the API on TCP `port` of every address (the management network's included).
+pub fn serve_tcp(port: u16, auth: Auth, tx: Sender<Event>) -> Result<(), String> {
+    let server =
+        tiny_http::Server::http(("0.0.0.0", port)).map_err(|e| format!("cannot listen on TCP port {port}: {e}"))?;
+    http::serve(server, tx, auth, "tcp");
     Ok(())
 }

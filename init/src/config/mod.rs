@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod error;
+pub mod fetch;
 pub mod services;
 
 pub use cluster::{ClusterConfig, Node};
@@ -22,6 +23,6 @@ pub fn read(file: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(file).map_err(|e| ConfigError::new(file, format!("cannot read: {e}")))
 }
 
-pub fn load_services(file: &Path) -> Result<Vec<ServiceSpec>, ConfigError> {
-    services::parse_services(file, &read(file)?)
+pub fn load_image(file: &Path) -> Result<services::ImageConfig, ConfigError> {
+    services::parse_image(file, &read(file)?)
 }

@@ -1,7 +1,7 @@
-//! The service table: which daemons the blade runs, in what order, and how they are restarted.
-//!
-//! It is baked into the image (`/etc/bladevisor/services.toml`), because which daemons exist is a
-//! property of the image, not of the cluster. One `[services.<name>]` table per daemon.
+//! The image's own configuration (`/etc/bladevisor/image.toml`): what the boot sequence does
+//! (`[boot]`) and which daemons the blade runs, in what order, and how they are restarted (one
+//! `[services.<name>]` table per daemon). It is baked into the image, because which daemons exist
+//! is a property of the image, not of the cluster.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -150,11 +150,57 @@ impl ServiceSpec {
     }
 }
 
+/// What the boot sequence does before the blade is ready.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BootSettings {
+    /// Bring up the management network (off where the network is not ours, as in a test
+    /// namespace).
+    #[serde(default)]
+    pub network: bool,
+    /// How long to wait for the management address.
+    #[serde(default = "default_net_timeout")]
+    pub network_timeout_s: f64,
+    /// How long to keep retrying `bladevisor.config=<url>` before falling back to the baked copy.
+    #[serde(default = "default_config_timeout")]
+    pub config_timeout_s: f64,
+    /// TCP port of the API on the management network; none without this key.
+    #[serde(default)]
+    pub api_port: Option<u16>,
+}
+
+fn default_net_timeout() -> f64 {
+    30.0
+}
+fn default_config_timeout() -> f64 {
+    30.0
+}
+
+impl Default for BootSettings {
+    fn default() -> Self {
+        BootSettings {
+            network: false,
+            network_timeout_s: default_net_timeout(),
+            config_timeout_s: default_config_timeout(),
+            api_port: None,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ServicesFile {
+struct ImageFile {
+    #[serde(default)]
+    boot: BootSettings,
     #[serde(default)]
     services: BTreeMap<String, ServiceSpec>,
+}
+
+/// The parsed `image.toml`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ImageConfig {
+    pub boot: BootSettings,
+    pub services: Vec<ServiceSpec>,
 }
 
 /// A name safe for a cgroup directory, a log field and a URL path segment.
@@ -165,10 +211,33 @@ pub fn is_safe_name(name: &str) -> bool {
         && !name.starts_with('.')
 }
 
-/// Parses and validates a service table. Every problem names the file, and the line where it
-/// can be found.
+/// Parses and validates `image.toml`. Every problem names the file, and the line where it can be
+/// found.
+pub fn parse_image(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
+    let parsed: ImageFile = toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
+    let b = &parsed.boot;
+    if !(b.network_timeout_s >= 0.0 && b.config_timeout_s >= 0.0) {
+        let line = find_key_line(text, "boot", "network-timeout-s")
+            .or_else(|| find_key_line(text, "boot", "config-timeout-s"));
+        let msg = "boot: timeouts must be non-negative numbers of seconds";
+        return Err(match line {
+            Some(l) => ConfigError::at_line(file, l, msg),
+            None => ConfigError::new(file, msg),
+        });
+    }
+    Ok(ImageConfig { boot: parsed.boot, services: parse_services_table(file, text, parsed.services)? })
+}
+
+/// Only the services of an `image.toml` text.
 pub fn parse_services(file: &Path, text: &str) -> Result<Vec<ServiceSpec>, ConfigError> {
-    let parsed: ServicesFile = toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
+    parse_image(file, text).map(|c| c.services)
+}
+
+fn parse_services_table(
+    file: &Path,
+    text: &str,
+    services: BTreeMap<String, ServiceSpec>,
+) -> Result<Vec<ServiceSpec>, ConfigError> {
     let at = |name: &str, key: Option<&str>, msg: String| {
         let line = key
             .and_then(|k| find_key_line(text, &format!("services.{name}"), k))
@@ -179,7 +248,7 @@ pub fn parse_services(file: &Path, text: &str) -> Result<Vec<ServiceSpec>, Confi
         }
     };
     let mut out = Vec::new();
-    for (name, mut spec) in parsed.services {
+    for (name, mut spec) in services {
         if !is_safe_name(&name) {
             return Err(at(
                 &name,
@@ -262,7 +331,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Vec<ServiceSpec>, String> {
-        parse_services(Path::new("services.toml"), text).map_err(|e| e.to_string())
+        parse_services(Path::new("image.toml"), text).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -304,27 +373,27 @@ stop-timeout-s = 5
     #[test]
     fn unknown_keys_are_errors_with_their_line() {
         let e = parse("[services.a]\nargv = [\"/bin/true\"]\nrestrat = \"always\"\n").unwrap_err();
-        assert!(e.starts_with("services.toml:3:1: unknown field `restrat`"), "{e}");
+        assert!(e.starts_with("image.toml:3:1: unknown field `restrat`"), "{e}");
     }
 
     #[test]
     fn unknown_top_level_tables_are_errors() {
         let e = parse("[servics.a]\nargv = [\"/bin/true\"]\n").unwrap_err();
-        assert!(e.contains("services.toml:1:") && e.contains("unknown field `servics`"), "{e}");
+        assert!(e.contains("image.toml:1:") && e.contains("unknown field `servics`"), "{e}");
     }
 
     #[test]
     fn syntax_errors_point_at_the_line() {
         let e = parse("[services.a]\nargv = [\"/bin/true\"\n").unwrap_err();
-        assert!(e.starts_with("services.toml:2:") || e.starts_with("services.toml:3:"), "{e}");
+        assert!(e.starts_with("image.toml:2:") || e.starts_with("image.toml:3:"), "{e}");
     }
 
     #[test]
     fn wrong_types_are_errors() {
         let e = parse("[services.a]\nargv = \"/bin/true\"\n").unwrap_err();
-        assert!(e.starts_with("services.toml:2:8:") && e.contains("expected a sequence"), "{e}");
+        assert!(e.starts_with("image.toml:2:8:") && e.contains("expected a sequence"), "{e}");
         let e = parse("[services.a]\nargv = [\"/bin/true\"]\nrestart = \"sometimes\"\n").unwrap_err();
-        assert!(e.starts_with("services.toml:3:") && e.contains("sometimes"), "{e}");
+        assert!(e.starts_with("image.toml:3:") && e.contains("sometimes"), "{e}");
     }
 
     #[test]
@@ -332,13 +401,13 @@ stop-timeout-s = 5
         let e = parse("[services.a]\nafter = []\n").unwrap_err();
         assert!(e.contains("missing field `argv`"), "{e}");
         let e = parse("[services.a]\nargv = []\n").unwrap_err();
-        assert_eq!(e, "services.toml:2: service a: argv must name a program");
+        assert_eq!(e, "image.toml:2: service a: argv must name a program");
     }
 
     #[test]
     fn relative_programs_are_refused() {
         let e = parse("[services.a]\nargv = [\"sleep\", \"1\"]\n").unwrap_err();
-        assert!(e.starts_with("services.toml:2: service a: argv[0] \"sleep\" must be an absolute path"), "{e}");
+        assert!(e.starts_with("image.toml:2: service a: argv[0] \"sleep\" must be an absolute path"), "{e}");
     }
 
     #[test]
@@ -350,7 +419,7 @@ stop-timeout-s = 5
     #[test]
     fn unknown_dependencies_are_refused() {
         let e = parse("[services.a]\nargv = [\"/bin/true\"]\nafter = [\"b\"]\n").unwrap_err();
-        assert_eq!(e, "services.toml:3: service a: depends on unknown service \"b\"");
+        assert_eq!(e, "image.toml:3: service a: depends on unknown service \"b\"");
     }
 
     #[test]
@@ -365,11 +434,11 @@ stop-timeout-s = 5
     #[test]
     fn bad_backoff_and_timeouts_are_refused() {
         let e = parse("[services.a]\nargv = [\"/bin/true\"]\nbackoff = { initial-s = 5, max-s = 1 }\n").unwrap_err();
-        assert!(e.starts_with("services.toml:3: service a: backoff"), "{e}");
+        assert!(e.starts_with("image.toml:3: service a: backoff"), "{e}");
         let e = parse("[services.a]\nargv = [\"/bin/true\"]\nbackoff = { factor = 0.5 }\n").unwrap_err();
         assert!(e.contains("factor >= 1"), "{e}");
         let e = parse("[services.a]\nargv = [\"/bin/true\"]\nstop-timeout-s = -1\n").unwrap_err();
-        assert!(e.starts_with("services.toml:3: service a: stop-timeout-s"), "{e}");
+        assert!(e.starts_with("image.toml:3: service a: stop-timeout-s"), "{e}");
     }
 
     #[test]
@@ -381,6 +450,22 @@ stop-timeout-s = 5
         assert!(e.contains("not both"), "{e}");
         let e = parse("[services.a]\nargv = [\"/bin/true\"]\nready = { file = \"/x\" }\n").unwrap_err();
         assert!(e.contains("unknown field `file`"), "{e}");
+    }
+
+    #[test]
+    fn boot_settings_have_defaults_and_are_checked() {
+        let c = parse_image(Path::new("image.toml"), "").unwrap();
+        assert!(!c.boot.network);
+        assert_eq!(c.boot.api_port, None);
+        let c = parse_image(Path::new("image.toml"), "[boot]\nnetwork = true\nconfig-timeout-s = 5\napi-port = 7480\n")
+            .unwrap();
+        assert!(c.boot.network);
+        assert_eq!(c.boot.api_port, Some(7480));
+        assert_eq!(c.boot.config_timeout_s, 5.0);
+        let e = parse_image(Path::new("image.toml"), "[boot]\nconfig-timeout-s = -5\n").unwrap_err();
+        assert_eq!(e.to_string(), "image.toml:2: boot: timeouts must be non-negative numbers of seconds");
+        let e = parse_image(Path::new("image.toml"), "[boot]\nnetwrk = true\n").unwrap_err();
+        assert!(e.to_string().starts_with("image.toml:2:1: unknown field `netwrk`"), "{e}");
     }
 
     #[test]

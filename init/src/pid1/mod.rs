@@ -3,7 +3,9 @@
 //! caught, logged, and the loop resumes; a failed boot step leaves a degraded blade that still
 //! answers on its control socket.
 
+pub mod boot;
 pub mod mounts;
+pub mod powerbutton;
 pub mod shutdown;
 
 use std::path::PathBuf;
@@ -15,8 +17,8 @@ use nix::unistd::Pid;
 use signal_hook::consts::*;
 use tracing::{error, info, warn};
 
-use crate::api::{self, Reply, Request, ServiceAction};
-use crate::config::{self, ClusterConfig};
+use crate::api::{self, Auth, Reply, Request, ServiceAction};
+use crate::config;
 use crate::supervisor::cgroup::Cgroups;
 use crate::supervisor::policy::Exit;
 use crate::supervisor::process::ProcessRuntime;
@@ -26,6 +28,8 @@ use shutdown::PowerAction;
 /// Everything that wakes the main loop.
 pub enum Event {
     Signal(i32),
+    /// The ACPI power button was pressed.
+    PowerButton,
     Api(Request, Sender<Reply>),
 }
 
@@ -45,9 +49,13 @@ pub fn reap_all(mut on_exit: impl FnMut(u32, Exit)) {
 pub struct Init {
     sup: Supervisor,
     rt: ProcessRuntime,
+    tx: Sender<Event>,
     is_pid1: bool,
+    api_port: Option<u16>,
     node: String,
     version: String,
+    /// What the boot sequence found; None while it runs.
+    boot: Option<boot::BootOutcome>,
     /// Problems found during boot (configuration, mounts), kept for status.
     boot_problems: Vec<String>,
     shutdown: Option<(PowerAction, Instant)>,
@@ -89,14 +97,56 @@ impl Init {
             shutting_down: self.shutdown.map(|(a, _)| a),
             degraded: self.degraded(),
             orphans_reaped: self.orphans_reaped,
+            cluster: self.boot.as_ref().and_then(|b| b.cluster.as_ref()).map(|c| c.cluster.name.clone()),
+            config_source: self.boot.as_ref().map(|b| b.config_source.clone()),
+            management: self.boot.as_ref().and_then(|b| b.management.clone()),
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            memory: memory(),
             services: self.sup.status(Instant::now()),
         }
+    }
+
+    /// The boot sequence is done: take on the node's identity and open the API.
+    fn boot_done(&mut self, outcome: boot::BootOutcome) {
+        self.node = outcome.node.clone();
+        if self.is_pid1 {
+            if let Err(e) = nix::unistd::sethostname(&self.node) {
+                warn!("cannot set hostname {}: {e}", self.node);
+            }
+        }
+        let mut outcome = outcome;
+        if let Some(port) = self.api_port {
+            let token = outcome.cluster.as_ref().and_then(|c| c.cluster.token.clone());
+            let auth = match token {
+                Some(t) => Auth::Token(t),
+                None => {
+                    warn!("no cluster token configured: the API on port {port} is read-only");
+                    Auth::ReadOnly
+                }
+            };
+            match api::serve_tcp(port, auth, self.tx.clone()) {
+                Ok(()) => info!(port, "API listening"),
+                Err(e) => {
+                    error!("{e}");
+                    outcome.problems.push(e);
+                }
+            }
+        }
+        self.boot = Some(outcome);
     }
 
     fn handle_request(&mut self, req: Request) -> Reply {
         let now = Instant::now();
         match req {
             Request::Status => Reply::Status(Box::new(self.status())),
+            Request::AddService(spec) => match self.sup.add(*spec, now) {
+                Ok(()) => Reply::Ok("added".into()),
+                Err(e) => Reply::Error(409, e),
+            },
+            Request::BootDone(outcome) => {
+                self.boot_done(*outcome);
+                Reply::Ok("boot done".into())
+            }
             Request::Power(action) => {
                 self.begin_shutdown(action, "requested over the control API");
                 Reply::Ok(format!("{} in progress", action.as_str()))
@@ -119,9 +169,12 @@ impl Init {
     fn handle_signal(&mut self, sig: i32) {
         match sig {
             SIGCHLD => {}
-            SIGHUP => match config::load_services(&config::etc_dir().join("services.toml")) {
-                Ok(s) => {
-                    info!(services = s.len(), "SIGHUP: service table is valid; changes to it apply at the next boot")
+            SIGHUP => match config::load_image(&config::etc_dir().join("image.toml")) {
+                Ok(c) => {
+                    info!(
+                        services = c.services.len(),
+                        "SIGHUP: image.toml is valid; changes to it apply at the next boot"
+                    )
                 }
                 Err(e) => error!("SIGHUP: {e}"),
             },
@@ -140,6 +193,7 @@ impl Init {
         let timeout = next.saturating_duration_since(Instant::now()).min(IDLE_WAKE);
         match rx.recv_timeout(timeout) {
             Ok(Event::Signal(sig)) => self.handle_signal(sig),
+            Ok(Event::PowerButton) => self.begin_shutdown(PowerAction::Poweroff, "power button pressed"),
             Ok(Event::Api(req, reply)) => {
                 let _ = reply.send(self.handle_request(req));
             }
@@ -177,52 +231,32 @@ impl Init {
 
     /// Boot is settled when no enabled service is still on its way up.
     fn boot_settled(&self) -> bool {
-        !self
-            .sup
-            .status(Instant::now())
-            .iter()
-            .any(|s| matches!(s.state, ServiceState::Waiting | ServiceState::Starting))
+        self.boot.is_some()
+            && !self
+                .sup
+                .status(Instant::now())
+                .iter()
+                .any(|s| matches!(s.state, ServiceState::Waiting | ServiceState::Starting))
     }
 
     /// Why the blade is not fully healthy: problems found at boot, and services that failed.
     fn degraded(&self) -> Vec<String> {
         let failed = self.sup.status(Instant::now()).into_iter().filter(|s| s.state == ServiceState::Failed);
         let failed = failed.map(|s| format!("service {} failed: {}", s.name, s.reason.unwrap_or_default()));
-        self.boot_problems.iter().cloned().chain(failed).collect()
+        let boot = self.boot.iter().flat_map(|b| b.problems.iter().cloned());
+        self.boot_problems.iter().cloned().chain(boot).chain(failed).collect()
     }
 }
 
-/// Where the init found its configuration and how it names itself.
-fn load_identity(degraded: &mut Vec<String>) -> String {
-    let cmdline = crate::cmdline::read(std::path::Path::new("/proc"));
-    for u in &cmdline.unknown {
-        warn!("unknown kernel command line key ignored: {u}");
-    }
-    let file = config::etc_dir().join("cluster.toml");
-    let cluster: Option<ClusterConfig> = if file.exists() {
-        match config::read(&file).and_then(|t| config::cluster::parse_cluster(&file, &t)) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                error!("{e}");
-                degraded.push(e.to_string());
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let macs = blade_macs(std::path::Path::new("/sys/class/net"));
-    match (&cluster, &cmdline.node) {
-        (Some(c), named) => match config::cluster::find_node(c, named.as_deref(), &macs) {
-            Ok(n) => n.name.clone(),
-            Err(e) => {
-                error!("{e}");
-                degraded.push(e);
-                named.clone().unwrap_or_else(|| "bladevisor".into())
-            }
-        },
-        (None, Some(n)) => n.clone(),
-        (None, None) => "bladevisor".into(),
+/// Memory from sysinfo, in MiB.
+fn memory() -> api::Memory {
+    let mut sys = sysinfo::System::new();
+    sys.refresh_memory();
+    let mib = |b: u64| b / (1024 * 1024);
+    api::Memory {
+        total_mib: mib(sys.total_memory()),
+        used_mib: mib(sys.used_memory()),
+        available_mib: mib(sys.available_memory()),
     }
 }
 
@@ -273,24 +307,22 @@ pub fn run() -> ! {
         // Outside PID 1 (development), adopt orphans of our services so they are still reaped.
         let _ = nix::sys::prctl::set_child_subreaper(true);
     }
-    let node = load_identity(&mut degraded);
-    if is_pid1 {
-        if let Err(e) = nix::unistd::sethostname(&node) {
-            warn!("cannot set hostname {node}: {e}");
-        }
+    let cmdline = crate::cmdline::read(std::path::Path::new("/proc"));
+    for u in &cmdline.unknown {
+        warn!("unknown kernel command line key ignored: {u}");
     }
     let (tx, rx) = mpsc::channel();
     if let Err(e) = start_signal_thread(tx.clone()) {
         error!("{e}");
         degraded.push(e);
     }
-    let services_file: PathBuf = config::etc_dir().join("services.toml");
-    let specs = match config::load_services(&services_file) {
-        Ok(s) => s,
+    let image_file: PathBuf = config::etc_dir().join("image.toml");
+    let image = match config::load_image(&image_file) {
+        Ok(c) => c,
         Err(e) => {
             error!("{e}; no services will run until it is fixed");
             degraded.push(e.to_string());
-            vec![]
+            config::services::ImageConfig::default()
         }
     };
     let prefix = std::env::var("BLADEVISOR_CGROUP").unwrap_or_else(|_| "bladevisor".into());
@@ -298,16 +330,38 @@ pub fn run() -> ! {
         warn!("services run without cgroups: {e}");
         Cgroups::disabled()
     });
-    if let Err(e) = api::serve_control(&crate::run_dir(), tx.clone()) {
+    let run_dir = crate::run_dir();
+    if let Err(e) = api::serve_control(&run_dir, tx.clone()) {
         error!("{e}");
         degraded.push(e);
     }
+    let plan = boot::BootPlan {
+        settings: image.boot.clone(),
+        cmdline,
+        etc: config::etc_dir(),
+        run: run_dir,
+        class_net: PathBuf::from("/sys/class/net"),
+    };
+    if is_pid1 {
+        let power_tx = tx.clone();
+        powerbutton::watch("/sys/class/input".into(), "/dev/input".into(), move || {
+            let _ = power_tx.send(Event::PowerButton);
+        });
+    }
+    let boot_tx = tx.clone();
+    crate::spawn_worker("boot", move || {
+        let outcome = boot::run(&plan, &boot_tx);
+        let _ = api::ask(&boot_tx, Request::BootDone(Box::new(outcome)));
+    });
     let mut init = Init {
-        sup: Supervisor::new(specs, Instant::now()),
+        sup: Supervisor::new(image.services, Instant::now()),
         rt: ProcessRuntime::new(cgroups),
+        tx,
         is_pid1,
-        node,
+        api_port: image.boot.api_port,
+        node: "bladevisor".into(),
         version,
+        boot: None,
         boot_problems: degraded,
         shutdown: None,
         ready_ms: None,

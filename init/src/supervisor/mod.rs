@@ -93,6 +93,24 @@ struct Unit {
 }
 
 impl Unit {
+    fn new(spec: ServiceSpec, now: Instant) -> Self {
+        let state = if spec.enabled { ServiceState::Waiting } else { ServiceState::Stopped };
+        Unit {
+            spec,
+            state,
+            pid: None,
+            since: now,
+            started: None,
+            deadline: None,
+            killed: false,
+            restarts: 0,
+            streak: 0,
+            last_exit: None,
+            reason: None,
+            restart_after_stop: false,
+        }
+    }
+
     fn set(&mut self, state: ServiceState, now: Instant) {
         self.state = state;
         self.since = now;
@@ -130,28 +148,22 @@ impl Supervisor {
         // The parser refuses cycles; if one got here anyway, fall back to name order rather
         // than refusing to run anything.
         let order = order::start_order(&specs).unwrap_or_else(|_| specs.iter().map(|s| s.name.clone()).collect());
-        let units = specs
-            .into_iter()
-            .map(|spec| {
-                let state = if spec.enabled { ServiceState::Waiting } else { ServiceState::Stopped };
-                let unit = Unit {
-                    spec,
-                    state,
-                    pid: None,
-                    since: now,
-                    started: None,
-                    deadline: None,
-                    killed: false,
-                    restarts: 0,
-                    streak: 0,
-                    last_exit: None,
-                    reason: None,
-                    restart_after_stop: false,
-                };
-                (unit.spec.name.clone(), unit)
-            })
-            .collect();
+        let units = specs.into_iter().map(|spec| (spec.name.clone(), Unit::new(spec, now))).collect();
         Supervisor { units, order, shutting_down: false }
+    }
+
+    /// Adds a service decided at boot (the management network's, which depends on the NIC
+    /// found). It starts on the next tick like any other. A name already taken is refused.
+    pub fn add(&mut self, spec: ServiceSpec, now: Instant) -> Result<(), String> {
+        if self.units.contains_key(&spec.name) {
+            return Err(format!("a service named {} already exists", spec.name));
+        }
+        let name = spec.name.clone();
+        let mut specs: Vec<ServiceSpec> = self.units.values().map(|u| u.spec.clone()).collect();
+        specs.push(spec.clone());
+        self.order = order::start_order(&specs).map_err(|c| format!("dependency cycle: {}", c.join(" -> ")))?;
+        self.units.insert(name, Unit::new(spec, now));
+        Ok(())
     }
 
     pub fn is_shutting_down(&self) -> bool {

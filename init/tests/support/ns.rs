@@ -25,7 +25,7 @@ impl Ns {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("etc")).unwrap();
         std::fs::create_dir_all(dir.join("run")).unwrap();
-        std::fs::write(dir.join("etc/services.toml"), services.replace("@DIR@", dir.to_str().unwrap())).unwrap();
+        std::fs::write(dir.join("etc/image.toml"), services.replace("@DIR@", dir.to_str().unwrap())).unwrap();
         let log = dir.join("console.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new("unshare")

@@ -1,0 +1,134 @@
+//! The management network: which NIC carries it, how it gets its address (a supervised DHCP
+//! client, or a one-shot static setup), and whether it has one yet.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use crate::config::cluster::Management;
+use crate::config::services::{Backoff, Readiness, RestartPolicy};
+use crate::config::ServiceSpec;
+
+/// Physical NICs under a `/sys/class/net` tree, in name order: those backed by a device
+/// (not lo, bridges, taps or bonds) with an Ethernet link type.
+pub fn physical_nics(class_net: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(class_net)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("device").exists())
+                .filter(|e| std::fs::read_to_string(e.path().join("type")).is_ok_and(|t| t.trim() == "1"))
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The management interface: the one the configuration names, else the first physical NIC.
+pub fn choose_interface(class_net: &Path, mgmt: &Management) -> Result<String, String> {
+    let nics = physical_nics(class_net);
+    match &mgmt.interface {
+        Some(name) if class_net.join(name).exists() => Ok(name.clone()),
+        Some(name) => Err(format!("management interface {name} does not exist (NICs: {})", nics.join(", "))),
+        None => nics.into_iter().next().ok_or_else(|| format!("no network interface found in {}", class_net.display())),
+    }
+}
+
+/// The service that gives the management interface its address.
+pub fn address_service(iface: &str, mgmt: &Management) -> ServiceSpec {
+    let (name, argv, restart) = if mgmt.address == "dhcp" {
+        // -f: stay in the foreground (supervised); -t 0: keep trying; -S: log to syslog too is
+        // not wanted, stdout is our log.
+        let argv = [
+            "/bin/busybox",
+            "udhcpc",
+            "-f",
+            "-i",
+            iface,
+            "-t",
+            "0",
+            "-T",
+            "2",
+            "-A",
+            "3",
+            "-s",
+            "/usr/lib/bladevisor/udhcpc.script",
+        ];
+        ("dhcp", argv.iter().map(|s| s.to_string()).collect::<Vec<_>>(), RestartPolicy::Always)
+    } else {
+        let mut argv = vec!["/usr/lib/bladevisor/net-static".to_string(), iface.to_string(), mgmt.address.clone()];
+        argv.extend(mgmt.gateway.clone());
+        ("net-static", argv, RestartPolicy::OnFailure)
+    };
+    ServiceSpec {
+        name: name.into(),
+        argv,
+        env: Default::default(),
+        after: vec![],
+        ready: Readiness::default(),
+        restart,
+        backoff: Backoff { initial_s: 1.0, max_s: 10.0, give_up_after: 0, ..Backoff::default() },
+        stop_timeout_s: 3.0,
+        enabled: true,
+    }
+}
+
+/// The IPv4 addresses an interface has now.
+pub fn ipv4_of(iface: &str) -> Vec<Ipv4Addr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return vec![] };
+    addrs.filter(|a| a.interface_name == iface).filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_nic(root: &Path, name: &str, physical: bool, kind: &str) {
+        let d = root.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("type"), format!("{kind}\n")).unwrap();
+        if physical {
+            std::fs::create_dir_all(d.join("device")).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_first_physical_nic_carries_management() {
+        let t = tempfile::tempdir().unwrap();
+        fake_nic(t.path(), "lo", false, "772");
+        fake_nic(t.path(), "br0", false, "1");
+        fake_nic(t.path(), "ens4", true, "1");
+        fake_nic(t.path(), "ens3", true, "1");
+        fake_nic(t.path(), "ib0", true, "32");
+        assert_eq!(physical_nics(t.path()), vec!["ens3", "ens4"]);
+        assert_eq!(choose_interface(t.path(), &Management::default()).unwrap(), "ens3");
+        let named = Management { interface: Some("ens4".into()), ..Management::default() };
+        assert_eq!(choose_interface(t.path(), &named).unwrap(), "ens4");
+        let missing = Management { interface: Some("eth9".into()), ..Management::default() };
+        assert_eq!(
+            choose_interface(t.path(), &missing).unwrap_err(),
+            "management interface eth9 does not exist (NICs: ens3, ens4)"
+        );
+    }
+
+    #[test]
+    fn no_nic_is_a_clear_error() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(choose_interface(t.path(), &Management::default())
+            .unwrap_err()
+            .starts_with("no network interface found"));
+    }
+
+    #[test]
+    fn dhcp_or_static_decides_the_service() {
+        let d = address_service("ens3", &Management::default());
+        assert_eq!(d.name, "dhcp");
+        assert_eq!(&d.argv[..3], &["/bin/busybox", "udhcpc", "-f"]);
+        assert!(d.argv.contains(&"ens3".to_string()));
+        let m = Management { address: "10.0.0.5/24".into(), gateway: Some("10.0.0.1".into()), interface: None };
+        let s = address_service("ens3", &m);
+        assert_eq!(s.name, "net-static");
+        assert_eq!(s.argv, vec!["/usr/lib/bladevisor/net-static", "ens3", "10.0.0.5/24", "10.0.0.1"]);
+        assert_eq!(s.restart, RestartPolicy::OnFailure);
+    }
+}

@@ -1,0 +1,252 @@
+//! The boot sequence, in the order a blade comes up: management network, shared configuration,
+//! identity, API. It runs on its own thread and talks to the main loop like any API client
+//! (it asks for services to be added and reads their state), so PID 1 keeps reaping and
+//! answering while the boot waits on DHCP or a slow configuration server.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use super::Event;
+use crate::api::{ask, Reply, Request};
+use crate::cmdline::KernelCmdline;
+use crate::config::cluster::{find_node, parse_cluster, Management};
+use crate::config::fetch::get_with_retries;
+use crate::config::services::BootSettings;
+use crate::config::{self, ClusterConfig};
+use crate::supervisor::ServiceState;
+
+/// What the boot sequence works from.
+#[derive(Debug, Clone)]
+pub struct BootPlan {
+    pub settings: BootSettings,
+    pub cmdline: KernelCmdline,
+    pub etc: PathBuf,
+    pub run: PathBuf,
+    pub class_net: PathBuf,
+}
+
+/// What it found, handed to the main loop when it is done.
+#[derive(Debug, Clone, Default)]
+pub struct BootOutcome {
+    pub node: String,
+    pub cluster: Option<ClusterConfig>,
+    /// Which configuration is in use, in words ("fetched from <url>", "baked ...").
+    pub config_source: String,
+    /// "interface address", once the management network is up.
+    pub management: Option<String>,
+    /// Why the blade is degraded, one line each.
+    pub problems: Vec<String>,
+}
+
+/// Which cluster configuration to use: the fetched one when it could be fetched and parsed,
+/// else the baked one. Returns it with a description of its source and what went wrong.
+pub fn choose_config(
+    url: Option<&str>,
+    fetched: Option<Result<String, String>>,
+    baked: Result<Option<ClusterConfig>, String>,
+    baked_path: &Path,
+) -> (Option<ClusterConfig>, String, Vec<String>) {
+    let mut problems = vec![];
+    let baked_desc = format!("baked {}", baked_path.display());
+    let baked = baked.unwrap_or_else(|e| {
+        problems.push(e);
+        None
+    });
+    let (Some(url), Some(fetched)) = (url, fetched) else {
+        let source = if baked.is_some() { baked_desc } else { "none (no configuration baked or given)".into() };
+        return (baked, source, problems);
+    };
+    let err = match fetched.and_then(|text| parse_cluster(Path::new(url), &text).map_err(|e| e.to_string())) {
+        Ok(c) => return (Some(c), format!("fetched from {url}"), problems),
+        Err(e) => e,
+    };
+    problems.push(format!("{err}; using the {baked_desc} instead"));
+    let source = if baked.is_some() { format!("{baked_desc} (fallback: {url} failed)") } else { "none".into() };
+    (baked, source, problems)
+}
+
+/// Reads the baked configuration: absent is fine (Ok(None)), invalid is an error.
+fn load_baked(file: &Path) -> Result<Option<ClusterConfig>, String> {
+    if !file.exists() {
+        return Ok(None);
+    }
+    config::read(file).and_then(|t| parse_cluster(file, &t)).map(Some).map_err(|e| e.to_string())
+}
+
+fn service_state(tx: &Sender<Event>, name: &str) -> Option<ServiceState> {
+    match ask(tx, Request::Status) {
+        Reply::Status(s) => s.services.iter().find(|x| x.name == name).map(|x| x.state),
+        _ => None,
+    }
+}
+
+/// Waits until a one-shot service has finished (or cannot: failed, stopped), up to `limit`.
+fn wait_oneshot(tx: &Sender<Event>, name: &str, limit: Duration) -> Result<(), String> {
+    let end = Instant::now() + limit;
+    loop {
+        match service_state(tx, name) {
+            None | Some(ServiceState::Exited) => return Ok(()),
+            Some(ServiceState::Failed) | Some(ServiceState::Stopped) => return Err(format!("service {name} failed")),
+            _ if Instant::now() >= end => return Err(format!("service {name} did not finish within {limit:?}")),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn bring_up_network(plan: &BootPlan, tx: &Sender<Event>, mgmt: &Management) -> Result<String, String> {
+    let limit = Duration::from_secs_f64(plan.settings.network_timeout_s);
+    let end = Instant::now() + limit;
+    let iface = loop {
+        match crate::net::choose_interface(&plan.class_net, mgmt) {
+            Ok(i) => break i,
+            Err(e) if Instant::now() >= end => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    let spec = crate::net::address_service(&iface, mgmt);
+    info!(interface = %iface, address = %mgmt.address, "bringing up the management network");
+    if let Reply::Error(_, e) = ask(tx, Request::AddService(Box::new(spec))) {
+        return Err(e);
+    }
+    loop {
+        if let Some(a) = crate::net::ipv4_of(&iface).first() {
+            return Ok(format!("{iface} {a}"));
+        }
+        if Instant::now() >= end {
+            return Err(format!("no IPv4 address on {iface} after {:.0} s", limit.as_secs_f64()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The boot sequence. Never fails: every problem ends up in the outcome's `problems`.
+pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
+    let mut out = BootOutcome::default();
+    let baked_path = plan.etc.join("cluster.toml");
+    let baked = load_baked(&baked_path);
+    // NICs (whose MACs say who this blade is) exist once udev has replayed the kernel's events
+    // and loaded their drivers.
+    if let Err(e) = wait_oneshot(tx, "udev-trigger", Duration::from_secs_f64(plan.settings.network_timeout_s)) {
+        warn!("{e}; looking for NICs anyway");
+    }
+    let macs = super::blade_macs(&plan.class_net);
+    let named = plan.cmdline.node.as_deref();
+
+    // 1. Management network, configured from the baked entry for this blade if there is one
+    //    (the shared configuration may be behind the network).
+    if plan.settings.network {
+        let mgmt = baked
+            .as_ref()
+            .ok()
+            .and_then(|b| b.as_ref())
+            .and_then(|b| find_node(b, named, &macs).ok())
+            .map(|n| n.management.clone())
+            .unwrap_or_default();
+        match bring_up_network(plan, tx, &mgmt) {
+            Ok(m) => {
+                info!(management = %m, "management network up");
+                out.management = Some(m);
+            }
+            Err(e) => {
+                error!("management network: {e}");
+                out.problems.push(format!("management network: {e}"));
+            }
+        }
+    }
+
+    // 2. The shared configuration.
+    let url = plan.cmdline.config_url.as_deref();
+    let fetched = url.map(|u| {
+        let limit = Duration::from_secs_f64(plan.settings.config_timeout_s);
+        info!(url = %u, timeout_s = limit.as_secs_f64(), "fetching the cluster configuration");
+        get_with_retries(u, limit, Duration::from_secs(1), |n, e| {
+            warn!(attempt = n, "cannot fetch configuration yet: {e}")
+        })
+        .map_err(|(e, tries)| format!("cannot fetch {u} after {tries} tries within {:.0} s: {e}", limit.as_secs_f64()))
+    });
+    if let Some(Ok(text)) = &fetched {
+        let _ = std::fs::write(plan.run.join("cluster.toml"), text);
+    }
+    let (cluster, source, problems) = choose_config(url, fetched, baked, &baked_path);
+    for p in &problems {
+        error!("configuration: {p}");
+    }
+    out.problems.extend(problems);
+    info!("configuration: using {source}");
+    out.config_source = source;
+
+    // 3. Who this blade is.
+    out.node = match &cluster {
+        Some(c) => match find_node(c, named, &macs) {
+            Ok(n) => n.name.clone(),
+            Err(e) => {
+                error!("identity: {e}");
+                out.problems.push(format!("identity: {e}"));
+                named.unwrap_or("bladevisor").to_string()
+            }
+        },
+        None => named.unwrap_or("bladevisor").to_string(),
+    };
+    out.cluster = cluster;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "[cluster]\nname = \"prod\"\n[nodes.b1]\nmacs = [\"52:54:00:00:00:01\"]\n";
+
+    fn baked() -> Result<Option<ClusterConfig>, String> {
+        Ok(Some(parse_cluster(Path::new("baked.toml"), "[cluster]\nname = \"lab\"\n").unwrap()))
+    }
+
+    #[test]
+    fn without_a_url_the_baked_configuration_is_used() {
+        let (c, src, problems) = choose_config(None, None, baked(), Path::new("/etc/bladevisor/cluster.toml"));
+        assert_eq!(c.unwrap().cluster.name, "lab");
+        assert_eq!(src, "baked /etc/bladevisor/cluster.toml");
+        assert!(problems.is_empty());
+    }
+
+    #[test]
+    fn a_fetched_configuration_wins() {
+        let (c, src, problems) = choose_config(Some("http://h/c.toml"), Some(Ok(GOOD.into())), baked(), Path::new("b"));
+        assert_eq!(c.unwrap().cluster.name, "prod");
+        assert_eq!(src, "fetched from http://h/c.toml");
+        assert!(problems.is_empty());
+    }
+
+    #[test]
+    fn an_unreachable_url_falls_back_to_the_baked_copy_and_says_so() {
+        let fetched = Some(Err("cannot fetch http://h/c.toml after 30 tries: connection refused".to_string()));
+        let (c, src, problems) = choose_config(Some("http://h/c.toml"), fetched, baked(), Path::new("/etc/b.toml"));
+        assert_eq!(c.unwrap().cluster.name, "lab");
+        assert_eq!(src, "baked /etc/b.toml (fallback: http://h/c.toml failed)");
+        assert_eq!(
+            problems,
+            vec![
+                "cannot fetch http://h/c.toml after 30 tries: connection refused; using the baked /etc/b.toml instead"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_invalid_fetched_file_falls_back_naming_the_url_and_line() {
+        let fetched = Some(Ok("[cluster]\nnme = \"x\"\n".to_string()));
+        let (c, _, problems) = choose_config(Some("http://h/c.toml"), fetched, baked(), Path::new("b"));
+        assert_eq!(c.unwrap().cluster.name, "lab");
+        assert!(problems[0].starts_with("http://h/c.toml:2:1: unknown field `nme`"), "{problems:?}");
+    }
+
+    #[test]
+    fn an_invalid_baked_file_is_reported() {
+        let (c, src, problems) = choose_config(None, None, Err("b.toml:1: bad".into()), Path::new("b.toml"));
+        assert!(c.is_none());
+        assert!(src.starts_with("none"));
+        assert_eq!(problems, vec!["b.toml:1: bad"]);
+    }
+}

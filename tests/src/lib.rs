@@ -1,0 +1,301 @@
+//! The QEMU lab: emulated blades booting the built image (`out/`), under TCG, with a serial
+//! console captured to a file, QMP, the API port forwarded to the host, optional SAN disks and
+//! optional PXE. The integration tests, the benchmarks and `tests/lab` all use it.
+
+pub mod http;
+pub mod qmp;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bladevisor::api::client::{call, Endpoint, Response};
+use bladevisor::api::Status;
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The built image. Fails with the command to run when it is missing.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub ipxe: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Image {
+    pub fn built() -> Image {
+        let dir = repo_root().join("out");
+        let img = Image {
+            kernel: dir.join("bladevisor.vmlinuz"),
+            initrd: dir.join("bladevisor.initrd"),
+            ipxe: dir.join("bladevisor.ipxe"),
+            dir,
+        };
+        for f in [&img.kernel, &img.initrd, &img.ipxe] {
+            assert!(f.exists(), "{} is missing: run image/build first", f.display());
+        }
+        img
+    }
+
+    /// The version baked into the image, as image/build wrote it into the manifest.
+    pub fn version(&self) -> String {
+        let m = std::fs::read_to_string(self.dir.join("bladevisor.manifest")).expect("manifest");
+        let v: serde_json::Value = serde_json::from_str(&m).expect("manifest is JSON");
+        v["version"].as_str().expect("manifest has a version").to_string()
+    }
+}
+
+/// A free TCP port on the host's loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// How the blade boots.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// `-kernel`/`-initrd` with this extra command line (after `console=ttyS0`).
+    Direct { cmdline: String },
+    /// `-boot n`: SeaBIOS's iPXE asks slirp's DHCP, which names this boot file (a TFTP path
+    /// under `tftp_dir`, or an http:// URL).
+    Pxe { tftp_dir: PathBuf, bootfile: String },
+}
+
+/// One LUN of the emulated SAN: a file, seen through both HBAs with one WWN.
+#[derive(Debug, Clone)]
+pub struct Lun {
+    pub file: PathBuf,
+    /// e.g. 0x5000c50015ea71ac
+    pub wwn: String,
+    pub serial: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct BladeSpec {
+    pub name: String,
+    pub mac: String,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub boot: Boot,
+    pub luns: Vec<Lun>,
+    /// Host port forwarded to the blade's API (7480); a free one when None.
+    pub host_api_port: Option<u16>,
+}
+
+impl BladeSpec {
+    pub fn new(name: &str, mac: &str, boot: Boot) -> Self {
+        BladeSpec {
+            name: name.into(),
+            mac: mac.into(),
+            memory_mib: 2048,
+            cpus: 2,
+            boot,
+            luns: vec![],
+            host_api_port: None,
+        }
+    }
+}
+
+/// A running emulated blade. Killed when dropped.
+pub struct Blade {
+    pub spec: BladeSpec,
+    pub dir: PathBuf,
+    pub console: PathBuf,
+    pub qmp_path: PathBuf,
+    pub api_port: u16,
+    pub started: Instant,
+    child: Child,
+}
+
+/// The lab's work folder for one blade of one test.
+pub fn work_dir(name: &str) -> PathBuf {
+    let d = repo_root().join("target/lab").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("lab work dir");
+    d
+}
+
+impl Blade {
+    /// The QEMU command line for a blade (TCG: see NOTES, KVM does not work on these hosts).
+    pub fn qemu_args(spec: &BladeSpec, img: &Image, dir: &Path, api_port: u16) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "-name".into(),
+            spec.name.clone(),
+            "-accel".into(),
+            "tcg".into(),
+            "-machine".into(),
+            "q35".into(),
+            "-m".into(),
+            spec.memory_mib.to_string(),
+            "-smp".into(),
+            spec.cpus.to_string(),
+            "-display".into(),
+            "none".into(),
+            "-monitor".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-serial".into(),
+            format!("file:{}", dir.join("console.log").display()),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
+            "-device".into(),
+            "i6300esb".into(),
+        ];
+        let mut netdev = format!("user,id=mgmt,hostfwd=tcp:127.0.0.1:{api_port}-:7480");
+        match &spec.boot {
+            Boot::Direct { cmdline } => {
+                a.extend(["-kernel".into(), img.kernel.display().to_string()]);
+                a.extend(["-initrd".into(), img.initrd.display().to_string()]);
+                a.extend(["-append".into(), format!("console=ttyS0 panic=-1 {cmdline}").trim().to_string()]);
+            }
+            Boot::Pxe { tftp_dir, bootfile } => {
+                netdev.push_str(&format!(",tftp={},bootfile={bootfile}", tftp_dir.display()));
+                a.extend(["-boot".into(), "n".into()]);
+            }
+        }
+        a.extend(["-netdev".into(), netdev, "-device".into(), format!("virtio-net-pci,netdev=mgmt,mac={}", spec.mac)]);
+        if !spec.luns.is_empty() {
+            a.extend([
+                "-device".into(),
+                "virtio-scsi-pci,id=hba0".into(),
+                "-device".into(),
+                "virtio-scsi-pci,id=hba1".into(),
+            ]);
+            for (i, lun) in spec.luns.iter().enumerate() {
+                a.extend([
+                    "-blockdev".into(),
+                    format!(
+                        "driver=file,filename={},node-name=lun{i},locking=off,cache.direct=off",
+                        lun.file.display()
+                    ),
+                ]);
+                for hba in 0..2 {
+                    a.extend([
+                        "-device".into(),
+                        format!(
+                            "scsi-hd,id=lun{i}p{hba},bus=hba{hba}.0,drive=lun{i},wwn={},serial={},share-rw=on",
+                            lun.wwn, lun.serial
+                        ),
+                    ]);
+                }
+            }
+        }
+        a
+    }
+
+    pub fn start(spec: BladeSpec, img: &Image) -> Blade {
+        let dir = work_dir(&spec.name);
+        Self::start_in(spec, img, dir)
+    }
+
+    pub fn start_in(spec: BladeSpec, img: &Image, dir: PathBuf) -> Blade {
+        let api_port = spec.host_api_port.unwrap_or_else(free_port);
+        let args = Self::qemu_args(&spec, img, &dir, api_port);
+        std::fs::write(dir.join("qemu.args"), args.join("\n")).ok();
+        let stderr = std::fs::File::create(dir.join("qemu.stderr")).expect("qemu.stderr");
+        let started = Instant::now();
+        // Its own process group: a ctrl-c meant for the lab must not kill QEMU outright.
+        let child = Command::new("qemu-system-x86_64")
+            .args(&args)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("qemu-system-x86_64 runs (image/host-deps installs it)");
+        Blade { console: dir.join("console.log"), qmp_path: dir.join("qmp.sock"), spec, dir, api_port, started, child }
+    }
+
+    /// Everything the blade has printed on its serial console so far.
+    pub fn console(&self) -> String {
+        let mut s = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(&self.console) {
+            let _ = f.read_to_end(&mut s);
+        }
+        String::from_utf8_lossy(&s).into_owned()
+    }
+
+    fn qemu_stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("qemu.stderr")).unwrap_or_default()
+    }
+
+    /// What a failing test prints: the console and QEMU's own complaints.
+    pub fn report(&self) -> String {
+        format!(
+            "--- {} console ({}) ---\n{}\n--- qemu stderr ---\n{}",
+            self.spec.name,
+            self.console.display(),
+            self.console(),
+            self.qemu_stderr()
+        )
+    }
+
+    /// Waits for a console line containing `needle`; returns that line and when it was seen.
+    pub fn wait_console(&mut self, needle: &str, limit: Duration) -> Result<(String, Duration), String> {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(line) = self.console().lines().find(|l| l.contains(needle)) {
+                return Ok((line.to_string(), self.started.elapsed()));
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Err(format!("QEMU exited ({st}) before the console showed {needle:?}\n{}", self.report()));
+            }
+            if Instant::now() >= end {
+                return Err(format!("no {needle:?} on the console within {limit:?}\n{}", self.report()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn api(&self) -> Endpoint {
+        Endpoint::Tcp(format!("127.0.0.1:{}", self.api_port))
+    }
+
+    pub fn call(&self, method: &str, path: &str, token: Option<&str>) -> Result<Response, String> {
+        call(&self.api(), method, path, token, Duration::from_secs(20))
+    }
+
+    /// `GET /v1/status` through the forwarded port.
+    pub fn status(&self) -> Result<Status, String> {
+        let r = self.call("GET", "/v1/status", None)?;
+        if r.code != 200 {
+            return Err(format!("HTTP {}: {}", r.code, r.body));
+        }
+        serde_json::from_str(&r.body).map_err(|e| format!("status is not the expected JSON ({e}): {}", r.body))
+    }
+
+    pub fn qmp(&self) -> Result<qmp::Qmp, String> {
+        qmp::Qmp::connect(&self.qmp_path)
+    }
+
+    /// Waits for QEMU to exit; returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<std::process::ExitStatus, String> {
+        let end = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Ok(st);
+            }
+            if Instant::now() >= end {
+                return Err(format!("QEMU still runs after {limit:?}\n{}", self.report()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Blade {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

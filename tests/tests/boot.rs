@@ -1,0 +1,138 @@
+//! The image boots: from kernel+initrd and over PXE, reaches ready, answers its API, takes its
+//! configuration from the network or falls back to the baked copy, and powers off in order.
+//! Needs the image built (`image/build`; `tests/run` does it first).
+
+use std::time::Duration;
+
+use bladevisor_lab::http::HttpDir;
+use bladevisor_lab::{free_port, work_dir, Blade, BladeSpec, Boot, Image};
+
+/// Under TCG on a shared 2-core machine a boot takes tens of seconds; these limits only catch
+/// a blade that will never get there.
+const READY: Duration = Duration::from_secs(300);
+
+fn ok<T>(r: Result<T, String>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_blade_boots_to_ready_answers_its_api_and_powers_off_in_order() {
+    let img = Image::built();
+    let spec =
+        BladeSpec::new("boot-direct", "52:54:00:b1:ad:01", Boot::Direct { cmdline: "bladevisor.node=blade1".into() });
+    let mut blade = Blade::start(spec, &img);
+    let (line, _) = ok(blade.wait_console("bladevisor ready", READY));
+    let version = img.version();
+    assert!(
+        line.contains(&format!("version {version}")) && line.contains("ms since kernel start"),
+        "ready line: {line}"
+    );
+
+    let status = ok(blade.status());
+    assert_eq!(status.node, "blade1", "{status:?}");
+    assert_eq!(status.version, version);
+    assert!(status.ready);
+    assert_eq!(status.cluster.as_deref(), Some("lab"));
+    assert!(
+        status.config_source.as_deref().unwrap_or("").starts_with("baked /etc/bladevisor/cluster.toml"),
+        "{status:?}"
+    );
+    assert!(status.management.as_deref().unwrap_or("").contains("10.0.2.15"), "DHCP from slirp: {status:?}");
+    assert!(status.degraded.is_empty(), "a clean boot is not degraded: {:?}\n{}", status.degraded, blade.report());
+    let udevd = status.services.iter().find(|s| s.name == "udevd").expect("udevd listed");
+    assert_eq!(udevd.state, bladevisor::supervisor::ServiceState::Running, "{status:?}");
+    assert!(status.memory.total_mib > 1500 && status.cpus == 2, "{status:?}");
+
+    let metrics = ok(blade.call("GET", "/metrics", None));
+    assert!(metrics.body.contains("bladevisor_ready 1"), "{}", metrics.body);
+
+    // Mutating calls over the network need the cluster's token; the blade keeps running.
+    let r = ok(blade.call("POST", "/v1/power/reboot", None));
+    assert_eq!(r.code, 401, "{}", r.body);
+    let r = ok(blade.call("POST", "/v1/power/reboot", Some("wrong")));
+    assert_eq!(r.code, 401, "{}", r.body);
+    assert!(ok(blade.status()).shutting_down.is_none());
+
+    // ACPI power-off, as a chassis manager would send it.
+    ok(ok(blade.qmp()).execute("system_powerdown", serde_json::json!({})));
+    let st = ok(blade.wait_exit(Duration::from_secs(120)));
+    let console = blade.console();
+    assert!(st.success(), "QEMU exit {st}\n{}", blade.report());
+    for step in [
+        "power button pressed: shutting down",
+        "stopping (SIGTERM) service=udevd",
+        "bladevisor going down",
+        "reboot: Power down",
+    ] {
+        assert!(console.contains(step), "{step:?} missing from the shutdown\n{}", blade.report());
+    }
+}
+
+#[test]
+fn a_blade_boots_over_pxe_with_its_configuration_from_the_server() {
+    let img = Image::built();
+    let dir = work_dir("boot-pxe");
+    // The deployment server's folder: the image artifacts and a cluster configuration.
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    for f in ["bladevisor.vmlinuz", "bladevisor.initrd", "bladevisor.ipxe"] {
+        std::os::unix::fs::symlink(img.dir.join(f), www.join(f)).unwrap();
+    }
+    std::fs::write(
+        www.join("cluster.toml"),
+        "[cluster]\nname = \"pxe-lab\"\ntoken = \"t\"\n\n[nodes.pxe-blade]\nmacs = [\"52:54:00:b1:ad:77\"]\n",
+    )
+    .unwrap();
+    let http = HttpDir::serve(&www);
+    let url = format!("http://10.0.2.2:{}", http.port);
+    // What a PXE setup gives iPXE: set the kernel arguments, chain to the image's script.
+    let tftp = dir.join("tftp");
+    std::fs::create_dir_all(&tftp).unwrap();
+    std::fs::write(
+        tftp.join("boot.ipxe"),
+        format!("#!ipxe\nset bladevisor_args bladevisor.config={url}/cluster.toml\nchain {url}/bladevisor.ipxe\n"),
+    )
+    .unwrap();
+    let spec =
+        BladeSpec::new("boot-pxe", "52:54:00:b1:ad:77", Boot::Pxe { tftp_dir: tftp, bootfile: "boot.ipxe".into() });
+    let mut blade = Blade::start_in(spec, &img, dir);
+    ok(blade.wait_console("bladevisor ready", READY + Duration::from_secs(300)));
+    let status = ok(blade.status());
+    // No bladevisor.node=: the blade found itself by its MAC in the fetched configuration.
+    assert_eq!(status.node, "pxe-blade", "{status:?}");
+    assert_eq!(status.cluster.as_deref(), Some("pxe-lab"), "{status:?}");
+    assert_eq!(status.config_source.as_deref(), Some(format!("fetched from {url}/cluster.toml").as_str()));
+    assert!(status.degraded.is_empty(), "{:?}", status.degraded);
+    assert!(blade.console().contains(&format!("configuration: using fetched from {url}/cluster.toml")));
+}
+
+#[test]
+fn an_unreachable_configuration_url_falls_back_to_the_baked_copy_and_says_so() {
+    let img = Image::built();
+    let port = free_port(); // nothing listens there
+    let url = format!("http://10.0.2.2:{port}/cluster.toml");
+    let spec = BladeSpec::new(
+        "boot-fallback",
+        "52:54:00:b1:ad:02",
+        Boot::Direct { cmdline: format!("bladevisor.config={url}") },
+    );
+    let mut blade = Blade::start(spec, &img);
+    ok(blade.wait_console("bladevisor ready", READY));
+    let status = ok(blade.status());
+    assert_eq!(status.node, "blade2", "found by MAC in the baked configuration: {status:?}");
+    assert_eq!(
+        status.config_source.as_deref(),
+        Some(format!("baked /etc/bladevisor/cluster.toml (fallback: {url} failed)").as_str())
+    );
+    assert!(
+        status.degraded.iter().any(|d| d.starts_with(&format!("cannot fetch {url} after"))),
+        "the fallback degrades the blade and says why: {:?}",
+        status.degraded
+    );
+    let console = blade.console();
+    assert!(
+        console.contains("configuration: using baked /etc/bladevisor/cluster.toml (fallback"),
+        "{}",
+        blade.report()
+    );
+}
