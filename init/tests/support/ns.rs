@@ -16,31 +16,36 @@ pub struct Ns {
     pub dir: PathBuf,
     pub child: Child,
     pub log: PathBuf,
+    /// The init's cgroup prefix (BLADEVISOR_CGROUP).
+    pub cgroup: String,
 }
 
 impl Ns {
     pub fn start(test: &str, services: &str) -> Ns {
         assert!(nix_is_root(), "PID-1 tests need root (they create PID and mount namespaces)");
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp").join(format!("pid1-{test}"));
+        // Not under the checkout: the init mounts a fresh /tmp and /run in its namespace, which
+        // would hide a checkout that lives there. /var/tmp is never mounted over.
+        let dir = Path::new("/var/tmp/bladevisor-tests").join(format!("{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("etc")).unwrap();
         std::fs::create_dir_all(dir.join("run")).unwrap();
         std::fs::write(dir.join("etc/image.toml"), services.replace("@DIR@", dir.to_str().unwrap())).unwrap();
         let log = dir.join("console.log");
         let out = std::fs::File::create(&log).unwrap();
+        let cgroup = format!("bladevisor-test-{}-{test}", std::process::id());
         let child = Command::new("unshare")
             .args(["--pid", "--fork", "--mount", "--uts", "--mount-proc", "--kill-child"])
             .arg(env!("CARGO_BIN_EXE_bladevisor"))
             .arg("init")
             .env("BLADEVISOR_ETC", dir.join("etc"))
             .env("BLADEVISOR_RUN", dir.join("run"))
-            .env("BLADEVISOR_CGROUP", format!("bladevisor-test-{test}"))
+            .env("BLADEVISOR_CGROUP", &cgroup)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .expect("unshare runs");
-        let ns = Ns { dir, child, log };
+        let ns = Ns { dir, child, log, cgroup };
         ns.wait_for("the control socket", Duration::from_secs(20), |ns| ns.try_status().is_some());
         ns
     }
@@ -114,6 +119,26 @@ impl Drop for Ns {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        // The (now empty) cgroups the init made on the host's hierarchy.
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if let Some(mnt) = bladevisor::supervisor::cgroup::find_cgroup2(&info) {
+            let prefix = mnt.join(&self.cgroup);
+            // The namespace's processes die with its init, a moment after it.
+            for _ in 0..20 {
+                for e in std::fs::read_dir(&prefix).into_iter().flatten().flatten() {
+                    if e.path().is_dir() {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+                if std::fs::remove_dir(&prefix).is_ok() || !prefix.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
     }
 }
 
