@@ -40,6 +40,8 @@ enum Cmd {
     Halt,
     /// Start, stop or restart one service.
     Service { name: String, action: String },
+    /// Re-read the alias table and apply it (maps in use stay up; a bad table is refused).
+    ReloadAliases,
 }
 
 fn endpoint(cli: &Cli) -> Endpoint {
@@ -127,5 +129,6 @@ pub fn main() {
         Cmd::Poweroff => post(&cli, "/v1/power/poweroff"),
         Cmd::Halt => post(&cli, "/v1/power/halt"),
         Cmd::Service { name, action } => post(&cli, &format!("/v1/services/{name}/{action}")),
+        Cmd::ReloadAliases => post(&cli, "/v1/storage/reload"),
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod logging;
 pub mod net;
 pub mod pid1;
+pub mod storage;
 pub mod supervisor;
 
 use std::path::PathBuf;

@@ -76,6 +76,36 @@ pub struct Lun {
     pub serial: String,
 }
 
+/// The lab's SAN, as the baked cluster.toml's `[aliases]` names it: (alias, WWN) of each LUN.
+pub const LAB_LUNS: [(&str, &str); 2] = [("lab-vm1", "0x5000c50015ea7100"), ("lab-vm2", "0x5000c50015ea7101")];
+
+/// The WWID multipath sees for a WWN (udev's scsi_id: NAA type 3, then the hex).
+pub fn wwid_of(wwn: &str) -> String {
+    format!("3{}", wwn.trim_start_matches("0x"))
+}
+
+/// Creates the lab's LUN files under `dir` (sparse, `size_mib` each), each starting with a
+/// marker naming its alias, so a test can tell which LUN a map really is.
+pub fn lab_san(dir: &Path, size_mib: u64) -> Vec<Lun> {
+    LAB_LUNS
+        .iter()
+        .enumerate()
+        .map(|(i, (alias, wwn))| {
+            let file = dir.join(format!("{alias}.lun"));
+            let f = std::fs::File::create(&file).expect("LUN file");
+            f.set_len(size_mib << 20).expect("LUN size");
+            std::fs::write(&file, lun_marker(alias)).expect("LUN marker");
+            f.set_len(size_mib << 20).expect("LUN size");
+            Lun { file, wwn: wwn.to_string(), serial: format!("LABLUN{i:04}") }
+        })
+        .collect()
+}
+
+/// What `lab_san` writes at the start of a LUN.
+pub fn lun_marker(alias: &str) -> Vec<u8> {
+    format!("bladevisor lab LUN {alias}\n").into_bytes()
+}
+
 #[derive(Debug, Clone)]
 pub struct BladeSpec {
     pub name: String,
@@ -146,6 +176,10 @@ impl Blade {
             format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
             "-device".into(),
             "i6300esb".into(),
+            // Entropy: under TCG the guest has no RDRAND, and udev's coldplug stalls until the
+            // kernel's pool is ready. Real blades have a hardware source.
+            "-device".into(),
+            "virtio-rng-pci".into(),
         ];
         let mut netdev = format!("user,id=mgmt,hostfwd=tcp:127.0.0.1:{api_port}-:7480");
         match &spec.boot {

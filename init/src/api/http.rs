@@ -15,13 +15,24 @@ use crate::supervisor::ServiceState;
 pub enum Route {
     Status,
     Metrics,
+    /// A call that changes something: needs the token over the network.
     Do(Request),
+    /// Reads 4 KiB of a LUN through its map (bypassing the page cache): needs the token, as it
+    /// reads guests' data.
+    ReadLun {
+        alias: String,
+        offset: u64,
+    },
     NotFound,
     MethodNotAllowed,
 }
 
-pub fn route(method: &Method, path: &str) -> Route {
-    let path = path.split('?').next().unwrap_or("");
+fn query(url: &str, key: &str) -> Option<String> {
+    url.split_once('?')?.1.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(String::from))
+}
+
+pub fn route(method: &Method, url: &str) -> Route {
+    let path = url.split('?').next().unwrap_or("");
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
         (Method::Get, ["v1", "status"]) => Route::Status,
@@ -34,20 +45,70 @@ pub fn route(method: &Method, path: &str) -> Route {
             Some(a) => Route::Do(Request::Service { name: name.to_string(), action: a }),
             None => Route::NotFound,
         },
-        (_, ["v1", "status"]) | (_, ["metrics"]) | (_, ["v1", "power", _]) | (_, ["v1", "services", _, _]) => {
-            Route::MethodNotAllowed
+        (Method::Post, ["v1", "storage", "reload"]) => Route::Do(Request::StorageReload(std::sync::mpsc::channel().0)),
+        (Method::Get, ["v1", "luns", alias, "read"]) => {
+            match query(url, "offset").unwrap_or_else(|| "0".into()).parse() {
+                Ok(offset) => Route::ReadLun { alias: alias.to_string(), offset },
+                Err(_) => Route::NotFound,
+            }
         }
+        (_, ["v1", "status"])
+        | (_, ["metrics"])
+        | (_, ["v1", "power", _])
+        | (_, ["v1", "services", _, _])
+        | (_, ["v1", "storage", "reload"])
+        | (_, ["v1", "luns", _, "read"]) => Route::MethodNotAllowed,
         _ => Route::NotFound,
     }
 }
 
-fn json_response(code: u16, body: String) -> Response<std::io::Cursor<Vec<u8>>> {
+type Body = Response<std::io::Cursor<Vec<u8>>>;
+
+fn json_response(code: u16, body: String) -> Body {
     let h = Header::from_bytes("Content-Type", "application/json").expect("static header");
     Response::from_string(body).with_status_code(code).with_header(h)
 }
 
-fn message(code: u16, key: &str, msg: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+fn message(code: u16, key: &str, msg: &str) -> Body {
     json_response(code, serde_json::json!({ key: msg }).to_string())
+}
+
+fn render(reply: Reply) -> Body {
+    match reply {
+        Reply::Status(s) => json_response(200, serde_json::to_string(&s).unwrap_or_default()),
+        Reply::Ok(m) => message(200, "ok", &m),
+        Reply::Error(c, m) => message(c, "error", &m),
+        Reply::Deferred => message(500, "error", "no answer"),
+    }
+}
+
+/// Reads 4 KiB at `offset` (rounded down to 4 KiB) of `/dev/mapper/<alias>` with O_DIRECT, so
+/// the answer comes from the LUN through its paths, not from the page cache.
+pub fn read_lun(alias: &str, offset: u64) -> Result<Vec<u8>, (u16, String)> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    if !crate::storage::aliases::valid_alias(alias) {
+        return Err((404, format!("{alias:?} is not an alias")));
+    }
+    let dev = std::path::Path::new("/dev/mapper").join(alias);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECT)
+        .open(&dev)
+        .map_err(|e| (404, format!("{}: {e}", dev.display())))?;
+    let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("valid layout");
+    // O_DIRECT needs an aligned buffer: allocate one and copy out.
+    // SAFETY: the layout has a non-zero size; the buffer is freed below on every path.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return Err((500, "out of memory".into()));
+    }
+    // SAFETY: ptr points to 4096 initialised (zeroed) bytes owned here.
+    let buf = unsafe { std::slice::from_raw_parts_mut(ptr, 4096) };
+    let r = f.seek(SeekFrom::Start(offset & !4095)).and_then(|_| f.read(buf)).map(|n| buf[..n].to_vec());
+    // SAFETY: allocated above with the same layout.
+    unsafe { std::alloc::dealloc(ptr, layout) };
+    r.map_err(|e| (500, format!("reading {} at {offset}: {e}", dev.display())))
 }
 
 /// Serves requests on a worker thread; mutating calls are checked against `auth`.
@@ -56,45 +117,45 @@ pub fn serve(server: Server, tx: Sender<Event>, auth: Auth, name: &str) {
     crate::spawn_worker(&format!("api-{name}"), move || {
         for req in server.incoming_requests() {
             let route = route(req.method(), req.url());
+            if matches!(route, Route::Do(_) | Route::ReadLun { .. }) {
+                let given =
+                    req.headers().iter().find(|h| h.field.equiv("Authorization")).map(|h| h.value.as_str().to_string());
+                if let Some((code, why)) = refuse(&auth, given.as_deref()) {
+                    warn!(api = %name, remote = ?req.remote_addr(), request = %req.url(), "refused: {why}");
+                    let _ = req.respond(message(code, "error", why));
+                    continue;
+                }
+            }
             let resp = match route {
                 Route::NotFound => message(404, "error", &format!("no such endpoint: {} {}", req.method(), req.url())),
                 Route::MethodNotAllowed => {
                     message(405, "error", &format!("{} is not allowed on {}", req.method(), req.url()))
                 }
-                Route::Status => match ask(&tx, Request::Status) {
-                    Reply::Status(s) => json_response(200, serde_json::to_string(&s).unwrap_or_default()),
-                    Reply::Error(c, m) => message(c, "error", &m),
-                    Reply::Ok(m) => message(200, "ok", &m),
-                },
+                Route::Status => render(ask(&tx, Request::Status)),
                 Route::Metrics => match ask(&tx, Request::Status) {
                     Reply::Status(s) => {
                         let h = Header::from_bytes("Content-Type", "text/plain; version=0.0.4").expect("static header");
                         Response::from_string(metrics(&s)).with_header(h)
                     }
-                    Reply::Error(c, m) => message(c, "error", &m),
-                    Reply::Ok(m) => message(200, "ok", &m),
+                    r => render(r),
                 },
-                Route::Do(r) => {
-                    let given = req
-                        .headers()
-                        .iter()
-                        .find(|h| h.field.equiv("Authorization"))
-                        .map(|h| h.value.as_str().to_string());
-                    if let Some((code, why)) = refuse(&auth, given.as_deref()) {
-                        warn!(api = %name, remote = ?req.remote_addr(), request = %req.url(), "refused: {why}");
-                        let _ = req.respond(message(code, "error", why));
-                        continue;
-                    }
-                    match ask(&tx, r) {
-                        Reply::Ok(m) => message(200, "ok", &m),
-                        Reply::Error(c, m) => message(c, "error", &m),
-                        Reply::Status(s) => json_response(200, serde_json::to_string(&s).unwrap_or_default()),
-                    }
-                }
+                Route::ReadLun { alias, offset } => match read_lun(&alias, offset) {
+                    Ok(bytes) => json_response(
+                        200,
+                        serde_json::json!({ "alias": alias, "offset": offset & !4095, "length": bytes.len(), "hex": hex(&bytes) })
+                            .to_string(),
+                    ),
+                    Err((code, e)) => message(code, "error", &e),
+                },
+                Route::Do(r) => render(ask(&tx, r)),
             };
             let _ = req.respond(resp);
         }
     });
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Why a mutating call is refused, if it is: the HTTP code and the reason.
@@ -166,6 +227,49 @@ pub fn metrics(s: &Status) -> String {
             })
             .collect(),
     );
+    let lun = |l: &crate::storage::LunStatus| format!("{{alias=\"{}\",wwid=\"{}\"}}", esc(&l.alias), esc(&l.wwid));
+    metric(
+        "bladevisor_lun_paths_up",
+        "Healthy paths of the LUN.",
+        "gauge",
+        s.luns.iter().map(|l| (lun(l), l.paths_up as f64)).collect(),
+    );
+    metric(
+        "bladevisor_lun_paths_expected",
+        "Paths the LUN should have.",
+        "gauge",
+        s.luns.iter().map(|l| (lun(l), l.paths_expected as f64)).collect(),
+    );
+    metric(
+        "bladevisor_lun_state",
+        "1 for the LUN's current state (healthy, degraded, missing).",
+        "gauge",
+        s.luns
+            .iter()
+            .flat_map(|l| {
+                ["healthy", "degraded", "missing"].into_iter().map(move |st| {
+                    (
+                        format!("{{alias=\"{}\",state=\"{st}\"}}", esc(&l.alias)),
+                        if l.state.as_str() == st { 1.0 } else { 0.0 },
+                    )
+                })
+            })
+            .collect(),
+    );
+    metric(
+        "bladevisor_hba_online",
+        "1 when the FC port is Online.",
+        "gauge",
+        s.hbas
+            .iter()
+            .map(|h| {
+                (
+                    format!("{{hba=\"{}\",wwpn=\"{}\"}}", esc(&h.host), esc(&h.wwpn)),
+                    if h.port_state == "Online" { 1.0 } else { 0.0 },
+                )
+            })
+            .collect(),
+    );
     metric(
         "bladevisor_service_restarts_total",
         "Restarts of the service since boot.",
@@ -190,6 +294,12 @@ mod tests {
             Route::Do(Request::Service { name: "udevd".into(), action: ServiceAction::Restart })
         );
         assert_eq!(route(&Method::Post, "/v1/power/explode"), Route::NotFound);
+        assert_eq!(
+            route(&Method::Get, "/v1/luns/vm1/read?offset=8192"),
+            Route::ReadLun { alias: "vm1".into(), offset: 8192 }
+        );
+        assert_eq!(route(&Method::Get, "/v1/luns/vm1/read"), Route::ReadLun { alias: "vm1".into(), offset: 0 });
+        assert!(matches!(route(&Method::Post, "/v1/storage/reload"), Route::Do(Request::StorageReload(_))));
         assert_eq!(route(&Method::Get, "/v1/power/reboot"), Route::MethodNotAllowed);
         assert_eq!(route(&Method::Post, "/v1/status"), Route::MethodNotAllowed);
         assert_eq!(route(&Method::Get, "/"), Route::NotFound);
@@ -220,6 +330,18 @@ mod tests {
             cluster: Some("lab".into()),
             config_source: None,
             management: None,
+            luns: vec![crate::storage::LunStatus {
+                alias: "vm1".into(),
+                wwid: "3600a".into(),
+                paths_up: 1,
+                paths_expected: 2,
+                state: crate::storage::LunState::Degraded,
+                dm: Some("dm-0".into()),
+                size_bytes: Some(1 << 30),
+                paths: vec![],
+            }],
+            hbas: vec![],
+            aliases_source: None,
             cpus: 2,
             memory: Default::default(),
             services: vec![crate::supervisor::ServiceStatus {
@@ -236,6 +358,9 @@ mod tests {
         assert!(m.contains("bladevisor_info{node=\"blade1\",version=\"1.2\\\"3\"} 1\n"), "{m}");
         assert!(m.contains("bladevisor_service_up{service=\"udevd\"} 1\n"), "{m}");
         assert!(m.contains("bladevisor_service_restarts_total{service=\"udevd\"} 3\n"), "{m}");
+        assert!(m.contains("bladevisor_lun_paths_up{alias=\"vm1\",wwid=\"3600a\"} 1\n"), "{m}");
+        assert!(m.contains("bladevisor_lun_state{alias=\"vm1\",state=\"degraded\"} 1\n"), "{m}");
+        assert!(m.contains("bladevisor_lun_state{alias=\"vm1\",state=\"healthy\"} 0\n"), "{m}");
         assert!(
             m.contains("# TYPE bladevisor_orphans_reaped_total counter\nbladevisor_orphans_reaped_total 2\n"),
             "{m}"

@@ -46,6 +46,8 @@ pub enum Request {
     AddService(Box<crate::config::ServiceSpec>),
     /// From the boot sequence: it is done.
     BootDone(Box<crate::pid1::boot::BootOutcome>),
+    /// Re-read the alias table; the reply comes from the worker that does it.
+    StorageReload(std::sync::mpsc::Sender<Reply>),
 }
 
 impl PartialEq for Request {
@@ -79,7 +81,7 @@ pub enum Auth {
     Local,
     /// The network: `Authorization: Bearer <token>`.
     Token(String),
-    /// The network, with no token configured: mutating calls are refused.
+    /// The network, with no token configured: mutating (and LUN-reading) calls are refused.
     ReadOnly,
 }
 
@@ -98,6 +100,8 @@ pub enum Reply {
     Ok(String),
     /// HTTP status code and a message for the operator.
     Error(u16, String),
+    /// The answer will be sent later, by a worker (internal to the main loop).
+    Deferred,
 }
 
 /// `GET /v1/status`: one JSON object describing the blade.
@@ -119,6 +123,12 @@ pub struct Status {
     pub config_source: Option<String>,
     /// The management interface and its address.
     pub management: Option<String>,
+    /// Every alias of the alias table: its WWID, paths and state.
+    pub luns: Vec<crate::storage::LunStatus>,
+    /// The FC HBA ports (none in the QEMU lab, which has no FC).
+    pub hbas: Vec<crate::storage::sysfs::FcHost>,
+    /// Where the alias table in force came from.
+    pub aliases_source: Option<String>,
     pub cpus: usize,
     pub memory: Memory,
     pub services: Vec<ServiceStatus>,

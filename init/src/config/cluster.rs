@@ -59,6 +59,14 @@ pub struct ClusterConfig {
     pub cluster: Cluster,
     #[serde(default)]
     pub nodes: BTreeMap<String, Node>,
+    #[serde(default)]
+    pub storage: crate::storage::StorageConfig,
+    /// An alias table inside the configuration itself, as in an alias file's `[aliases]`.
+    #[serde(default, rename = "aliases", skip_serializing)]
+    aliases_table: BTreeMap<String, crate::storage::aliases::TomlEntry>,
+    /// The same table, validated (None when the configuration has none).
+    #[serde(skip)]
+    pub aliases: Option<Vec<crate::storage::Alias>>,
 }
 
 /// A MAC address normalised to lower-case colon form, or None when it is not one.
@@ -89,6 +97,10 @@ pub fn parse_cluster(file: &Path, text: &str) -> Result<ClusterConfig, ConfigErr
             "name",
             format!("cluster name {:?} must be 1-64 of [A-Za-z0-9._-]", cfg.cluster.name),
         ));
+    }
+    if !cfg.aliases_table.is_empty() {
+        let table = std::mem::take(&mut cfg.aliases_table);
+        cfg.aliases = Some(crate::storage::aliases::from_toml_table(file, text, table)?);
     }
     let mut seen_macs: BTreeMap<String, String> = BTreeMap::new();
     for (name, node) in cfg.nodes.iter_mut() {
@@ -167,6 +179,23 @@ management = { interface = "eth0", address = "10.0.0.12/24", gateway = "10.0.0.1
         assert_eq!(c.nodes["blade2"].macs, vec!["52:54:00:00:00:0a"]);
         assert_eq!(c.nodes["blade1"].management.address, "dhcp");
         assert_eq!(c.nodes["blade2"].name, "blade2");
+    }
+
+    #[test]
+    fn storage_settings_and_an_inline_alias_table_are_read() {
+        let c = parse(
+            "[cluster]\nname = \"lab\"\n[storage]\ndefault-paths = 2\n[aliases]\nvm1 = { wwid = \"naa.5000C5\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.storage.default_paths, 2);
+        assert_eq!(c.storage.wait_s, 60.0);
+        let a = c.aliases.unwrap();
+        assert_eq!((a[0].alias.as_str(), a[0].wwid.as_str(), a[0].line), ("vm1", "35000c5", 6));
+        let e = parse("[cluster]\nname = \"lab\"\n[aliases]\nvm1 = { wwid = \"3600a\" }\nvm2 = { wwid = \"3600A\" }\n")
+            .unwrap_err();
+        assert_eq!(e, "cluster.toml:5: WWID 3600a is given two aliases: vm1 (line 4) and vm2");
+        let e = parse("[cluster]\nname = \"lab\"\n[storage]\nwait = 3\n").unwrap_err();
+        assert!(e.starts_with("cluster.toml:4:1: unknown field `wait`"), "{e}");
     }
 
     #[test]

@@ -164,6 +164,10 @@ pub struct BootSettings {
     /// How long to keep retrying `bladevisor.config=<url>` before falling back to the baked copy.
     #[serde(default = "default_config_timeout")]
     pub config_timeout_s: f64,
+    /// Bring up storage: HBAs, SCSI scans, multipathd with the alias table (off where the
+    /// storage is not ours).
+    #[serde(default)]
+    pub storage: bool,
     /// TCP port of the API on the management network; none without this key.
     #[serde(default)]
     pub api_port: Option<u16>,
@@ -180,6 +184,7 @@ impl Default for BootSettings {
     fn default() -> Self {
         BootSettings {
             network: false,
+            storage: false,
             network_timeout_s: default_net_timeout(),
             config_timeout_s: default_config_timeout(),
             api_port: None,

@@ -26,6 +26,12 @@ pub struct BootPlan {
     pub etc: PathBuf,
     pub run: PathBuf,
     pub class_net: PathBuf,
+    /// `/sys`: where HBAs, disks and maps are read.
+    pub sys: PathBuf,
+    /// Where multipath's configuration is written.
+    pub multipath_conf: PathBuf,
+    /// The storage watch's shared state (storage bring-up runs when `settings.storage`).
+    pub storage: crate::storage::Shared,
 }
 
 /// What it found, handed to the main loop when it is done.
@@ -190,8 +196,94 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
         },
         None => named.unwrap_or("bladevisor").to_string(),
     };
+    // 4. Storage: HBAs, scans, multipath from the alias table, and the wait for every alias.
+    if plan.settings.storage {
+        bring_up_storage(plan, tx, cluster.as_ref(), &mut out);
+    }
     out.cluster = cluster;
     out
+}
+
+fn multipathd_service() -> crate::config::ServiceSpec {
+    crate::config::ServiceSpec {
+        name: "multipathd".into(),
+        argv: vec!["/sbin/multipathd".into(), "-d".into(), "-s".into()],
+        env: Default::default(),
+        after: vec!["udevd".into()],
+        ready: Default::default(),
+        restart: crate::config::RestartPolicy::Always,
+        backoff: crate::config::services::Backoff { give_up_after: 0, ..Default::default() },
+        stop_timeout_s: 10.0,
+        enabled: true,
+    }
+}
+
+fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&ClusterConfig>, out: &mut BootOutcome) {
+    use crate::storage::{self, hba, sysfs::Sysfs, AliasSources, LunState};
+    let cfg = cluster.map(|c| c.storage.clone()).unwrap_or_default();
+    let sources = AliasSources {
+        url: plan.cmdline.aliases_url.clone().or(cfg.aliases_url.clone()),
+        inline: cluster.and_then(|c| c.aliases.clone()),
+        baked: plan.etc.join("aliases"),
+        fetch_timeout: Duration::from_secs_f64(plan.settings.config_timeout_s),
+    };
+    {
+        let mut s = plan.storage.lock().unwrap_or_else(|p| p.into_inner());
+        s.sources = sources.clone();
+        s.default_paths = cfg.default_paths;
+        s.multipath_conf = plan.multipath_conf.clone();
+    }
+    let (table, source, problems) = storage::resolve(&sources);
+    for p in problems {
+        error!("aliases: {p}");
+        out.problems.push(format!("aliases: {p}"));
+    }
+    let sys = Sysfs::new(&plan.sys);
+    let b = hba::bring_up(&sys, Duration::from_secs_f64(cfg.lip_timeout_s), || {
+        std::thread::sleep(Duration::from_millis(500))
+    });
+    out.problems.extend(b.problems);
+    let Some(table) = table else {
+        info!("no alias table: no LUN is multipathed");
+        storage::watch(plan.storage.clone(), sys);
+        return;
+    };
+    let names: Vec<String> = table.iter().map(|a| a.alias.clone()).collect();
+    if let Err(e) = storage::apply(&plan.storage, table, source) {
+        error!("{e}");
+        out.problems.push(e);
+        return;
+    }
+    if let Reply::Error(_, e) = ask(tx, Request::AddService(Box::new(multipathd_service()))) {
+        error!("cannot start multipathd: {e}");
+        out.problems.push(format!("cannot start multipathd: {e}"));
+    }
+    storage::watch(plan.storage.clone(), sys);
+    // Wait, with a deadline, until every alias has its expected paths.
+    let limit = Duration::from_secs_f64(cfg.wait_s);
+    let end = Instant::now() + limit;
+    loop {
+        let luns = plan.storage.lock().unwrap_or_else(|p| p.into_inner()).luns.clone();
+        let all = luns.len() == names.len() && luns.iter().all(|l| l.state == LunState::Healthy);
+        if all {
+            info!(luns = luns.len(), "storage ready: every alias has its expected paths");
+            return;
+        }
+        if Instant::now() >= end {
+            let missing: Vec<&str> =
+                luns.iter().filter(|l| l.state == LunState::Missing).map(|l| l.alias.as_str()).collect();
+            let degraded: Vec<&str> =
+                luns.iter().filter(|l| l.state == LunState::Degraded).map(|l| l.alias.as_str()).collect();
+            warn!(
+                "storage not complete after {:.0} s: missing [{}], degraded [{}]; going on",
+                limit.as_secs_f64(),
+                missing.join(", "),
+                degraded.join(", ")
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 #[cfg(test)]

@@ -56,6 +56,7 @@ pub struct Init {
     version: String,
     /// What the boot sequence found; None while it runs.
     boot: Option<boot::BootOutcome>,
+    storage: crate::storage::Shared,
     /// Problems found during boot (configuration, mounts), kept for status.
     boot_problems: Vec<String>,
     shutdown: Option<(PowerAction, Instant)>,
@@ -100,10 +101,18 @@ impl Init {
             cluster: self.boot.as_ref().and_then(|b| b.cluster.as_ref()).map(|c| c.cluster.name.clone()),
             config_source: self.boot.as_ref().map(|b| b.config_source.clone()),
             management: self.boot.as_ref().and_then(|b| b.management.clone()),
+            luns: self.storage_snapshot().0,
+            hbas: self.storage_snapshot().1,
+            aliases_source: Some(self.storage_snapshot().2).filter(|s| !s.is_empty()),
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             memory: memory(),
             services: self.sup.status(Instant::now()),
         }
+    }
+
+    fn storage_snapshot(&self) -> (Vec<crate::storage::LunStatus>, Vec<crate::storage::sysfs::FcHost>, String) {
+        let s = self.storage.lock().unwrap_or_else(|p| p.into_inner());
+        (s.luns.clone(), s.hbas.clone(), s.table_source.clone())
     }
 
     /// The boot sequence is done: take on the node's identity and open the API.
@@ -143,6 +152,16 @@ impl Init {
                 Ok(()) => Reply::Ok("added".into()),
                 Err(e) => Reply::Error(409, e),
             },
+            Request::StorageReload(reply) => {
+                let shared = self.storage.clone();
+                crate::spawn_worker("storage-reload", move || {
+                    let _ = reply.send(match crate::storage::reload(&shared) {
+                        Ok(m) => Reply::Ok(m),
+                        Err(e) => Reply::Error(422, e),
+                    });
+                });
+                Reply::Deferred
+            }
             Request::BootDone(outcome) => {
                 self.boot_done(*outcome);
                 Reply::Ok("boot done".into())
@@ -169,15 +188,19 @@ impl Init {
     fn handle_signal(&mut self, sig: i32) {
         match sig {
             SIGCHLD => {}
-            SIGHUP => match config::load_image(&config::etc_dir().join("image.toml")) {
-                Ok(c) => {
-                    info!(
-                        services = c.services.len(),
-                        "SIGHUP: image.toml is valid; changes to it apply at the next boot"
-                    )
+            SIGHUP => {
+                // Re-read the alias table (applied without tearing down maps in use) and check
+                // image.toml (whose changes apply at the next boot).
+                let shared = self.storage.clone();
+                crate::spawn_worker("storage-reload", move || match crate::storage::reload(&shared) {
+                    Ok(m) => info!("SIGHUP: {m}"),
+                    Err(e) => error!("SIGHUP: {e}"),
+                });
+                match config::load_image(&config::etc_dir().join("image.toml")) {
+                    Ok(_) => info!("SIGHUP: image.toml is valid; changes to it apply at the next boot"),
+                    Err(e) => error!("SIGHUP: {e}"),
                 }
-                Err(e) => error!("SIGHUP: {e}"),
-            },
+            }
             s => {
                 if let Some(action) = shutdown::action_for_signal(s) {
                     let name = nix::sys::signal::Signal::try_from(s).map(|s| s.as_str()).unwrap_or("?");
@@ -195,7 +218,17 @@ impl Init {
             Ok(Event::Signal(sig)) => self.handle_signal(sig),
             Ok(Event::PowerButton) => self.begin_shutdown(PowerAction::Poweroff, "power button pressed"),
             Ok(Event::Api(req, reply)) => {
-                let _ = reply.send(self.handle_request(req));
+                // A reload answers from its own worker: hand it the reply channel.
+                let req = match req {
+                    Request::StorageReload(_) => Request::StorageReload(reply.clone()),
+                    r => r,
+                };
+                match self.handle_request(req) {
+                    Reply::Deferred => {}
+                    r => {
+                        let _ = reply.send(r);
+                    }
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(IDLE_WAKE),
@@ -244,7 +277,8 @@ impl Init {
         let failed = self.sup.status(Instant::now()).into_iter().filter(|s| s.state == ServiceState::Failed);
         let failed = failed.map(|s| format!("service {} failed: {}", s.name, s.reason.unwrap_or_default()));
         let boot = self.boot.iter().flat_map(|b| b.problems.iter().cloned());
-        self.boot_problems.iter().cloned().chain(boot).chain(failed).collect()
+        let luns = self.storage.lock().unwrap_or_else(|p| p.into_inner()).problems();
+        self.boot_problems.iter().cloned().chain(boot).chain(failed).chain(luns).collect()
     }
 }
 
@@ -335,7 +369,11 @@ pub fn run() -> ! {
         error!("{e}");
         degraded.push(e);
     }
+    let storage: crate::storage::Shared = Default::default();
     let plan = boot::BootPlan {
+        sys: PathBuf::from("/sys"),
+        multipath_conf: PathBuf::from("/etc/multipath.conf"),
+        storage: storage.clone(),
         settings: image.boot.clone(),
         cmdline,
         etc: config::etc_dir(),
@@ -362,6 +400,7 @@ pub fn run() -> ! {
         node: "bladevisor".into(),
         version,
         boot: None,
+        storage,
         boot_problems: degraded,
         shutdown: None,
         ready_ms: None,

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bladevisor_lab::{work_dir, Blade, BladeSpec, Boot, Image};
+use bladevisor_lab::{lab_san, work_dir, Blade, BladeSpec, Boot, Image};
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
@@ -74,13 +74,15 @@ fn main() {
     let mut ready_kernel_ms = vec![];
     let mut used = vec![];
     for i in 0..runs {
-        let spec = BladeSpec::new(
+        let mut spec = BladeSpec::new(
             &format!("bench-boot-{i}"),
             "52:54:00:b1:ad:01",
             Boot::Direct { cmdline: "bladevisor.node=blade1".into() },
         );
+        let bdir = work_dir(&format!("bench-boot-{i}"));
+        spec.luns = lab_san(&bdir, 16);
         let t0 = Instant::now();
-        let mut b = Blade::start(spec, &img);
+        let mut b = Blade::start_in(spec, &img, bdir);
         let (line, _) = b.wait_console("bladevisor ready", Duration::from_secs(300)).unwrap_or_else(|e| panic!("{e}"));
         ready_s.push(t0.elapsed().as_secs_f64());
         if let Some(ms) = line

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use bladevisor_lab::{free_port, Blade, BladeSpec, Boot, Image};
+use bladevisor_lab::{free_port, lab_san, work_dir, Blade, BladeSpec, Boot, Image};
 
 fn main() {
     let until_ready = std::env::args().any(|a| a == "--until-ready");
@@ -16,7 +16,10 @@ fn main() {
     let mut spec =
         BladeSpec::new("lab-blade1", "52:54:00:b1:ad:01", Boot::Direct { cmdline: "bladevisor.node=blade1".into() });
     spec.host_api_port = Some(port);
-    let mut blade = Blade::start(spec, &img);
+    // The lab SAN: two LUNs, each through two HBAs, named by the baked alias table.
+    let dir = work_dir("lab-blade1");
+    spec.luns = lab_san(&dir, 64);
+    let mut blade = Blade::start_in(spec, &img, dir);
     println!("lab: booting {} (version {}) under QEMU/TCG as blade1", img.initrd.display(), img.version());
     println!("lab: serial console: {}", blade.console.display());
 

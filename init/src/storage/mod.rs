@@ -1,0 +1,290 @@
+//! Storage bring-up and watch: the reason this appliance exists. On every blade,
+//! `/dev/mapper/<alias>` must be the same LUN over every path the fabric offers.
+//!
+//! - `aliases`: the shared alias file, in our TOML or multipath's own formats
+//! - `hba`: FC ports Online (LIP where needed), SCSI hosts scanned
+//! - `multipath`: the multipath.conf we write, multipathd's control socket
+//! - `sysfs`: what the kernel shows of HBAs, disks and maps, under any root
+//! - `health`: per alias, healthy / degraded / missing, and the log lines for each change
+
+pub mod aliases;
+pub mod hba;
+pub mod health;
+pub mod multipath;
+pub mod sysfs;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::config::fetch::get_with_retries;
+pub use aliases::Alias;
+pub use health::{LunState, LunStatus};
+use sysfs::{FcHost, Sysfs};
+
+/// `[storage]` in the cluster configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StorageConfig {
+    /// Where the alias file is served (any of the three formats); `bladevisor.aliases=` wins.
+    pub aliases_url: Option<String>,
+    /// Paths expected for aliases whose file gives no count (multipath's formats).
+    #[serde(default = "one")]
+    pub default_paths: u32,
+    /// How long boot waits for every alias to be healthy before going on, degraded.
+    #[serde(default = "sixty")]
+    pub wait_s: f64,
+    /// How long an FC port that is not Online gets after its LIP.
+    #[serde(default = "twenty")]
+    pub lip_timeout_s: f64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn sixty() -> f64 {
+    60.0
+}
+fn twenty() -> f64 {
+    20.0
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { aliases_url: None, default_paths: one(), wait_s: sixty(), lip_timeout_s: twenty() }
+    }
+}
+
+/// Where the alias table comes from, in order of precedence.
+#[derive(Debug, Clone, Default)]
+pub struct AliasSources {
+    /// `bladevisor.aliases=`, else `[storage] aliases-url`.
+    pub url: Option<String>,
+    /// `[aliases]` inside the cluster configuration.
+    pub inline: Option<Vec<Alias>>,
+    /// The copy baked into the image (`/etc/bladevisor/aliases`, any format).
+    pub baked: PathBuf,
+    pub fetch_timeout: Duration,
+}
+
+/// Resolves the alias table: fetched when a URL is given (falling back when it cannot be), else
+/// the cluster configuration's own table, else the baked file. Returns the table, where it came
+/// from, and what went wrong on the way.
+pub fn resolve(src: &AliasSources) -> (Option<Vec<Alias>>, String, Vec<String>) {
+    let mut problems = vec![];
+    if let Some(url) = &src.url {
+        let fetched = get_with_retries(url, src.fetch_timeout, Duration::from_secs(1), |n, e| {
+            warn!(attempt = n, "cannot fetch the alias file yet: {e}")
+        });
+        match fetched {
+            Ok(text) => match aliases::parse(Path::new(url), &text) {
+                Ok((format, table)) => return (Some(table), format!("fetched from {url} ({format:?})"), problems),
+                Err(e) => problems.push(format!("{e}; using the fallback alias table")),
+            },
+            Err((e, tries)) => {
+                problems.push(format!("cannot fetch {url} after {tries} tries: {e}; using the fallback alias table"))
+            }
+        }
+    }
+    if let Some(table) = &src.inline {
+        return (Some(table.clone()), "the cluster configuration's [aliases]".into(), problems);
+    }
+    if src.baked.exists() {
+        let text = std::fs::read_to_string(&src.baked).unwrap_or_default();
+        match aliases::parse(&src.baked, &text) {
+            Ok((format, table)) => {
+                return (Some(table), format!("baked {} ({format:?})", src.baked.display()), problems)
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    (None, "none".into(), problems)
+}
+
+/// What the storage watch knows; shared between the watch thread, the boot sequence, the API.
+#[derive(Debug, Default)]
+pub struct Storage {
+    pub sources: AliasSources,
+    /// The table in force: the last good one.
+    pub table: Vec<Alias>,
+    pub table_source: String,
+    pub luns: Vec<LunStatus>,
+    pub hbas: Vec<FcHost>,
+    pub default_paths: u32,
+    most_seen: std::collections::BTreeMap<String, u32>,
+    pub multipath_conf: PathBuf,
+}
+
+pub type Shared = Arc<Mutex<Storage>>;
+
+impl Storage {
+    /// Re-reads sysfs and returns one log line per change since the last time.
+    pub fn refresh(&mut self, sys: &Sysfs) -> Vec<String> {
+        let luns = health::assess(&self.table, &sys.maps(), &sys.disks(), &mut self.most_seen, self.default_paths);
+        let mut lines = health::changes(&self.luns, &luns);
+        let hbas = sys.fc_hosts();
+        for h in &hbas {
+            if let Some(old) = self.hbas.iter().find(|o| o.host == h.host) {
+                if old.port_state != h.port_state {
+                    lines.push(format!("FC port {} ({}): {} -> {}", h.host, h.wwpn, old.port_state, h.port_state));
+                }
+            }
+        }
+        self.luns = luns;
+        self.hbas = hbas;
+        lines
+    }
+
+    /// Why storage makes the blade degraded, one line per LUN that is not healthy.
+    pub fn problems(&self) -> Vec<String> {
+        self.luns
+            .iter()
+            .filter(|l| l.state != LunState::Healthy)
+            .map(|l| {
+                format!(
+                    "LUN {} ({}) is {}: {} of {} paths up",
+                    l.alias,
+                    l.wwid,
+                    l.state.as_str(),
+                    l.paths_up,
+                    l.paths_expected
+                )
+            })
+            .collect()
+    }
+}
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Storage> {
+    // A panic while holding the lock leaves a usable snapshot: take it anyway.
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Logs a change line at the level it deserves.
+fn log_change(line: &str) {
+    let bad = line.contains(" lost ") || line.ends_with("DEGRADED") || line.ends_with("MISSING");
+    if bad || (line.starts_with("FC port") && !line.ends_with("Online")) {
+        warn!("{line}");
+    } else {
+        info!("{line}");
+    }
+}
+
+/// Watches sysfs every second for the life of the blade, logging every change.
+pub fn watch(shared: Shared, sys: Sysfs) {
+    crate::spawn_worker("storage-watch", move || loop {
+        let lines = lock(&shared).refresh(&sys);
+        for l in &lines {
+            log_change(l);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    });
+}
+
+/// Applies a table: writes multipath.conf and, when multipathd already runs, reconfigures it
+/// (maps in use are reloaded, not torn down).
+pub fn apply(shared: &Shared, table: Vec<Alias>, source: String) -> Result<(), String> {
+    let conf = multipath::render_conf(&table);
+    let path = lock(shared).multipath_conf.clone();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&path, conf).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    {
+        let mut s = lock(shared);
+        info!(aliases = table.len(), "alias table from {source}");
+        s.table = table;
+        s.table_source = source;
+    }
+    Ok(())
+}
+
+/// Re-reads the alias table from its sources and applies it; an invalid or unreachable one
+/// leaves the last good table in force. For the API's reload and SIGHUP.
+pub fn reload(shared: &Shared) -> Result<String, String> {
+    let sources = lock(shared).sources.clone();
+    let (table, source, problems) = resolve(&sources);
+    for p in &problems {
+        error!("alias reload: {p}");
+    }
+    let Some(table) = table else {
+        return Err(format!("no usable alias table ({}); the last good table stays in force", problems.join("; ")));
+    };
+    if !problems.is_empty() && sources.url.is_some() {
+        return Err(format!("{}; the last good table stays in force", problems.join("; ")));
+    }
+    apply(shared, table, source.clone())?;
+    match multipath::command("reconfigure", Duration::from_secs(30)) {
+        Ok(r) => info!("multipathd reconfigure: {r}"),
+        Err(e) => warn!("{e}"),
+    }
+    Ok(format!("alias table reloaded from {source}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alias(a: &str, w: &str) -> Alias {
+        Alias { alias: a.into(), wwid: w.into(), paths: None, line: 1 }
+    }
+
+    #[test]
+    fn precedence_is_url_then_inline_then_baked() {
+        let t = tempfile::tempdir().unwrap();
+        let baked = t.path().join("aliases");
+        std::fs::write(&baked, "baked1 3600a\n").unwrap();
+        let mut src =
+            AliasSources { baked: baked.clone(), fetch_timeout: Duration::from_millis(100), ..Default::default() };
+        let (table, source, problems) = resolve(&src);
+        assert_eq!(table.unwrap()[0].alias, "baked1");
+        assert!(source.starts_with("baked ") && source.ends_with("(Bindings)"), "{source}");
+        assert!(problems.is_empty());
+
+        src.inline = Some(vec![alias("inline1", "3600b")]);
+        assert_eq!(resolve(&src).0.unwrap()[0].alias, "inline1");
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        src.url = Some(format!("http://127.0.0.1:{port}/aliases"));
+        let (table, source, problems) = resolve(&src);
+        assert_eq!(table.unwrap()[0].alias, "inline1", "falls back when the URL is unreachable");
+        assert_eq!(source, "the cluster configuration's [aliases]");
+        assert!(
+            problems[0].starts_with(&format!("cannot fetch http://127.0.0.1:{port}/aliases after")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_baked_file_is_a_problem_not_a_table() {
+        let t = tempfile::tempdir().unwrap();
+        let baked = t.path().join("aliases");
+        std::fs::write(&baked, "vm1 3600a\nvm1 3600b\n").unwrap();
+        let (table, source, problems) = resolve(&AliasSources { baked: baked.clone(), ..Default::default() });
+        assert!(table.is_none());
+        assert_eq!(source, "none");
+        assert_eq!(problems, vec![format!("{}:2: alias vm1 is defined twice (first on line 1)", baked.display())]);
+    }
+
+    #[test]
+    fn a_bad_reload_keeps_the_last_good_table() {
+        let t = tempfile::tempdir().unwrap();
+        let baked = t.path().join("aliases");
+        std::fs::write(&baked, "vm1 3600a\n").unwrap();
+        let shared: Shared = Arc::new(Mutex::new(Storage {
+            sources: AliasSources { baked: baked.clone(), ..Default::default() },
+            multipath_conf: t.path().join("multipath.conf"),
+            ..Default::default()
+        }));
+        reload(&shared).unwrap();
+        assert_eq!(lock(&shared).table[0].alias, "vm1");
+        assert!(std::fs::read_to_string(t.path().join("multipath.conf")).unwrap().contains("alias \"vm1\""));
+        std::fs::write(&baked, "vm1 3600a\nvm2 3600a\n").unwrap();
+        let e = reload(&shared).unwrap_err();
+        assert!(e.contains(":2: WWID 3600a is given two aliases") && e.contains("last good table stays"), "{e}");
+        assert_eq!(lock(&shared).table.len(), 1, "the last good table is kept");
+        assert!(std::fs::read_to_string(t.path().join("multipath.conf")).unwrap().contains("alias \"vm1\""));
+    }
+}
