@@ -42,6 +42,15 @@ enum Cmd {
     Service { name: String, action: String },
     /// Re-read the alias table and apply it (maps in use stay up; a bad table is refused).
     ReloadAliases,
+    /// Start, stop (ACPI power-off), restart or kill (as a crash would) a guest.
+    Guest { name: String, action: String },
+    /// Show a guest's serial console (the last 64 KiB).
+    Console {
+        name: String,
+        /// Keep following it, like tail -f.
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 fn endpoint(cli: &Cli) -> Endpoint {
@@ -130,5 +139,25 @@ pub fn main() {
         Cmd::Halt => post(&cli, "/v1/power/halt"),
         Cmd::Service { name, action } => post(&cli, &format!("/v1/services/{name}/{action}")),
         Cmd::ReloadAliases => post(&cli, "/v1/storage/reload"),
+        Cmd::Guest { name, action } => post(&cli, &format!("/v1/guests/{name}/{action}")),
+        Cmd::Console { name, follow } => {
+            let mut offset = 0u64;
+            loop {
+                let path = format!("/v1/guests/{name}/console?offset={offset}");
+                let r = call(&endpoint(&cli), "GET", &path, cli.token.as_deref(), Duration::from_secs(15))
+                    .unwrap_or_else(|e| fail(e));
+                let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+                if r.code != 200 {
+                    fail(format!("{} (HTTP {})", v["error"].as_str().unwrap_or(&r.body), r.code));
+                }
+                print!("{}", v["text"].as_str().unwrap_or(""));
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                offset = v["next"].as_u64().unwrap_or(offset);
+                if !follow {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
     }
 }

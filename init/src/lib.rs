@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod cmdline;
 pub mod config;
+pub mod guests;
 pub mod logging;
 pub mod net;
 pub mod pid1;

@@ -70,6 +70,7 @@ pub fn address_service(iface: &str, mgmt: &Management) -> ServiceSpec {
         backoff: Backoff { initial_s: 1.0, max_s: 10.0, give_up_after: 0, ..Backoff::default() },
         stop_timeout_s: 3.0,
         enabled: true,
+        qmp: None,
     }
 }
 

@@ -84,24 +84,42 @@ pub fn wwid_of(wwn: &str) -> String {
     format!("3{}", wwn.trim_start_matches("0x"))
 }
 
-/// Creates the lab's LUN files under `dir` (sparse, `size_mib` each), each starting with a
-/// marker naming its alias, so a test can tell which LUN a map really is.
+/// Where `lab_san` writes each LUN's marker (the first sector holds the test guest's boot code).
+pub const MARKER_OFFSET: u64 = 4096;
+
+/// Assembles the test guest (`tests/guest/counter.asm`, a boot sector that prints an
+/// increasing counter on its serial port) into `dir`.
+pub fn test_guest(dir: &Path) -> PathBuf {
+    let out = dir.join("counter.img");
+    let src = repo_root().join("tests/guest/counter.asm");
+    let st = Command::new("nasm").arg("-f").arg("bin").arg("-o").arg(&out).arg(&src).status();
+    assert!(st.is_ok_and(|s| s.success()), "nasm could not assemble {} (image/host-deps installs nasm)", src.display());
+    out
+}
+
+/// Creates the lab's LUN files under `dir` (sparse, `size_mib` each). Each holds a marker
+/// naming its alias at `MARKER_OFFSET`, so a test can tell which LUN a map really is; the first
+/// (lab-vm1, the demo guest's disk) starts with the test guest's boot sector.
 pub fn lab_san(dir: &Path, size_mib: u64) -> Vec<Lun> {
+    use std::io::{Seek, SeekFrom, Write};
+    let guest = std::fs::read(test_guest(dir)).expect("assembled test guest");
     LAB_LUNS
         .iter()
         .enumerate()
         .map(|(i, (alias, wwn))| {
             let file = dir.join(format!("{alias}.lun"));
-            let f = std::fs::File::create(&file).expect("LUN file");
+            let mut f = std::fs::File::create(&file).expect("LUN file");
             f.set_len(size_mib << 20).expect("LUN size");
-            std::fs::write(&file, lun_marker(alias)).expect("LUN marker");
-            f.set_len(size_mib << 20).expect("LUN size");
+            if i == 0 {
+                f.write_all(&guest).expect("boot sector");
+            }
+            f.seek(SeekFrom::Start(MARKER_OFFSET)).and_then(|_| f.write_all(&lun_marker(alias))).expect("LUN marker");
             Lun { file, wwn: wwn.to_string(), serial: format!("LABLUN{i:04}") }
         })
         .collect()
 }
 
-/// What `lab_san` writes at the start of a LUN.
+/// What `lab_san` writes at `MARKER_OFFSET` of a LUN.
 pub fn lun_marker(alias: &str) -> Vec<u8> {
     format!("bladevisor lab LUN {alias}\n").into_bytes()
 }
@@ -221,6 +239,13 @@ impl Blade {
             }
         }
         a
+    }
+
+    /// A blade of the lab with the lab SAN attached (its LUN files in the blade's work folder).
+    pub fn start_with_san(mut spec: BladeSpec, img: &Image, lun_mib: u64) -> Blade {
+        let dir = work_dir(&spec.name);
+        spec.luns = lab_san(&dir, lun_mib);
+        Self::start_in(spec, img, dir)
     }
 
     pub fn start(spec: BladeSpec, img: &Image) -> Blade {

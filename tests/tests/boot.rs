@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bladevisor_lab::http::HttpDir;
-use bladevisor_lab::{free_port, lab_san, work_dir, Blade, BladeSpec, Boot, Image};
+use bladevisor_lab::{free_port, work_dir, Blade, BladeSpec, Boot, Image};
 
 /// Under TCG on a shared 2-core machine a boot takes tens of seconds; these limits only catch
 /// a blade that will never get there.
@@ -20,7 +20,7 @@ fn a_blade_boots_to_ready_answers_its_api_and_powers_off_in_order() {
     let img = Image::built();
     let spec =
         BladeSpec::new("boot-direct", "52:54:00:b1:ad:01", Boot::Direct { cmdline: "bladevisor.node=blade1".into() });
-    let mut blade = Blade::start(spec, &img);
+    let mut blade = Blade::start_with_san(spec, &img, 16);
     let (line, _) = ok(blade.wait_console("bladevisor ready", READY));
     let version = img.version();
     assert!(
@@ -111,14 +111,12 @@ fn an_unreachable_configuration_url_falls_back_to_the_baked_copy_and_says_so() {
     let img = Image::built();
     let port = free_port(); // nothing listens there
     let url = format!("http://10.0.2.2:{port}/cluster.toml");
-    let dir = work_dir("boot-fallback");
-    let mut spec = BladeSpec::new(
+    let spec = BladeSpec::new(
         "boot-fallback",
         "52:54:00:b1:ad:02",
         Boot::Direct { cmdline: format!("bladevisor.config={url}") },
     );
-    spec.luns = lab_san(&dir, 16);
-    let mut blade = Blade::start_in(spec, &img, dir);
+    let mut blade = Blade::start_with_san(spec, &img, 16);
     ok(blade.wait_console("bladevisor ready", READY));
     let status = ok(blade.status());
     assert_eq!(status.node, "blade2", "found by MAC in the baked configuration: {status:?}");

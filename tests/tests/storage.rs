@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bladevisor::storage::LunState;
 use bladevisor_lab::http::HttpDir;
-use bladevisor_lab::{lab_san, lun_marker, work_dir, wwid_of, Blade, BladeSpec, Boot, Image, LAB_LUNS};
+use bladevisor_lab::{lab_san, lun_marker, work_dir, wwid_of, Blade, BladeSpec, Boot, Image, LAB_LUNS, MARKER_OFFSET};
 use serde_json::json;
 
 const READY: Duration = Duration::from_secs(300);
@@ -79,7 +79,7 @@ fn a_path_fails_under_reads_and_returns_while_the_map_stays_up() {
         // udev makes the /dev/mapper link a moment after the map exists.
         let end = Instant::now() + Duration::from_secs(60);
         let head = loop {
-            match read_lun(&blade, alias, 0) {
+            match read_lun(&blade, alias, MARKER_OFFSET) {
                 Ok(h) => break h,
                 Err(e) if Instant::now() >= end => {
                     panic!("/dev/mapper/{alias} cannot be read: {e}\n{}", blade.report())
@@ -115,7 +115,7 @@ fn a_path_fails_under_reads_and_returns_while_the_map_stays_up() {
         assert!(Instant::now() < end, "lab-vm1 never showed the lost path: {l:?}\n{}", blade.report());
     }
     assert!(
-        ok(read_lun(&blade, "lab-vm1", 0)).starts_with(&lun_marker("lab-vm1")),
+        ok(read_lun(&blade, "lab-vm1", MARKER_OFFSET)).starts_with(&lun_marker("lab-vm1")),
         "still the same LUN after the path loss"
     );
     let console = blade.console();

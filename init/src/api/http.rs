@@ -23,6 +23,8 @@ pub enum Route {
         alias: String,
         offset: u64,
     },
+    /// A read of something private (a guest's console): needs the token too.
+    Private(Request),
     NotFound,
     MethodNotAllowed,
 }
@@ -45,6 +47,16 @@ pub fn route(method: &Method, url: &str) -> Route {
             Some(a) => Route::Do(Request::Service { name: name.to_string(), action: a }),
             None => Route::NotFound,
         },
+        (Method::Post, ["v1", "guests", name, action]) => match ServiceAction::parse(action) {
+            Some(a) => Route::Do(Request::Guest { name: name.to_string(), action: a }),
+            None => Route::NotFound,
+        },
+        (Method::Get, ["v1", "guests", name, "console"]) => {
+            match query(url, "offset").unwrap_or_else(|| "0".into()).parse() {
+                Ok(offset) => Route::Private(Request::Console { name: name.to_string(), offset }),
+                Err(_) => Route::NotFound,
+            }
+        }
         (Method::Post, ["v1", "storage", "reload"]) => Route::Do(Request::StorageReload(std::sync::mpsc::channel().0)),
         (Method::Get, ["v1", "luns", alias, "read"]) => {
             match query(url, "offset").unwrap_or_else(|| "0".into()).parse() {
@@ -57,7 +69,8 @@ pub fn route(method: &Method, url: &str) -> Route {
         | (_, ["v1", "power", _])
         | (_, ["v1", "services", _, _])
         | (_, ["v1", "storage", "reload"])
-        | (_, ["v1", "luns", _, "read"]) => Route::MethodNotAllowed,
+        | (_, ["v1", "luns", _, "read"])
+        | (_, ["v1", "guests", _, _]) => Route::MethodNotAllowed,
         _ => Route::NotFound,
     }
 }
@@ -78,6 +91,7 @@ fn render(reply: Reply) -> Body {
         Reply::Status(s) => json_response(200, serde_json::to_string(&s).unwrap_or_default()),
         Reply::Ok(m) => message(200, "ok", &m),
         Reply::Error(c, m) => message(c, "error", &m),
+        Reply::Json(v) => json_response(200, v.to_string()),
         Reply::Deferred => message(500, "error", "no answer"),
     }
 }
@@ -117,7 +131,7 @@ pub fn serve(server: Server, tx: Sender<Event>, auth: Auth, name: &str) {
     crate::spawn_worker(&format!("api-{name}"), move || {
         for req in server.incoming_requests() {
             let route = route(req.method(), req.url());
-            if matches!(route, Route::Do(_) | Route::ReadLun { .. }) {
+            if matches!(route, Route::Do(_) | Route::ReadLun { .. } | Route::Private(_)) {
                 let given =
                     req.headers().iter().find(|h| h.field.equiv("Authorization")).map(|h| h.value.as_str().to_string());
                 if let Some((code, why)) = refuse(&auth, given.as_deref()) {
@@ -147,7 +161,7 @@ pub fn serve(server: Server, tx: Sender<Event>, auth: Auth, name: &str) {
                     ),
                     Err((code, e)) => message(code, "error", &e),
                 },
-                Route::Do(r) => render(ask(&tx, r)),
+                Route::Do(r) | Route::Private(r) => render(ask(&tx, r)),
             };
             let _ = req.respond(resp);
         }
@@ -270,6 +284,25 @@ pub fn metrics(s: &Status) -> String {
             })
             .collect(),
     );
+    let g = |x: &crate::guests::GuestStatus| format!("{{guest=\"{}\"}}", esc(&x.name));
+    metric(
+        "bladevisor_guest_running",
+        "1 when the guest runs.",
+        "gauge",
+        s.guests.iter().map(|x| (g(x), if x.state == "running" { 1.0 } else { 0.0 })).collect(),
+    );
+    metric(
+        "bladevisor_guest_restarts_total",
+        "Restarts of the guest since boot.",
+        "counter",
+        s.guests.iter().map(|x| (g(x), x.restarts as f64)).collect(),
+    );
+    metric(
+        "bladevisor_guest_uptime_seconds",
+        "Seconds the guest has been running.",
+        "gauge",
+        s.guests.iter().filter(|x| x.state == "running").map(|x| (g(x), x.uptime_s)).collect(),
+    );
     metric(
         "bladevisor_service_restarts_total",
         "Restarts of the service since boot.",
@@ -343,6 +376,8 @@ mod tests {
             hbas: vec![],
             aliases_source: None,
             cpus: 2,
+            guests: vec![],
+            kvm: false,
             memory: Default::default(),
             services: vec![crate::supervisor::ServiceStatus {
                 name: "udevd".into(),

@@ -20,6 +20,8 @@ pub enum ServiceAction {
     Start,
     Stop,
     Restart,
+    /// SIGKILL, with no stop requested: the supervisor sees a crash and applies the policy.
+    Kill,
 }
 
 impl ServiceAction {
@@ -28,6 +30,7 @@ impl ServiceAction {
             "start" => Some(ServiceAction::Start),
             "stop" => Some(ServiceAction::Stop),
             "restart" => Some(ServiceAction::Restart),
+            "kill" => Some(ServiceAction::Kill),
             _ => None,
         }
     }
@@ -46,6 +49,16 @@ pub enum Request {
     AddService(Box<crate::config::ServiceSpec>),
     /// From the boot sequence: it is done.
     BootDone(Box<crate::pid1::boot::BootOutcome>),
+    /// An operator's action on a guest.
+    Guest {
+        name: String,
+        action: ServiceAction,
+    },
+    /// A guest's console from `offset` on.
+    Console {
+        name: String,
+        offset: u64,
+    },
     /// Re-read the alias table; the reply comes from the worker that does it.
     StorageReload(std::sync::mpsc::Sender<Reply>),
 }
@@ -57,6 +70,8 @@ impl PartialEq for Request {
             (Request::Status, Request::Status) => true,
             (Request::Power(a), Request::Power(b)) => a == b,
             (Request::Service { name: a, action: x }, Request::Service { name: b, action: y }) => a == b && x == y,
+            (Request::Guest { name: a, action: x }, Request::Guest { name: b, action: y }) => a == b && x == y,
+            (Request::Console { name: a, offset: x }, Request::Console { name: b, offset: y }) => a == b && x == y,
             _ => false,
         }
     }
@@ -100,6 +115,8 @@ pub enum Reply {
     Ok(String),
     /// HTTP status code and a message for the operator.
     Error(u16, String),
+    /// A JSON document.
+    Json(serde_json::Value),
     /// The answer will be sent later, by a worker (internal to the main loop).
     Deferred,
 }
@@ -129,6 +146,10 @@ pub struct Status {
     pub hbas: Vec<crate::storage::sysfs::FcHost>,
     /// Where the alias table in force came from.
     pub aliases_source: Option<String>,
+    /// The guests placed on this blade.
+    pub guests: Vec<crate::guests::GuestStatus>,
+    /// Whether guests run with KVM (else TCG, much slower).
+    pub kvm: bool,
     pub cpus: usize,
     pub memory: Memory,
     pub services: Vec<ServiceStatus>,

@@ -67,6 +67,19 @@ pub struct ClusterConfig {
     /// The same table, validated (None when the configuration has none).
     #[serde(skip)]
     pub aliases: Option<Vec<crate::storage::Alias>>,
+    /// Bridges every blade creates for its guests' NICs: name -> uplink.
+    #[serde(default)]
+    pub bridges: BTreeMap<String, Bridge>,
+    #[serde(default)]
+    pub guests: BTreeMap<String, crate::guests::GuestSpec>,
+}
+
+/// A bridge for guests. Its uplink puts it on the same L2 segment on every blade; it must not
+/// be the management NIC (whose address stays on the NIC).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Bridge {
+    pub uplink: Option<String>,
 }
 
 /// A MAC address normalised to lower-case colon form, or None when it is not one.
@@ -101,6 +114,25 @@ pub fn parse_cluster(file: &Path, text: &str) -> Result<ClusterConfig, ConfigErr
     if !cfg.aliases_table.is_empty() {
         let table = std::mem::take(&mut cfg.aliases_table);
         cfg.aliases = Some(crate::storage::aliases::from_toml_table(file, text, table)?);
+    }
+    for name in cfg.bridges.keys() {
+        if !is_safe_name(name) || name.len() > 15 {
+            return Err(at("bridges", name, format!("bridge name {name:?} must be 1-15 of [A-Za-z0-9._-]")));
+        }
+    }
+    let nodes: Vec<String> = cfg.nodes.keys().cloned().collect();
+    let alias_names: Option<Vec<String>> = cfg.aliases.as_ref().map(|a| a.iter().map(|a| a.alias.clone()).collect());
+    crate::guests::validate(file, text, &mut cfg.guests, &nodes, alias_names.as_deref())?;
+    for g in cfg.guests.values() {
+        for n in &g.nics {
+            if !cfg.bridges.contains_key(&n.bridge) {
+                return Err(at(
+                    &format!("guests.{}", g.name),
+                    "nics",
+                    format!("guest {}: bridge {:?} is not in [bridges]", g.name, n.bridge),
+                ));
+            }
+        }
     }
     let mut seen_macs: BTreeMap<String, String> = BTreeMap::new();
     for (name, node) in cfg.nodes.iter_mut() {

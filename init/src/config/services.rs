@@ -132,6 +132,9 @@ pub struct ServiceSpec {
     /// Start at boot. A service with `enabled = false` is started only on request.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// A guest's QMP socket: stopping it is an ACPI power-off over QMP, not SIGTERM.
+    #[serde(skip)]
+    pub qmp: Option<std::path::PathBuf>,
 }
 
 fn default_stop_timeout() -> f64 {

@@ -215,6 +215,7 @@ fn multipathd_service() -> crate::config::ServiceSpec {
         backoff: crate::config::services::Backoff { give_up_after: 0, ..Default::default() },
         stop_timeout_s: 10.0,
         enabled: true,
+        qmp: None,
     }
 }
 

@@ -57,6 +57,12 @@ pub struct Init {
     /// What the boot sequence found; None while it runs.
     boot: Option<boot::BootOutcome>,
     storage: crate::storage::Shared,
+    /// Guests placed on this blade (from the configuration, once boot is done).
+    guests: Vec<crate::guests::GuestSpec>,
+    /// Why a placed guest is not started yet, by name.
+    guest_waiting: std::collections::BTreeMap<String, String>,
+    consoles: crate::guests::console::Consoles,
+    kvm: bool,
     /// Problems found during boot (configuration, mounts), kept for status.
     boot_problems: Vec<String>,
     shutdown: Option<(PowerAction, Instant)>,
@@ -104,6 +110,8 @@ impl Init {
             luns: self.storage_snapshot().0,
             hbas: self.storage_snapshot().1,
             aliases_source: Some(self.storage_snapshot().2).filter(|s| !s.is_empty()),
+            guests: self.guest_status(),
+            kvm: self.kvm,
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             memory: memory(),
             services: self.sup.status(Instant::now()),
@@ -141,13 +149,139 @@ impl Init {
                 }
             }
         }
+        if let Some(c) = &outcome.cluster {
+            self.guests = c.guests.values().filter(|g| g.node == self.node).cloned().collect();
+            if !self.guests.is_empty() && !self.kvm {
+                warn!("/dev/kvm is not usable here: guests run under TCG (emulation), far slower");
+            }
+            for (name, b) in &c.bridges {
+                let mut argv = vec!["/usr/lib/bladevisor/bridge-up".to_string(), name.clone()];
+                argv.extend(b.uplink.clone());
+                let spec = crate::config::ServiceSpec {
+                    name: format!("bridge-{name}"),
+                    argv,
+                    env: Default::default(),
+                    after: vec![],
+                    ready: Default::default(),
+                    restart: crate::config::RestartPolicy::OnFailure,
+                    backoff: Default::default(),
+                    stop_timeout_s: 3.0,
+                    enabled: true,
+                    qmp: None,
+                };
+                if let Err(e) = self.sup.add(spec, Instant::now()) {
+                    error!("bridge {name}: {e}");
+                }
+            }
+        }
         self.boot = Some(outcome);
+        self.place_guests();
+    }
+
+    /// Starts (adds to the supervisor) each placed guest whose disks are up and which fits.
+    fn place_guests(&mut self) {
+        if self.guests.iter().all(|g| self.sup.state(&format!("guest-{}", g.name)).is_some()) {
+            return;
+        }
+        let luns = self.storage_snapshot().0;
+        let total_mib = memory().total_mib;
+        let run = crate::run_dir();
+        for g in self.guests.clone() {
+            let service = format!("guest-{}", g.name);
+            if self.sup.state(&service).is_some() {
+                continue;
+            }
+            let mut why = None;
+            for d in &g.disks {
+                match luns.iter().find(|l| l.alias == d.alias) {
+                    None => why = Some(format!("disk {} is not in the alias table", d.alias)),
+                    Some(l) if l.state == crate::storage::LunState::Missing => {
+                        why = Some(format!("waiting for disk {} (missing)", d.alias))
+                    }
+                    _ => {}
+                }
+            }
+            if g.memory_mib >= total_mib {
+                why = Some(format!("needs {} MiB of memory; this blade has {total_mib} MiB", g.memory_mib));
+            }
+            if let Some(w) = why {
+                if self.guest_waiting.get(&g.name) != Some(&w) {
+                    warn!(guest = %g.name, "not started: {w}");
+                    self.guest_waiting.insert(g.name.clone(), w);
+                }
+                continue;
+            }
+            self.guest_waiting.remove(&g.name);
+            let mut spec = crate::guests::service(&g, &run, self.kvm);
+            // Guests stop before the storage under them.
+            if self.sup.state("multipathd").is_some() {
+                spec.after.push("multipathd".into());
+            }
+            match self.sup.add(spec, Instant::now()) {
+                Ok(()) => {
+                    info!(guest = %g.name, autostart = g.autostart, "guest placed on this blade");
+                    crate::guests::console::follow(
+                        self.consoles.clone(),
+                        g.name.clone(),
+                        crate::guests::run_dir(&run, &g.name).join("console.sock"),
+                    );
+                }
+                Err(e) => error!(guest = %g.name, "{e}"),
+            }
+        }
+    }
+
+    fn guest_status(&self) -> Vec<crate::guests::GuestStatus> {
+        let services = self.sup.status(Instant::now());
+        self.guests
+            .iter()
+            .map(|g| {
+                let s = services.iter().find(|s| s.name == format!("guest-{}", g.name));
+                let waiting = self.guest_waiting.get(&g.name).cloned();
+                crate::guests::GuestStatus {
+                    name: g.name.clone(),
+                    state: crate::guests::guest_state(s.map(|s| s.state), waiting.is_none()).to_string(),
+                    pid: s.and_then(|s| s.pid),
+                    restarts: s.map(|s| s.restarts).unwrap_or(0),
+                    uptime_s: s.map(|s| s.since_s).unwrap_or(0.0),
+                    disks: g.disks.iter().map(|d| d.alias.clone()).collect(),
+                    reason: waiting.or_else(|| s.and_then(|s| s.reason.clone())),
+                }
+            })
+            .collect()
     }
 
     fn handle_request(&mut self, req: Request) -> Reply {
         let now = Instant::now();
         match req {
             Request::Status => Reply::Status(Box::new(self.status())),
+            Request::Guest { name, action } => {
+                if !self.guests.iter().any(|g| g.name == name) {
+                    let here: Vec<&str> = self.guests.iter().map(|g| g.name.as_str()).collect();
+                    return Reply::Error(
+                        404,
+                        format!("no guest named {name:?} on this blade (guests here: {})", here.join(", ")),
+                    );
+                }
+                let service = format!("guest-{name}");
+                if self.sup.state(&service).is_none() {
+                    let why = self.guest_waiting.get(&name).cloned().unwrap_or_default();
+                    return Reply::Error(409, format!("guest {name} cannot start yet: {why}"));
+                }
+                self.handle_request(Request::Service { name: service, action })
+            }
+            Request::Console { name, offset } => {
+                let consoles = self.consoles.lock().unwrap_or_else(|p| p.into_inner());
+                match consoles.get(&name) {
+                    Some(ring) => {
+                        let (data, next) = ring.read_from(offset);
+                        Reply::Json(
+                            serde_json::json!({ "guest": name, "next": next, "text": String::from_utf8_lossy(&data) }),
+                        )
+                    }
+                    None => Reply::Error(404, format!("no console for guest {name:?} on this blade")),
+                }
+            }
             Request::AddService(spec) => match self.sup.add(*spec, now) {
                 Ok(()) => Reply::Ok("added".into()),
                 Err(e) => Reply::Error(409, e),
@@ -175,6 +309,7 @@ impl Init {
                     ServiceAction::Start => self.sup.request_start(&name, now),
                     ServiceAction::Stop => self.sup.request_stop(&name, &mut self.rt, now),
                     ServiceAction::Restart => self.sup.request_restart(&name, &mut self.rt, now),
+                    ServiceAction::Kill => self.sup.request_kill(&name, &mut self.rt),
                 };
                 match r {
                     Ok(()) => Reply::Ok(format!("{name}: {action:?} requested").to_lowercase()),
@@ -237,6 +372,9 @@ impl Init {
         reap_all(|pid, exit| exits.push((pid, exit)));
         for (pid, exit) in exits {
             self.handle_exit(pid, exit);
+        }
+        if self.boot.is_some() && self.shutdown.is_none() {
+            self.place_guests();
         }
         let now = Instant::now();
         *next = self.sup.tick(&mut self.rt, now).unwrap_or(now + IDLE_WAKE);
@@ -401,6 +539,10 @@ pub fn run() -> ! {
         version,
         boot: None,
         storage,
+        guests: vec![],
+        guest_waiting: Default::default(),
+        consoles: Default::default(),
+        kvm: crate::guests::kvm_usable(std::path::Path::new("/dev/kvm")),
         boot_problems: degraded,
         shutdown: None,
         ready_ms: None,

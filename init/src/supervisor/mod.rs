@@ -27,6 +27,10 @@ pub trait Runtime {
     fn spawn(&mut self, spec: &ServiceSpec) -> std::io::Result<u32>;
     /// Sends a signal to the service: its main process and everything it forked.
     fn signal(&mut self, name: &str, pid: u32, sig: Signal);
+    /// SIGKILL at once, with no graceful step first (an operator's kill).
+    fn force_kill(&mut self, name: &str, pid: u32) {
+        self.signal(name, pid, Signal::SIGKILL);
+    }
     /// Whether the readiness check passes now.
     fn is_ready(&mut self, check: &Readiness) -> bool;
     /// The service's processes are gone: release what was held for it (its cgroup).
@@ -300,7 +304,8 @@ impl Supervisor {
         let Some(u) = self.units.get_mut(name) else { return };
         match u.pid {
             Some(pid) => {
-                info!(service = %name, pid, timeout_s = u.spec.stop_timeout_s, "stopping (SIGTERM)");
+                let how = if u.spec.qmp.is_some() { "ACPI power-off" } else { "SIGTERM" };
+                info!(service = %name, pid, timeout_s = u.spec.stop_timeout_s, "stopping ({how})");
                 rt.signal(name, pid, Signal::SIGTERM);
                 u.deadline = Some(now + u.spec.stop_timeout());
                 u.killed = false;
@@ -437,6 +442,16 @@ impl Supervisor {
         }
         info!(service = %name, "stop requested by operator");
         self.stop_unit(name, rt, now);
+        Ok(())
+    }
+
+    /// Operator: kill a service's processes without asking it to stop, as a crash would.
+    pub fn request_kill(&mut self, name: &str, rt: &mut dyn Runtime) -> Result<(), RequestError> {
+        let u = self.units.get(name).ok_or_else(|| RequestError::UnknownService(name.into()))?;
+        if let Some(pid) = u.pid {
+            warn!(service = %name, pid, "SIGKILL requested by operator");
+            rt.force_kill(name, pid);
+        }
         Ok(())
     }
 

@@ -23,11 +23,13 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 pub struct ProcessRuntime {
     pub cgroups: Cgroups,
+    /// QMP sockets of the services that are guests.
+    qmp: std::collections::BTreeMap<String, std::path::PathBuf>,
 }
 
 impl ProcessRuntime {
     pub fn new(cgroups: Cgroups) -> Self {
-        ProcessRuntime { cgroups }
+        ProcessRuntime { cgroups, qmp: Default::default() }
     }
 }
 
@@ -47,6 +49,12 @@ fn capture(name: String, out: std::io::PipeReader) {
 
 impl Runtime for ProcessRuntime {
     fn spawn(&mut self, spec: &ServiceSpec) -> std::io::Result<u32> {
+        if let Some(qmp) = &spec.qmp {
+            if let Some(dir) = qmp.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            self.qmp.insert(spec.name.clone(), qmp.clone());
+        }
         let (reader, writer) = std::io::pipe()?;
         let mut cmd = Command::new(&spec.argv[0]);
         cmd.args(&spec.argv[1..])
@@ -87,6 +95,29 @@ impl Runtime for ProcessRuntime {
     }
 
     fn signal(&mut self, name: &str, pid: u32, sig: Signal) {
+        if let Some(qmp) = self.qmp.get(name).cloned() {
+            // A guest: SIGTERM would end QEMU at once; ask the guest to power off instead, and
+            // before a SIGKILL give QEMU a last chance to quit cleanly.
+            match sig {
+                Signal::SIGTERM => {
+                    crate::spawn_worker(&format!("powerdown-{name}"), move || {
+                        let r = crate::guests::qmp::Qmp::connect(&qmp, Duration::from_secs(5))
+                            .and_then(|mut q| q.execute("system_powerdown", serde_json::json!({})));
+                        if let Err(e) = r {
+                            warn!("ACPI power-off via {}: {e}", qmp.display());
+                        }
+                    });
+                    return;
+                }
+                Signal::SIGKILL => {
+                    if let Ok(mut q) = crate::guests::qmp::Qmp::connect(&qmp, Duration::from_millis(500)) {
+                        let _ = q.execute("quit", serde_json::json!({}));
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+                _ => {}
+            }
+        }
         if sig == Signal::SIGKILL && self.cgroups.kill_all(name) {
             return;
         }
@@ -96,6 +127,13 @@ impl Runtime for ProcessRuntime {
         let _ = kill(Pid::from_raw(pid as i32), sig);
         for p in self.cgroups.pids(name) {
             let _ = kill(Pid::from_raw(p), sig);
+        }
+    }
+
+    fn force_kill(&mut self, name: &str, pid: u32) {
+        if !self.cgroups.kill_all(name) {
+            let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
     }
 

@@ -45,6 +45,10 @@ fn main() {
             println!("lab:   curl -s http://127.0.0.1:{port}/v1/status ; curl -s http://127.0.0.1:{port}/metrics");
             println!("lab:   the lab's token (overlay/etc/bladevisor/cluster.toml) is needed for mutating calls:");
             println!("lab:   target/release/bladevisor --api 127.0.0.1:{port} --token lab-token-change-me reboot");
+            println!(
+                "lab: the demo guest's console (it starts once lab-vm1 is up; TCG inside TCG takes a minute or two):"
+            );
+            println!("lab:   target/release/bladevisor --api 127.0.0.1:{port} --token lab-token-change-me console demo --follow");
             println!("lab: ctrl-c powers the blade off in order.");
             if until_ready {
                 interrupted.store(true, std::sync::atomic::Ordering::SeqCst);

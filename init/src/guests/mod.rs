@@ -1,0 +1,341 @@
+//! Guests: the qemu-kvm processes placed on this blade. Their definitions live in the shared
+//! configuration (`[guests.<name>]`); each placed guest runs as a supervised service (one QEMU
+//! process, a direct child of PID 1 in its own cgroup) once its disks are up, with a QMP socket
+//! and a serial console kept in a ring.
+
+pub mod console;
+pub mod qmp;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::error::{find_key_line, ConfigError};
+use crate::config::services::{is_safe_name, Backoff, RestartPolicy};
+use crate::config::ServiceSpec;
+use crate::supervisor::ServiceState;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Disk {
+    /// The alias of the LUN: the guest gets `/dev/mapper/<alias>`, the same on every blade.
+    pub alias: String,
+    /// QEMU cache mode; `none` (O_DIRECT) is the only safe one for a LUN shared between blades.
+    #[serde(default = "cache_none")]
+    pub cache: String,
+    /// `native` (Linux AIO) or `io_uring` or `threads`.
+    #[serde(default = "aio_native")]
+    pub aio: String,
+}
+
+fn cache_none() -> String {
+    "none".into()
+}
+fn aio_native() -> String {
+    "native".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Nic {
+    /// The bridge the blade creates on its uplink (see `[bridges]`).
+    pub bridge: String,
+    pub mac: String,
+    #[serde(default = "virtio_net")]
+    pub model: String,
+}
+
+fn virtio_net() -> String {
+    "virtio-net-pci".into()
+}
+
+/// One guest, as every blade sees it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GuestSpec {
+    #[serde(skip_deserializing)]
+    pub name: String,
+    /// The blade it is placed on.
+    pub node: String,
+    pub memory_mib: u64,
+    #[serde(default = "one")]
+    pub vcpus: u32,
+    /// Pinned CPU model and machine type: every blade of a release gives the guest the same
+    /// virtual hardware, which live migration needs.
+    #[serde(default = "qemu64")]
+    pub cpu: String,
+    #[serde(default = "machine")]
+    pub machine: String,
+    #[serde(default)]
+    pub disks: Vec<Disk>,
+    #[serde(default)]
+    pub nics: Vec<Nic>,
+    /// `on-failure` (default): a crash is restarted, the guest's own poweroff is respected.
+    #[serde(default = "on_failure")]
+    pub restart: RestartPolicy,
+    /// Start at boot (else only on request).
+    #[serde(default = "yes")]
+    pub autostart: bool,
+    /// Seconds an ACPI power-off gets before QEMU is told to quit, then killed.
+    #[serde(default = "stop_timeout")]
+    pub stop_timeout_s: f64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn qemu64() -> String {
+    "qemu64".into()
+}
+/// The machine type of the QEMU this image ships (Debian bookworm, QEMU 7.2).
+fn machine() -> String {
+    "pc-q35-7.2".into()
+}
+fn on_failure() -> RestartPolicy {
+    RestartPolicy::OnFailure
+}
+fn yes() -> bool {
+    true
+}
+fn stop_timeout() -> f64 {
+    30.0
+}
+
+/// Checks a guest table against the cluster: names, nodes, aliases, MACs.
+pub fn validate(
+    file: &Path,
+    text: &str,
+    guests: &mut BTreeMap<String, GuestSpec>,
+    nodes: &[String],
+    aliases: Option<&[String]>,
+) -> Result<(), ConfigError> {
+    let mut macs: BTreeMap<String, String> = BTreeMap::new();
+    for (name, g) in guests.iter_mut() {
+        let at = |key: &str, msg: String| match find_key_line(text, &format!("guests.{name}"), key)
+            .or_else(|| find_key_line(text, "guests", name))
+        {
+            Some(l) => ConfigError::at_line(file, l, msg),
+            None => ConfigError::new(file, msg),
+        };
+        if !is_safe_name(name) {
+            return Err(at("", format!("guest name {name:?} must be 1-64 of [A-Za-z0-9._-]")));
+        }
+        g.name = name.clone();
+        if !nodes.contains(&g.node) {
+            return Err(at("node", format!("guest {name}: node {:?} is not in [nodes]", g.node)));
+        }
+        if g.memory_mib < 16 || g.vcpus == 0 {
+            return Err(at("memory-mib", format!("guest {name}: needs memory-mib >= 16 and vcpus >= 1")));
+        }
+        for d in &g.disks {
+            if let Some(known) = aliases {
+                if !known.contains(&d.alias) {
+                    return Err(at(
+                        "disks",
+                        format!("guest {name}: disk alias {:?} is not in the alias table", d.alias),
+                    ));
+                }
+            }
+            if !["none", "directsync"].contains(&d.cache.as_str()) {
+                return Err(at(
+                    "disks",
+                    format!("guest {name}: cache {:?} is unsafe on a shared LUN (use none or directsync)", d.cache),
+                ));
+            }
+            if !["native", "io_uring", "threads"].contains(&d.aio.as_str()) {
+                return Err(at("disks", format!("guest {name}: aio {:?} is not native, io_uring or threads", d.aio)));
+            }
+        }
+        for n in g.nics.iter_mut() {
+            let mac = crate::config::cluster::normalise_mac(&n.mac)
+                .ok_or_else(|| at("nics", format!("guest {name}: {:?} is not a MAC address", n.mac)))?;
+            if let Some(other) = macs.insert(mac.clone(), name.clone()) {
+                return Err(at("nics", format!("guest {name}: MAC {mac} is also used by guest {other}")));
+            }
+            n.mac = mac;
+        }
+    }
+    Ok(())
+}
+
+/// Where a guest's sockets live.
+pub fn run_dir(run: &Path, name: &str) -> PathBuf {
+    run.join("guests").join(name)
+}
+
+/// Whether `/dev/kvm` can run guests here (an open and KVM_GET_API_VERSION that answers 12).
+pub fn kvm_usable(dev: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(dev) else { return false };
+    // KVM_GET_API_VERSION = _IO(0xAE, 0x00)
+    // SAFETY: an ioctl without arguments on a file we own.
+    let v = unsafe { nix::libc::ioctl(f.as_raw_fd(), 0xAE00 as _, 0) };
+    v == 12
+}
+
+/// The QEMU command line for a guest: no shell, every value a separate argument.
+pub fn argv(g: &GuestSpec, run: &Path, kvm: bool) -> Vec<String> {
+    let dir = run_dir(run, &g.name);
+    let mut a: Vec<String> = vec![
+        "/usr/bin/qemu-system-x86_64".into(),
+        "-name".into(),
+        format!("guest={},debug-threads=on", g.name),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-machine".into(),
+        g.machine.clone(),
+        "-accel".into(),
+        if kvm { "kvm".into() } else { "tcg".into() },
+        "-cpu".into(),
+        g.cpu.clone(),
+        "-m".into(),
+        g.memory_mib.to_string(),
+        "-smp".into(),
+        g.vcpus.to_string(),
+        "-display".into(),
+        "none".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
+        "-chardev".into(),
+        format!("socket,id=console,path={},server=on,wait=off", dir.join("console.sock").display()),
+        "-serial".into(),
+        "chardev:console".into(),
+    ];
+    for (i, d) in g.disks.iter().enumerate() {
+        let direct = if d.cache == "none" || d.cache == "directsync" { "on" } else { "off" };
+        a.push("-blockdev".into());
+        a.push(format!(
+            "driver=host_device,filename=/dev/mapper/{},node-name=disk{i},cache.direct={direct},aio={},discard=unmap",
+            d.alias, d.aio
+        ));
+        a.push("-device".into());
+        a.push(format!("virtio-blk-pci,drive=disk{i},id=disk{i}{}", if i == 0 { ",bootindex=1" } else { "" }));
+    }
+    for (i, n) in g.nics.iter().enumerate() {
+        a.push("-netdev".into());
+        a.push(format!("bridge,id=net{i},br={}", n.bridge));
+        a.push("-device".into());
+        a.push(format!("{},netdev=net{i},mac={}", n.model, n.mac));
+    }
+    a
+}
+
+/// The supervised service that runs a guest.
+pub fn service(g: &GuestSpec, run: &Path, kvm: bool) -> ServiceSpec {
+    ServiceSpec {
+        name: format!("guest-{}", g.name),
+        argv: argv(g, run, kvm),
+        env: Default::default(),
+        after: vec![],
+        ready: Default::default(),
+        restart: g.restart,
+        backoff: Backoff { initial_s: 1.0, max_s: 60.0, give_up_after: 10, ..Backoff::default() },
+        stop_timeout_s: g.stop_timeout_s,
+        enabled: g.autostart,
+        qmp: Some(run_dir(run, &g.name).join("qmp.sock")),
+    }
+}
+
+/// What an operator calls a guest's state.
+pub fn guest_state(service: Option<ServiceState>, disks_ready: bool) -> &'static str {
+    match service {
+        None if !disks_ready => "waiting-for-disks",
+        None => "defined",
+        Some(ServiceState::Waiting) | Some(ServiceState::Starting) => "starting",
+        Some(ServiceState::Running) => "running",
+        Some(ServiceState::Backoff) => "crashed",
+        Some(ServiceState::Stopping) => "stopping",
+        Some(ServiceState::Exited) | Some(ServiceState::Stopped) => "stopped",
+        Some(ServiceState::Failed) => "failed",
+    }
+}
+
+/// One guest in `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestStatus {
+    pub name: String,
+    pub state: String,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    /// Seconds in the current state (its uptime while running).
+    pub uptime_s: f64,
+    pub disks: Vec<String>,
+    pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest(text: &str) -> Result<BTreeMap<String, GuestSpec>, String> {
+        #[derive(Deserialize)]
+        struct F {
+            guests: BTreeMap<String, GuestSpec>,
+        }
+        let mut f: F = toml::from_str(text).map_err(|e| e.to_string())?;
+        validate(Path::new("cluster.toml"), text, &mut f.guests, &["blade1".into()], Some(&["vm1".into()]))
+            .map_err(|e| e.to_string())?;
+        Ok(f.guests)
+    }
+
+    const GOOD: &str = "[guests.web]\nnode = \"blade1\"\nmemory-mib = 512\ndisks = [{ alias = \"vm1\" }]\nnics = [{ bridge = \"br0\", mac = \"52:54:00:AA:00:01\" }]\n";
+
+    #[test]
+    fn a_guest_gets_a_pinned_machine_and_safe_disk_settings() {
+        let g = guest(GOOD).unwrap().remove("web").unwrap();
+        assert_eq!((g.machine.as_str(), g.cpu.as_str(), g.vcpus), ("pc-q35-7.2", "qemu64", 1));
+        assert_eq!((g.disks[0].cache.as_str(), g.disks[0].aio.as_str()), ("none", "native"));
+        assert_eq!(g.nics[0].mac, "52:54:00:aa:00:01");
+        assert_eq!(g.restart, RestartPolicy::OnFailure);
+        let a = argv(&g, Path::new("/run/bladevisor"), false);
+        let joined = a.join(" ");
+        assert_eq!(a[0], "/usr/bin/qemu-system-x86_64");
+        assert!(joined.contains("-machine pc-q35-7.2 -accel tcg -cpu qemu64 -m 512 -smp 1"), "{joined}");
+        assert!(
+            joined.contains("driver=host_device,filename=/dev/mapper/vm1,node-name=disk0,cache.direct=on,aio=native"),
+            "{joined}"
+        );
+        assert!(joined.contains("virtio-blk-pci,drive=disk0,id=disk0,bootindex=1"), "{joined}");
+        assert!(joined.contains("-qmp unix:/run/bladevisor/guests/web/qmp.sock,server=on,wait=off"), "{joined}");
+        assert!(
+            joined.contains("-netdev bridge,id=net0,br=br0 -device virtio-net-pci,netdev=net0,mac=52:54:00:aa:00:01"),
+            "{joined}"
+        );
+        assert!(argv(&g, Path::new("/run"), true).contains(&"kvm".to_string()));
+        // No shell anywhere: a name with spaces or quotes could not inject anything anyway.
+        assert!(!a.iter().any(|x| x == "sh" || x == "-c"));
+    }
+
+    #[test]
+    fn every_validation_error_names_the_guest_and_line() {
+        let e = guest(&GOOD.replace("vm1", "vm9")).unwrap_err();
+        assert_eq!(e, "cluster.toml:4: guest web: disk alias \"vm9\" is not in the alias table");
+        let e = guest(&GOOD.replace("blade1", "blade7")).unwrap_err();
+        assert_eq!(e, "cluster.toml:2: guest web: node \"blade7\" is not in [nodes]");
+        let e = guest(&GOOD.replace("52:54:00:AA:00:01", "nope")).unwrap_err();
+        assert_eq!(e, "cluster.toml:5: guest web: \"nope\" is not a MAC address");
+        let twice = format!("{GOOD}{}", GOOD.replace("guests.web", "guests.db"));
+        assert!(guest(&twice).unwrap_err().contains("MAC 52:54:00:aa:00:01 is also used by guest db"));
+        let e = guest(&GOOD.replace("[guests.web]", "[guests.\"we b\"]")).unwrap_err();
+        assert!(e.contains("guest name \"we b\""), "{e}");
+        let e = guest(&GOOD.replace("{ alias = \"vm1\" }", "{ alias = \"vm1\", cache = \"writeback\" }")).unwrap_err();
+        assert!(e.contains("cache \"writeback\" is unsafe on a shared LUN"), "{e}");
+        let e = guest(&GOOD.replace("memory-mib = 512", "memory-mib = 1")).unwrap_err();
+        assert!(e.contains("needs memory-mib >= 16"), "{e}");
+        assert!(guest(&GOOD.replace("node =", "nod =")).unwrap_err().contains("unknown field `nod`"));
+    }
+
+    #[test]
+    fn states_read_like_an_operator_expects() {
+        assert_eq!(guest_state(None, false), "waiting-for-disks");
+        assert_eq!(guest_state(Some(ServiceState::Running), true), "running");
+        assert_eq!(guest_state(Some(ServiceState::Backoff), true), "crashed");
+        assert_eq!(guest_state(Some(ServiceState::Exited), true), "stopped");
+    }
+
+    #[test]
+    fn kvm_is_not_usable_without_a_device() {
+        assert!(!kvm_usable(Path::new("/nonexistent/kvm")));
+    }
+}

@@ -1,0 +1,89 @@
+//! Guests in the QEMU lab: the demo guest (a boot sector printing a counter) autostarts from
+//! its LUN once the map is up; it shows in status and metrics with its console; a killed QEMU
+//! comes back with the restart counted; a stop powers it off and it stays off; mutating calls
+//! without the token are refused. Needs the image built (`image/build`).
+
+use std::time::{Duration, Instant};
+
+use bladevisor_lab::{Blade, BladeSpec, Boot, Image};
+
+const TOKEN: &str = "lab-token-change-me";
+
+fn ok<T>(r: Result<T, String>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn guest(blade: &Blade) -> bladevisor::guests::GuestStatus {
+    let st = ok(blade.status());
+    st.guests.into_iter().find(|g| g.name == "demo").unwrap_or_else(|| panic!("demo not in status\n{}", blade.report()))
+}
+
+fn console(blade: &Blade) -> String {
+    let r = ok(blade.call("GET", "/v1/guests/demo/console", Some(TOKEN)));
+    assert_eq!(r.code, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    v["text"].as_str().unwrap_or("").to_string()
+}
+
+/// The highest count the guest has printed so far.
+fn last_count(text: &str) -> u64 {
+    text.lines().filter_map(|l| l.trim().strip_prefix("count ")?.parse().ok()).max().unwrap_or(0)
+}
+
+fn wait(blade: &Blade, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}; guest: {:?}\n{}", guest(blade), blade.report());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request() {
+    let img = Image::built();
+    let spec =
+        BladeSpec::new("guest-demo", "52:54:00:b1:ad:01", Boot::Direct { cmdline: "bladevisor.node=blade1".into() });
+    let mut blade = Blade::start_with_san(spec, &img, 32);
+    ok(blade.wait_console("bladevisor ready", Duration::from_secs(300)));
+
+    // It autostarts once lab-vm1's map is up, and its console shows the counter going up.
+    wait(&blade, "the guest to run", Duration::from_secs(120), || guest(&blade).state == "running");
+    let status = ok(blade.status());
+    assert!(!status.kvm, "no KVM inside a TCG lab blade: guests run under TCG");
+    wait(&blade, "the counter on the guest's console", Duration::from_secs(400), || last_count(&console(&blade)) >= 3);
+    let before = last_count(&console(&blade));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(last_count(&console(&blade)) > before, "the counter keeps going");
+    let metrics = ok(blade.call("GET", "/metrics", None)).body;
+    assert!(metrics.contains("bladevisor_guest_running{guest=\"demo\"} 1"), "{metrics}");
+
+    // Without the token nothing changes.
+    assert_eq!(ok(blade.call("POST", "/v1/guests/demo/stop", None)).code, 401);
+    assert_eq!(ok(blade.call("POST", "/v1/guests/demo/kill", Some("wrong"))).code, 401);
+    assert_eq!(ok(blade.call("GET", "/v1/guests/demo/console", None)).code, 401);
+    assert!(blade.console().contains("refused: this call needs the cluster's token"), "the refusal is logged");
+    assert_eq!(guest(&blade).state, "running");
+    // An unknown guest is a clear 404.
+    let r = ok(blade.call("POST", "/v1/guests/nosuch/start", Some(TOKEN)));
+    assert_eq!(r.code, 404, "{}", r.body);
+    assert!(r.body.contains("no guest named \\\"nosuch\\\" on this blade (guests here: demo)"), "{}", r.body);
+
+    // Its QEMU dies: it is restarted, and the restart is counted.
+    let pid = guest(&blade).pid.expect("running guest has a pid");
+    assert_eq!(ok(blade.call("POST", "/v1/guests/demo/kill", Some(TOKEN))).code, 200);
+    wait(&blade, "the guest to come back", Duration::from_secs(120), || {
+        let g = guest(&blade);
+        g.state == "running" && g.restarts == 1 && g.pid.is_some_and(|p| p != pid)
+    });
+    wait(&blade, "the restarted guest to print again", Duration::from_secs(400), || {
+        console(&blade).matches("bladevisor test guest").count() >= 2
+    });
+
+    // Stop: ACPI power-off (the boot sector ignores it), then quit after its 10 s timeout.
+    assert_eq!(ok(blade.call("POST", "/v1/guests/demo/stop", Some(TOKEN))).code, 200);
+    wait(&blade, "the guest to stop", Duration::from_secs(60), || guest(&blade).state == "stopped");
+    std::thread::sleep(Duration::from_secs(5));
+    let g = guest(&blade);
+    assert_eq!((g.state.as_str(), g.restarts, g.pid), ("stopped", 1, None), "a stopped guest stays off");
+    assert!(blade.console().contains("stopping (ACPI power-off) service=guest-demo"), "{}", blade.report());
+}
