@@ -377,7 +377,8 @@ impl Supervisor {
                     let due = u.deadline.unwrap_or(now);
                     if due <= now && !u.killed {
                         if let Some(pid) = u.pid {
-                            warn!(service = %name, pid, "did not stop within its timeout; SIGKILL");
+                            let how = if u.spec.qmp.is_some() { "QMP quit, then SIGKILL" } else { "SIGKILL" };
+                            warn!(service = %name, pid, "did not stop within its timeout; {how}");
                             rt.signal(&name, pid, Signal::SIGKILL);
                         }
                         self.units.get_mut(&name).expect("present").killed = true;
