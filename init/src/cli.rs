@@ -83,19 +83,73 @@ pub fn render_status(s: &Status) -> String {
         (true, Some(ms)) => format!("ready ({ms} ms after kernel start)"),
         _ => "booting".into(),
     };
+    let degraded = if s.degraded.is_empty() { "" } else { ", DEGRADED" };
+    out.push_str(&format!("node     {}\nversion  {}\nstate    {ready}{degraded}\n", s.node, s.version));
     out.push_str(&format!(
-        "node     {}\nversion  {}\nstate    {}{}\nuptime   {:.0} s\n",
-        s.node,
-        s.version,
-        ready,
-        if s.degraded.is_empty() { "" } else { ", DEGRADED" },
-        s.uptime_s
+        "uptime   {:.0} s, {} CPUs, memory {} of {} MiB in use\n",
+        s.uptime_s, s.cpus, s.memory.used_mib, s.memory.total_mib
     ));
+    if let Some(src) = &s.config_source {
+        out.push_str(&format!(
+            "config   {src}{}\n",
+            s.cluster.as_ref().map(|c| format!(" (cluster {c})")).unwrap_or_default()
+        ));
+    }
+    if let Some(m) = &s.management {
+        out.push_str(&format!("mgmt     {m}\n"));
+    }
     if let Some(a) = s.shutting_down {
         out.push_str(&format!("shutdown {} in progress\n", a.as_str()));
     }
     for d in &s.degraded {
         out.push_str(&format!("  ! {d}\n"));
+    }
+    if !s.hbas.is_empty() {
+        out.push_str(&format!("\n{:<8} {:<20} {:<10} {:<10} {}\n", "HBA", "WWPN", "STATE", "SPEED", "FABRIC"));
+        for h in &s.hbas {
+            out.push_str(&format!("{:<8} {:<20} {:<10} {:<10} {}\n", h.host, h.wwpn, h.port_state, h.speed, h.fabric));
+        }
+    }
+    if !s.luns.is_empty() {
+        out.push_str(&format!(
+            "\n{:<16} {:<34} {:>5} {:<9} {:<6} {}\n",
+            "ALIAS", "WWID", "PATHS", "STATE", "MAP", "PATHS (! = not running)"
+        ));
+        for l in &s.luns {
+            let paths: Vec<String> = l
+                .paths
+                .iter()
+                .map(|p| {
+                    let via = p.hba.as_ref().map(|h| format!("@{h}")).unwrap_or_default();
+                    format!("{}{via}{}", p.dev, if p.healthy() { "" } else { "!" })
+                })
+                .collect();
+            let count = format!("{}/{}", l.paths_up, l.paths_expected);
+            let dm = l.dm.as_deref().unwrap_or("-");
+            out.push_str(&format!(
+                "{:<16} {:<34} {:>5} {:<9} {:<6} {}\n",
+                l.alias,
+                l.wwid,
+                count,
+                l.state.as_str(),
+                dm,
+                paths.join(" ")
+            ));
+        }
+        out.push_str(&format!("(aliases: {})\n", s.aliases_source.as_deref().unwrap_or("none")));
+    }
+    if !s.guests.is_empty() {
+        let accel = if s.kvm { "KVM" } else { "TCG: /dev/kvm not usable" };
+        out.push_str(&format!(
+            "\n{:<16} {:<18} {:>7} {:>8} {:>9}  DISKS / REASON   ({accel})\n",
+            "GUEST", "STATE", "PID", "RESTARTS", "UPTIME"
+        ));
+        for g in &s.guests {
+            let pid = g.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+            let up = if g.state == "running" { format!("{:.0} s", g.uptime_s) } else { "-".into() };
+            let note = g.reason.clone().unwrap_or_else(|| g.disks.join(" "));
+            out.push_str(&format!("{:<16} {:<18} {:>7} {:>8} {:>9}  {note}\n", g.name, g.state, pid, g.restarts, up));
+        }
     }
     out.push_str(&format!(
         "\n{:<16} {:<9} {:>7} {:>8}  {}\n",
@@ -158,6 +212,41 @@ pub fn main() {
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_renders_luns_guests_and_services_for_a_console() {
+        let json = r#"{"node":"blade1","version":"v1","ready":true,"ready_ms":15200,"uptime_s":40.0,
+            "shutting_down":null,"degraded":["LUN vm2 (3600b) is missing: 0 of 2 paths up"],"orphans_reaped":0,
+            "cluster":"lab","config_source":"baked /etc/bladevisor/cluster.toml","management":"enp0s3 10.0.2.15",
+            "luns":[{"alias":"vm1","wwid":"3600a","paths_up":1,"paths_expected":2,"state":"degraded","dm":"dm-0",
+              "size_bytes":1024,"paths":[{"dev":"sda","hba":"host0","state":"running"},{"dev":"sdb","hba":"host1","state":"offline"}]}],
+            "hbas":[{"host":"host0","wwpn":"0x21","wwnn":"0x20","port_state":"Online","speed":"16 Gbit","fabric":"0x10"}],
+            "aliases_source":"the cluster configuration's [aliases]",
+            "guests":[{"name":"demo","state":"running","pid":7,"restarts":1,"uptime_s":12.0,"disks":["vm1"],"reason":null}],
+            "kvm":false,"cpus":2,"memory":{"total_mib":1966,"used_mib":300,"available_mib":1666},
+            "services":[{"name":"udevd","state":"running","pid":5,"restarts":0,"last_exit":null,"since_s":1.0,"reason":null}]}"#;
+        let s: Status = serde_json::from_str(json).unwrap();
+        let out = render_status(&s);
+        for want in [
+            "state    ready (15200 ms after kernel start), DEGRADED",
+            "  ! LUN vm2 (3600b) is missing: 0 of 2 paths up",
+            "config   baked /etc/bladevisor/cluster.toml (cluster lab)",
+            "mgmt     enp0s3 10.0.2.15",
+            "host0    0x21",
+            "vm1              3600a",
+            "1/2 degraded  dm-0   sda@host0 sdb@host1!",
+            "demo             running",
+            "TCG: /dev/kvm not usable",
+            "udevd            running",
+        ] {
+            assert!(out.contains(want), "{want:?} missing from:\n{out}");
         }
     }
 }
