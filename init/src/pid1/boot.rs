@@ -259,6 +259,7 @@ fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&Cluste
         error!("cannot start multipathd: {e}");
         out.problems.push(format!("cannot start multipathd: {e}"));
     }
+    plan.storage.lock().unwrap_or_else(|p| p.into_inner()).settling = true;
     storage::watch(plan.storage.clone(), sys);
     // Wait, with a deadline, until every alias has its expected paths.
     let limit = Duration::from_secs_f64(cfg.wait_s);
@@ -268,6 +269,7 @@ fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&Cluste
         let all = luns.len() == names.len() && luns.iter().all(|l| l.state == LunState::Healthy);
         if all {
             info!(luns = luns.len(), "storage ready: every alias has its expected paths");
+            storage::settled(&plan.storage);
             return;
         }
         if Instant::now() >= end {
@@ -281,6 +283,7 @@ fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&Cluste
                 missing.join(", "),
                 degraded.join(", ")
             );
+            storage::settled(&plan.storage);
             return;
         }
         std::thread::sleep(Duration::from_millis(250));

@@ -116,6 +116,8 @@ pub struct Storage {
     pub default_paths: u32,
     most_seen: std::collections::BTreeMap<String, u32>,
     pub multipath_conf: PathBuf,
+    /// Boot is still waiting for the maps: changes are not logged one by one.
+    pub settling: bool,
 }
 
 pub type Shared = Arc<Mutex<Storage>>;
@@ -175,12 +177,28 @@ fn log_change(line: &str) {
 /// Watches sysfs every second for the life of the blade, logging every change.
 pub fn watch(shared: Shared, sys: Sysfs) {
     crate::spawn_worker("storage-watch", move || loop {
-        let lines = lock(&shared).refresh(&sys);
-        for l in &lines {
-            log_change(l);
+        let (lines, quiet) = {
+            let mut s = lock(&shared);
+            (s.refresh(&sys), s.settling)
+        };
+        // While boot waits for the maps to assemble, "missing" is expected, not news: the
+        // boot sequence reports the outcome once it stops waiting.
+        if !quiet {
+            for l in &lines {
+                log_change(l);
+            }
         }
         std::thread::sleep(Duration::from_secs(1));
     });
+}
+
+/// Ends the boot-time wait: from now on every change is logged; logs where each alias stands.
+pub fn settled(shared: &Shared) {
+    let mut s = lock(shared);
+    s.settling = false;
+    for l in health::changes(&[], &s.luns) {
+        log_change(&l);
+    }
 }
 
 /// Applies a table: writes multipath.conf and, when multipathd already runs, reconfigures it
