@@ -95,6 +95,7 @@ impl Init {
     }
 
     pub fn status(&self) -> api::Status {
+        let (luns, hbas, aliases_source) = self.storage_snapshot();
         api::Status {
             node: self.node.clone(),
             version: self.version.clone(),
@@ -107,9 +108,9 @@ impl Init {
             cluster: self.boot.as_ref().and_then(|b| b.cluster.as_ref()).map(|c| c.cluster.name.clone()),
             config_source: self.boot.as_ref().map(|b| b.config_source.clone()),
             management: self.boot.as_ref().and_then(|b| b.management.clone()),
-            luns: self.storage_snapshot().0,
-            hbas: self.storage_snapshot().1,
-            aliases_source: Some(self.storage_snapshot().2).filter(|s| !s.is_empty()),
+            luns,
+            hbas,
+            aliases_source: Some(aliases_source).filter(|s| !s.is_empty()),
             guests: self.guest_status(),
             kvm: self.kvm,
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -184,7 +185,8 @@ impl Init {
             return;
         }
         let luns = self.storage_snapshot().0;
-        let total_mib = memory().total_mib;
+        // Read only for a guest whose disks are there, once per pass.
+        let mut total_mib: Option<u64> = None;
         let run = crate::run_dir();
         for g in self.guests.clone() {
             let service = format!("guest-{}", g.name);
@@ -201,8 +203,11 @@ impl Init {
                     _ => {}
                 }
             }
-            if g.memory_mib >= total_mib {
-                why = Some(format!("needs {} MiB of memory; this blade has {total_mib} MiB", g.memory_mib));
+            if why.is_none() {
+                let total = *total_mib.get_or_insert_with(|| memory().total_mib);
+                if g.memory_mib >= total {
+                    why = Some(format!("needs {} MiB of memory; this blade has {total} MiB", g.memory_mib));
+                }
             }
             if let Some(w) = why {
                 if self.guest_waiting.get(&g.name) != Some(&w) {
