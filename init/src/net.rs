@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use crate::config::cluster::Management;
-use crate::config::services::{Backoff, Readiness, RestartPolicy};
+use crate::config::services::{Backoff, RestartPolicy};
 use crate::config::ServiceSpec;
 
 /// Physical NICs under a `/sys/class/net` tree, in name order: those backed by a device
@@ -61,17 +61,17 @@ pub fn address_service(iface: &str, mgmt: &Management) -> ServiceSpec {
         ("net-static", argv, RestartPolicy::OnFailure)
     };
     ServiceSpec {
-        name: name.into(),
-        argv,
-        env: Default::default(),
-        after: vec![],
-        ready: Readiness::default(),
-        restart,
         backoff: Backoff { initial_s: 1.0, max_s: 10.0, give_up_after: 0, ..Backoff::default() },
         stop_timeout_s: 3.0,
-        enabled: true,
-        qmp: None,
+        ..ServiceSpec::new(name, argv, restart)
     }
+}
+
+/// The one-shot service that creates a bridge for guests' NICs on its uplink.
+pub fn bridge_service(bridge: &str, uplink: Option<&str>) -> ServiceSpec {
+    let mut argv = vec!["/usr/lib/bladevisor/bridge-up".to_string(), bridge.to_string()];
+    argv.extend(uplink.map(String::from));
+    ServiceSpec { stop_timeout_s: 3.0, ..ServiceSpec::new(format!("bridge-{bridge}"), argv, RestartPolicy::OnFailure) }
 }
 
 /// The IPv4 addresses an interface has now.

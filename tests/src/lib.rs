@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 use bladevisor::api::client::{call, Endpoint, Response};
 use bladevisor::api::Status;
 
+/// Unwraps a lab result, failing the test with its message (which carries the console).
+pub fn ok<T>(r: Result<T, String>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The repository root (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()

@@ -5,15 +5,11 @@
 use std::time::Duration;
 
 use bladevisor_lab::http::HttpDir;
-use bladevisor_lab::{free_port, work_dir, Blade, BladeSpec, Boot, Image};
+use bladevisor_lab::{free_port, ok, work_dir, Blade, BladeSpec, Boot, Image};
 
 /// Under TCG on a shared 2-core machine a boot takes tens of seconds; these limits only catch
 /// a blade that will never get there.
 const READY: Duration = Duration::from_secs(300);
-
-fn ok<T>(r: Result<T, String>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 #[test]
 fn a_blade_boots_to_ready_answers_its_api_and_powers_off_in_order() {

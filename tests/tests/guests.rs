@@ -5,13 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use bladevisor_lab::{Blade, BladeSpec, Boot, Image};
+use bladevisor_lab::{ok, Blade, BladeSpec, Boot, Image};
 
 const TOKEN: &str = "lab-token-change-me";
-
-fn ok<T>(r: Result<T, String>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn guest(blade: &Blade) -> bladevisor::guests::GuestStatus {
     let st = ok(blade.status());

@@ -7,15 +7,13 @@ use std::time::{Duration, Instant};
 
 use bladevisor::storage::LunState;
 use bladevisor_lab::http::HttpDir;
-use bladevisor_lab::{lab_san, lun_marker, work_dir, wwid_of, Blade, BladeSpec, Boot, Image, LAB_LUNS, MARKER_OFFSET};
+use bladevisor_lab::{
+    lab_san, lun_marker, ok, work_dir, wwid_of, Blade, BladeSpec, Boot, Image, LAB_LUNS, MARKER_OFFSET,
+};
 use serde_json::json;
 
 const READY: Duration = Duration::from_secs(300);
 const TOKEN: &str = "lab-token-change-me";
-
-fn ok<T>(r: Result<T, String>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn unhex(h: &str) -> Vec<u8> {
     (0..h.len() / 2).map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap_or(0)).collect()

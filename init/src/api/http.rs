@@ -57,7 +57,7 @@ pub fn route(method: &Method, url: &str) -> Route {
                 Err(_) => Route::NotFound,
             }
         }
-        (Method::Post, ["v1", "storage", "reload"]) => Route::Do(Request::StorageReload(std::sync::mpsc::channel().0)),
+        (Method::Post, ["v1", "storage", "reload"]) => Route::Do(Request::StorageReload),
         (Method::Get, ["v1", "luns", alias, "read"]) => {
             match query(url, "offset").unwrap_or_else(|| "0".into()).parse() {
                 Ok(offset) => Route::ReadLun { alias: alias.to_string(), offset },
@@ -92,6 +92,7 @@ fn render(reply: Reply) -> Body {
         Reply::Ok(m) => message(200, "ok", &m),
         Reply::Error(c, m) => message(c, "error", &m),
         Reply::Json(v) => json_response(200, v.to_string()),
+        Reply::ServiceState(s) => json_response(200, serde_json::json!({ "state": s }).to_string()),
         Reply::Deferred => message(500, "error", "no answer"),
     }
 }
@@ -332,7 +333,7 @@ mod tests {
             Route::ReadLun { alias: "vm1".into(), offset: 8192 }
         );
         assert_eq!(route(&Method::Get, "/v1/luns/vm1/read"), Route::ReadLun { alias: "vm1".into(), offset: 0 });
-        assert!(matches!(route(&Method::Post, "/v1/storage/reload"), Route::Do(Request::StorageReload(_))));
+        assert!(matches!(route(&Method::Post, "/v1/storage/reload"), Route::Do(Request::StorageReload)));
         assert_eq!(route(&Method::Get, "/v1/power/reboot"), Route::MethodNotAllowed);
         assert_eq!(route(&Method::Post, "/v1/status"), Route::MethodNotAllowed);
         assert_eq!(route(&Method::Get, "/"), Route::NotFound);

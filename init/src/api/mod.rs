@@ -37,7 +37,7 @@ impl ServiceAction {
 }
 
 /// What the main loop is asked to do.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     Status,
     Power(PowerAction),
@@ -60,21 +60,9 @@ pub enum Request {
         offset: u64,
     },
     /// Re-read the alias table; the reply comes from the worker that does it.
-    StorageReload(std::sync::mpsc::Sender<Reply>),
-}
-
-impl PartialEq for Request {
-    fn eq(&self, other: &Self) -> bool {
-        // Only the operator's requests are ever compared (route tests).
-        match (self, other) {
-            (Request::Status, Request::Status) => true,
-            (Request::Power(a), Request::Power(b)) => a == b,
-            (Request::Service { name: a, action: x }, Request::Service { name: b, action: y }) => a == b && x == y,
-            (Request::Guest { name: a, action: x }, Request::Guest { name: b, action: y }) => a == b && x == y,
-            (Request::Console { name: a, offset: x }, Request::Console { name: b, offset: y }) => a == b && x == y,
-            _ => false,
-        }
-    }
+    StorageReload,
+    /// One service's state (what the boot sequence polls: cheaper than a whole status).
+    ServiceState(String),
 }
 
 /// How long a caller waits for the main loop before giving up.
@@ -117,6 +105,8 @@ pub enum Reply {
     Error(u16, String),
     /// A JSON document.
     Json(serde_json::Value),
+    /// The state of one service, None when there is no such service.
+    ServiceState(Option<crate::supervisor::ServiceState>),
     /// The answer will be sent later, by a worker (internal to the main loop).
     Deferred,
 }

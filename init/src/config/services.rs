@@ -145,6 +145,23 @@ fn default_true() -> bool {
 }
 
 impl ServiceSpec {
+    /// A service decided in code rather than in image.toml (the management network's, a
+    /// bridge's, multipathd, a guest), with the same defaults a table entry gets.
+    pub fn new(name: impl Into<String>, argv: Vec<String>, restart: RestartPolicy) -> Self {
+        ServiceSpec {
+            name: name.into(),
+            argv,
+            env: BTreeMap::new(),
+            after: vec![],
+            ready: Readiness::default(),
+            restart,
+            backoff: Backoff::default(),
+            stop_timeout_s: default_stop_timeout(),
+            enabled: true,
+            qmp: None,
+        }
+    }
+
     pub fn stop_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.stop_timeout_s.max(0.0))
     }

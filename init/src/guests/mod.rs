@@ -224,16 +224,11 @@ pub fn argv(g: &GuestSpec, run: &Path, kvm: bool) -> Vec<String> {
 /// The supervised service that runs a guest.
 pub fn service(g: &GuestSpec, run: &Path, kvm: bool) -> ServiceSpec {
     ServiceSpec {
-        name: format!("guest-{}", g.name),
-        argv: argv(g, run, kvm),
-        env: Default::default(),
-        after: vec![],
-        ready: Default::default(),
-        restart: g.restart,
         backoff: Backoff { initial_s: 1.0, max_s: 60.0, give_up_after: 10, ..Backoff::default() },
         stop_timeout_s: g.stop_timeout_s,
         enabled: g.autostart,
         qmp: Some(run_dir(run, &g.name).join("qmp.sock")),
+        ..ServiceSpec::new(format!("guest-{}", g.name), argv(g, run, kvm), g.restart)
     }
 }
 

@@ -35,7 +35,7 @@ pub struct BootPlan {
 }
 
 /// What it found, handed to the main loop when it is done.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct BootOutcome {
     pub node: String,
     pub cluster: Option<ClusterConfig>,
@@ -83,8 +83,8 @@ fn load_baked(file: &Path) -> Result<Option<ClusterConfig>, String> {
 }
 
 fn service_state(tx: &Sender<Event>, name: &str) -> Option<ServiceState> {
-    match ask(tx, Request::Status) {
-        Reply::Status(s) => s.services.iter().find(|x| x.name == name).map(|x| x.state),
+    match ask(tx, Request::ServiceState(name.to_string())) {
+        Reply::ServiceState(s) => s,
         _ => None,
     }
 }
@@ -205,17 +205,11 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
 }
 
 fn multipathd_service() -> crate::config::ServiceSpec {
+    let argv = vec!["/sbin/multipathd".into(), "-d".into(), "-s".into()];
     crate::config::ServiceSpec {
-        name: "multipathd".into(),
-        argv: vec!["/sbin/multipathd".into(), "-d".into(), "-s".into()],
-        env: Default::default(),
         after: vec!["udevd".into()],
-        ready: Default::default(),
-        restart: crate::config::RestartPolicy::Always,
         backoff: crate::config::services::Backoff { give_up_after: 0, ..Default::default() },
-        stop_timeout_s: 10.0,
-        enabled: true,
-        qmp: None,
+        ..crate::config::ServiceSpec::new("multipathd", argv, crate::config::RestartPolicy::Always)
     }
 }
 
@@ -229,7 +223,7 @@ fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&Cluste
         fetch_timeout: Duration::from_secs_f64(plan.settings.config_timeout_s),
     };
     {
-        let mut s = plan.storage.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = crate::storage::lock(&plan.storage);
         s.sources = sources.clone();
         s.default_paths = cfg.default_paths;
         s.multipath_conf = plan.multipath_conf.clone();
@@ -259,13 +253,13 @@ fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&Cluste
         error!("cannot start multipathd: {e}");
         out.problems.push(format!("cannot start multipathd: {e}"));
     }
-    plan.storage.lock().unwrap_or_else(|p| p.into_inner()).settling = true;
+    crate::storage::lock(&plan.storage).settling = true;
     storage::watch(plan.storage.clone(), sys);
     // Wait, with a deadline, until every alias has its expected paths.
     let limit = Duration::from_secs_f64(cfg.wait_s);
     let end = Instant::now() + limit;
     loop {
-        let luns = plan.storage.lock().unwrap_or_else(|p| p.into_inner()).luns.clone();
+        let luns = crate::storage::lock(&plan.storage).luns.clone();
         let all = luns.len() == names.len() && luns.iter().all(|l| l.state == LunState::Healthy);
         if all {
             info!(luns = luns.len(), "storage ready: every alias has its expected paths");

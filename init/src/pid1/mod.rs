@@ -120,7 +120,7 @@ impl Init {
     }
 
     fn storage_snapshot(&self) -> (Vec<crate::storage::LunStatus>, Vec<crate::storage::sysfs::FcHost>, String) {
-        let s = self.storage.lock().unwrap_or_else(|p| p.into_inner());
+        let s = crate::storage::lock(&self.storage);
         (s.luns.clone(), s.hbas.clone(), s.table_source.clone())
     }
 
@@ -156,20 +156,7 @@ impl Init {
                 warn!("/dev/kvm is not usable here: guests run under TCG (emulation), far slower");
             }
             for (name, b) in &c.bridges {
-                let mut argv = vec!["/usr/lib/bladevisor/bridge-up".to_string(), name.clone()];
-                argv.extend(b.uplink.clone());
-                let spec = crate::config::ServiceSpec {
-                    name: format!("bridge-{name}"),
-                    argv,
-                    env: Default::default(),
-                    after: vec![],
-                    ready: Default::default(),
-                    restart: crate::config::RestartPolicy::OnFailure,
-                    backoff: Default::default(),
-                    stop_timeout_s: 3.0,
-                    enabled: true,
-                    qmp: None,
-                };
+                let spec = crate::net::bridge_service(name, b.uplink.as_deref());
                 if let Err(e) = self.sup.add(spec, Instant::now()) {
                     error!("bridge {name}: {e}");
                 }
@@ -256,7 +243,16 @@ impl Init {
             .collect()
     }
 
-    fn handle_request(&mut self, req: Request) -> Reply {
+    /// Re-reads the alias table on a worker (it may fetch over the network) and hands the
+    /// outcome to `done`.
+    fn reload_storage(&self, done: impl FnOnce(Result<String, String>) + Send + 'static) {
+        let shared = self.storage.clone();
+        crate::spawn_worker("storage-reload", move || done(crate::storage::reload(&shared)));
+    }
+
+    /// Answers a request; `reply` is for answers that come later, from a worker (the return
+    /// value is then `Reply::Deferred`).
+    fn handle_request(&mut self, req: Request, reply: &Sender<Reply>) -> Reply {
         let now = Instant::now();
         match req {
             Request::Status => Reply::Status(Box::new(self.status())),
@@ -273,7 +269,7 @@ impl Init {
                     let why = self.guest_waiting.get(&name).cloned().unwrap_or_default();
                     return Reply::Error(409, format!("guest {name} cannot start yet: {why}"));
                 }
-                self.handle_request(Request::Service { name: service, action })
+                self.handle_request(Request::Service { name: service, action }, reply)
             }
             Request::Console { name, offset } => {
                 let consoles = self.consoles.lock().unwrap_or_else(|p| p.into_inner());
@@ -291,16 +287,17 @@ impl Init {
                 Ok(()) => Reply::Ok("added".into()),
                 Err(e) => Reply::Error(409, e),
             },
-            Request::StorageReload(reply) => {
-                let shared = self.storage.clone();
-                crate::spawn_worker("storage-reload", move || {
-                    let _ = reply.send(match crate::storage::reload(&shared) {
+            Request::StorageReload => {
+                let reply = reply.clone();
+                self.reload_storage(move |r| {
+                    let _ = reply.send(match r {
                         Ok(m) => Reply::Ok(m),
                         Err(e) => Reply::Error(422, e),
                     });
                 });
                 Reply::Deferred
             }
+            Request::ServiceState(name) => Reply::ServiceState(self.sup.state(&name)),
             Request::BootDone(outcome) => {
                 self.boot_done(*outcome);
                 Reply::Ok("boot done".into())
@@ -331,8 +328,7 @@ impl Init {
             SIGHUP => {
                 // Re-read the alias table (applied without tearing down maps in use) and check
                 // image.toml (whose changes apply at the next boot).
-                let shared = self.storage.clone();
-                crate::spawn_worker("storage-reload", move || match crate::storage::reload(&shared) {
+                self.reload_storage(|r| match r {
                     Ok(m) => info!("SIGHUP: {m}"),
                     Err(e) => error!("SIGHUP: {e}"),
                 });
@@ -357,19 +353,12 @@ impl Init {
         match rx.recv_timeout(timeout) {
             Ok(Event::Signal(sig)) => self.handle_signal(sig),
             Ok(Event::PowerButton) => self.begin_shutdown(PowerAction::Poweroff, "power button pressed"),
-            Ok(Event::Api(req, reply)) => {
-                // A reload answers from its own worker: hand it the reply channel.
-                let req = match req {
-                    Request::StorageReload(_) => Request::StorageReload(reply.clone()),
-                    r => r,
-                };
-                match self.handle_request(req) {
-                    Reply::Deferred => {}
-                    r => {
-                        let _ = reply.send(r);
-                    }
+            Ok(Event::Api(req, reply)) => match self.handle_request(req, &reply) {
+                Reply::Deferred => {}
+                r => {
+                    let _ = reply.send(r);
                 }
-            }
+            },
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(IDLE_WAKE),
         }
@@ -420,7 +409,7 @@ impl Init {
         let failed = self.sup.status(Instant::now()).into_iter().filter(|s| s.state == ServiceState::Failed);
         let failed = failed.map(|s| format!("service {} failed: {}", s.name, s.reason.unwrap_or_default()));
         let boot = self.boot.iter().flat_map(|b| b.problems.iter().cloned());
-        let luns = self.storage.lock().unwrap_or_else(|p| p.into_inner()).problems();
+        let luns = crate::storage::lock(&self.storage).problems();
         self.boot_problems.iter().cloned().chain(boot).chain(failed).chain(luns).collect()
     }
 }

@@ -159,7 +159,7 @@ impl Storage {
     }
 }
 
-fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Storage> {
+pub fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Storage> {
     // A panic while holding the lock leaves a usable snapshot: take it anyway.
     s.lock().unwrap_or_else(|p| p.into_inner())
 }

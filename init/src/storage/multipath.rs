@@ -54,7 +54,12 @@ const SOCKET: &str = "/org/kernel/linux/storage/multipathd";
 /// Sends one command to multipathd and returns its answer. The protocol: a native-endian
 /// length (size_t) then the NUL-terminated command; the answer comes back the same way.
 pub fn command(cmd: &str, timeout: Duration) -> Result<String, String> {
-    let addr = SocketAddr::from_abstract_name(SOCKET).map_err(|e| e.to_string())?;
+    command_at(SOCKET, cmd, timeout)
+}
+
+/// `command` on a socket of another name (tests speak the protocol on their own).
+fn command_at(socket: &str, cmd: &str, timeout: Duration) -> Result<String, String> {
+    let addr = SocketAddr::from_abstract_name(socket).map_err(|e| e.to_string())?;
     let mut s = UnixStream::connect_addr(&addr).map_err(|e| format!("multipathd is not answering: {e}"))?;
     s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     let mut msg = cmd.as_bytes().to_vec();
@@ -104,12 +109,37 @@ mod tests {
         );
     }
 
+    /// A stand-in for multipathd on its own abstract socket: checks the request framing and
+    /// answers `reply` in the same framing.
+    fn fake_multipathd(name: &str, expect: &'static str, reply: &'static str) -> std::thread::JoinHandle<()> {
+        let addr = SocketAddr::from_abstract_name(name).unwrap();
+        let l = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut len = [0u8; std::mem::size_of::<usize>()];
+            s.read_exact(&mut len).unwrap();
+            let mut msg = vec![0u8; usize::from_ne_bytes(len)];
+            s.read_exact(&mut msg).unwrap();
+            assert_eq!(msg, format!("{expect}\0").into_bytes(), "command framed as multipathd expects");
+            let mut out = reply.as_bytes().to_vec();
+            out.push(0);
+            s.write_all(&out.len().to_ne_bytes()).unwrap();
+            s.write_all(&out).unwrap();
+        })
+    }
+
+    #[test]
+    fn commands_and_answers_use_multipathds_framing() {
+        let name = format!("bladevisor-test-mpathd-{}", std::process::id());
+        let server = fake_multipathd(&name, "reconfigure", "ok\n");
+        assert_eq!(command_at(&name, "reconfigure", Duration::from_secs(5)).unwrap(), "ok");
+        server.join().unwrap();
+    }
+
     #[test]
     fn a_missing_multipathd_is_a_clear_error() {
-        // No multipathd runs on a build machine (or it does, and answers): either way no panic.
-        match command("show version", Duration::from_millis(200)) {
-            Ok(v) => assert!(!v.is_empty()),
-            Err(e) => assert!(e.starts_with("multipathd"), "{e}"),
-        }
+        let name = format!("bladevisor-test-nobody-{}", std::process::id());
+        let e = command_at(&name, "show version", Duration::from_millis(200)).unwrap_err();
+        assert!(e.starts_with("multipathd is not answering"), "{e}");
     }
 }

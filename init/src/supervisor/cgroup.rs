@@ -39,10 +39,6 @@ impl Cgroups {
         Ok(Cgroups { root: Some(root.to_path_buf()) })
     }
 
-    pub fn enabled(&self) -> bool {
-        self.root.is_some()
-    }
-
     fn dir(&self, name: &str) -> Option<PathBuf> {
         self.root.as_ref().map(|r| r.join(name))
     }
@@ -103,7 +99,6 @@ mod tests {
         std::fs::write(tmp.path().join("bv/udevd/cgroup.procs"), "12\n0\n13\n").unwrap();
         assert!(cg.prepare("udevd").unwrap().is_some());
         assert_eq!(cg.pids("udevd"), vec![12, 13]);
-        assert!(!Cgroups::disabled().enabled());
         assert!(Cgroups::disabled().prepare("x").unwrap().is_none());
     }
 }

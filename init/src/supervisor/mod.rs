@@ -170,10 +170,6 @@ impl Supervisor {
         Ok(())
     }
 
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down
-    }
-
     /// True when no service has a process left.
     pub fn all_stopped(&self) -> bool {
         self.units.values().all(|u| u.pid.is_none())
