@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::api::client::{call, Endpoint};
 use crate::api::Status;
+use crate::migration::{Ending, MigrationStatus};
 use crate::supervisor::ServiceState;
 
 #[derive(Parser, Debug)]
@@ -43,7 +44,37 @@ enum Cmd {
     /// Re-read the alias table and apply it (maps in use stay up; a bad table is refused).
     ReloadAliases,
     /// Start, stop (ACPI power-off), restart or kill (as a crash would) a guest.
-    Guest { name: String, action: String },
+    Guest {
+        name: String,
+        action: String,
+        /// Start even though another blade may run it (it runs there, or cannot be asked).
+        /// Logged as an operator override. Two copies of a guest corrupt its disks.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Live-migrate a guest from this blade to another, following its progress.
+    Migrate {
+        guest: String,
+        /// The destination blade (a node of the cluster configuration).
+        #[arg(long)]
+        to: String,
+        /// Bandwidth cap for this migration, in Mbit/s (default: [migration] max-bandwidth-mbps).
+        #[arg(long)]
+        max_bandwidth_mbps: Option<f64>,
+        /// Start it and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Cancel an outgoing migration: the guest keeps running here.
+    MigrateCancel { guest: String },
+    /// Drain this blade and live-migrate every guest off it; it stays drained until undrained.
+    Evacuate {
+        /// Migrations at once (default: [migration] parallel).
+        #[arg(long)]
+        parallel: Option<usize>,
+    },
+    /// Let this blade take guests again after an evacuation.
+    Undrain,
     /// Show a guest's serial console (the last 64 KiB).
     Console {
         name: String,
@@ -65,14 +96,68 @@ fn fail(msg: impl std::fmt::Display) -> ! {
     std::process::exit(1);
 }
 
-fn post(cli: &Cli, path: &str) {
+/// POSTs and returns the answer's JSON; anything but 200 ends the command with its message.
+fn post_json(cli: &Cli, path: &str) -> serde_json::Value {
     let r =
-        call(&endpoint(cli), "POST", path, cli.token.as_deref(), Duration::from_secs(15)).unwrap_or_else(|e| fail(e));
+        call(&endpoint(cli), "POST", path, cli.token.as_deref(), Duration::from_secs(30)).unwrap_or_else(|e| fail(e));
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or(serde_json::Value::String(r.body.clone()));
-    if r.code == 200 {
-        println!("{}", v.get("ok").and_then(|m| m.as_str()).unwrap_or(&r.body));
-    } else {
+    if r.code != 200 {
         fail(format!("{} (HTTP {})", v.get("error").and_then(|m| m.as_str()).unwrap_or(&r.body), r.code));
+    }
+    v
+}
+
+fn post(cli: &Cli, path: &str) {
+    let v = post_json(cli, path);
+    println!("{}", v.get("ok").and_then(|m| m.as_str()).map(String::from).unwrap_or_else(|| v.to_string()));
+}
+
+fn get_status(cli: &Cli) -> Status {
+    let r = call(&endpoint(cli), "GET", "/v1/status", None, Duration::from_secs(15)).unwrap_or_else(|e| fail(e));
+    if r.code != 200 {
+        fail(format!("HTTP {}: {}", r.code, r.body));
+    }
+    serde_json::from_str(&r.body).unwrap_or_else(|e| fail(format!("unexpected status JSON: {e}")))
+}
+
+/// One line for a migration in progress or done.
+pub fn render_migration(m: &MigrationStatus) -> String {
+    let arrow =
+        if m.direction == "out" { format!("{} -> {}", m.guest, m.peer) } else { format!("{} <- {}", m.guest, m.peer) };
+    if let Some(o) = &m.outcome {
+        return format!("{arrow}: {}", o.summary());
+    }
+    match (&m.phase, &m.progress) {
+        (crate::migration::Phase::Streaming, Some(p)) => format!(
+            "{arrow}: {:>5.1}%  {:>7.1} Mbit/s  remaining {:.1} MiB of {:.1} MiB  (pass {}, downtime limit {} ms)",
+            p.percent,
+            p.mbps,
+            p.remaining_bytes as f64 / 1048576.0,
+            p.total_bytes as f64 / 1048576.0,
+            p.passes,
+            p.downtime_limit_ms
+        ),
+        (phase, _) => format!("{arrow}: {}", format!("{phase:?}").to_lowercase()),
+    }
+}
+
+/// Follows migration `id` in the blade's status until it ends; prints progress as it changes.
+fn follow_migration(cli: &Cli, id: u64) -> crate::migration::Outcome {
+    let mut last = String::new();
+    loop {
+        let s = get_status(cli);
+        let Some(m) = s.migrations.iter().find(|m| m.id == id) else {
+            fail(format!("migration {id} is not in the blade's status any more"));
+        };
+        let line = render_migration(m);
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if let Some(o) = &m.outcome {
+            return o.clone();
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -97,6 +182,9 @@ pub fn render_status(s: &Status) -> String {
     }
     if let Some(m) = &s.management {
         out.push_str(&format!("mgmt     {m}\n"));
+    }
+    if let Some(d) = &s.drained {
+        out.push_str(&format!("drained  {d} (no guest is placed here until `bladevisor undrain`)\n"));
     }
     if let Some(a) = s.shutting_down {
         out.push_str(&format!("shutdown {} in progress\n", a.as_str()));
@@ -151,6 +239,12 @@ pub fn render_status(s: &Status) -> String {
             out.push_str(&format!("{:<16} {:<18} {:>7} {:>8} {:>9}  {note}\n", g.name, g.state, pid, g.restarts, up));
         }
     }
+    if !s.migrations.is_empty() {
+        out.push_str("\nMIGRATIONS (newest last)\n");
+        for m in &s.migrations {
+            out.push_str(&format!("{:>6.0} s ago  {}\n", m.age_s, render_migration(m)));
+        }
+    }
     out.push_str(&format!(
         "\n{:<16} {:<9} {:>7} {:>8}  {}\n",
         "SERVICE", "STATE", "PID", "RESTARTS", "LAST EXIT / REASON"
@@ -193,7 +287,55 @@ pub fn main() {
         Cmd::Halt => post(&cli, "/v1/power/halt"),
         Cmd::Service { name, action } => post(&cli, &format!("/v1/services/{name}/{action}")),
         Cmd::ReloadAliases => post(&cli, "/v1/storage/reload"),
-        Cmd::Guest { name, action } => post(&cli, &format!("/v1/guests/{name}/{action}")),
+        Cmd::Guest { name, action, force } => {
+            post(&cli, &format!("/v1/guests/{name}/{action}{}", if *force { "?force=1" } else { "" }))
+        }
+        Cmd::Migrate { guest, to, max_bandwidth_mbps, no_wait } => {
+            let bw = max_bandwidth_mbps.map(|b| format!("&max-bandwidth-mbps={b}")).unwrap_or_default();
+            let v = post_json(&cli, &format!("/v1/guests/{guest}/migrate?to={to}{bw}"));
+            println!("{}", v["ok"].as_str().unwrap_or(""));
+            let Some(id) = v["id"].as_u64() else { fail(format!("no migration id in {v}")) };
+            if !no_wait {
+                let o = follow_migration(&cli, id);
+                if o.result != Ending::Completed {
+                    std::process::exit(1);
+                }
+            }
+        }
+        Cmd::MigrateCancel { guest } => post(&cli, &format!("/v1/guests/{guest}/migrate-cancel")),
+        Cmd::Evacuate { parallel } => {
+            let q = parallel.map(|p| format!("?parallel={p}")).unwrap_or_default();
+            post_json(&cli, &format!("/v1/evacuate{q}"));
+            let mut shown = std::collections::BTreeSet::new();
+            let mut lines = std::collections::BTreeMap::new();
+            loop {
+                let s = get_status(&cli);
+                let Some(e) = &s.evacuation else { fail("the blade reports no evacuation") };
+                for m in s.migrations.iter().filter(|m| e.guests.iter().any(|g| g.migration == Some(m.id))) {
+                    let line = render_migration(m);
+                    if lines.insert(m.id, line.clone()).as_ref() != Some(&line) {
+                        println!("{line}");
+                    }
+                }
+                for g in e.guests.iter().filter(|g| g.moved == Some(false) && g.migration.is_none()) {
+                    if shown.insert(g.guest.clone()) {
+                        println!("{}: {}", g.guest, g.result.as_deref().unwrap_or("not moved"));
+                    }
+                }
+                if e.done {
+                    let failed = e.guests.iter().filter(|g| g.moved != Some(true)).count();
+                    println!(
+                        "evacuation of {}: {} of {} guests moved; the blade is drained (bladevisor undrain)",
+                        s.node,
+                        e.guests.len() - failed,
+                        e.guests.len()
+                    );
+                    std::process::exit(if failed == 0 { 0 } else { 1 });
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        Cmd::Undrain => post(&cli, "/v1/undrain"),
         Cmd::Console { name, follow } => {
             let mut offset = 0u64;
             loop {
@@ -219,6 +361,34 @@ pub fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_migration_reads_as_progress_then_result() {
+        let mut m: MigrationStatus = serde_json::from_value(serde_json::json!({
+            "id": 3, "guest": "demo", "direction": "out", "peer": "blade2", "phase": "streaming",
+            "progress": {"status": "active", "percent": 42.0, "transferred_bytes": 1, "remaining_bytes": 3355443,
+                         "total_bytes": 34603008, "mbps": 12.5, "downtime_limit_ms": 300, "passes": 1},
+            "outcome": null, "age_s": 2.0}))
+        .unwrap();
+        assert_eq!(
+            render_migration(&m),
+            "demo -> blade2:  42.0%     12.5 Mbit/s  remaining 3.2 MiB of 33.0 MiB  (pass 1, downtime limit 300 ms)"
+        );
+        m.outcome = Some(crate::migration::Outcome {
+            result: Ending::Failed,
+            error: Some("QEMU: Connection reset by peer".into()),
+            phase: crate::migration::Phase::Streaming,
+            resumed_on_source: true,
+            total_ms: 900,
+            qemu_total_ms: 0,
+            downtime_ms: 0,
+            transferred_bytes: 0,
+        });
+        assert_eq!(
+            render_migration(&m),
+            "demo -> blade2: failed while streaming: QEMU: Connection reset by peer; the guest runs on the source"
+        );
+    }
 
     #[test]
     fn status_renders_luns_guests_and_services_for_a_console() {

@@ -10,6 +10,7 @@ pub mod cmdline;
 pub mod config;
 pub mod guests;
 pub mod logging;
+pub mod migration;
 pub mod net;
 pub mod pid1;
 pub mod storage;

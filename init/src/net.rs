@@ -67,6 +67,24 @@ pub fn address_service(iface: &str, mgmt: &Management) -> ServiceSpec {
     }
 }
 
+/// The NIC with this MAC address under a `/sys/class/net` tree.
+pub fn iface_by_mac(class_net: &Path, mac: &str) -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir(class_net)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| std::fs::read_to_string(e.path().join("address")).is_ok_and(|a| a.trim().eq_ignore_ascii_case(mac)))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names.into_iter().next()
+}
+
+/// The one-shot service that gives the peer link (traffic between blades) its address.
+pub fn peer_link_service(iface: &str, cidr: &str) -> ServiceSpec {
+    let argv = vec!["/usr/lib/bladevisor/net-static".to_string(), iface.to_string(), cidr.to_string()];
+    ServiceSpec { stop_timeout_s: 3.0, ..ServiceSpec::new("peer-link", argv, RestartPolicy::OnFailure) }
+}
+
 /// The one-shot service that creates a bridge for guests' NICs on its uplink.
 pub fn bridge_service(bridge: &str, uplink: Option<&str>) -> ServiceSpec {
     let mut argv = vec!["/usr/lib/bladevisor/bridge-up".to_string(), bridge.to_string()];
@@ -109,6 +127,22 @@ mod tests {
         assert_eq!(
             choose_interface(t.path(), &missing).unwrap_err(),
             "management interface eth9 does not exist (NICs: ens3, ens4)"
+        );
+    }
+
+    #[test]
+    fn the_peer_link_is_found_by_its_mac() {
+        let t = tempfile::tempdir().unwrap();
+        fake_nic(t.path(), "enp0s4", true, "1");
+        fake_nic(t.path(), "enp0s9", true, "1");
+        std::fs::write(t.path().join("enp0s4/address"), "52:54:00:b1:ad:01\n").unwrap();
+        std::fs::write(t.path().join("enp0s9/address"), "52:54:00:b1:be:01\n").unwrap();
+        assert_eq!(iface_by_mac(t.path(), "52:54:00:B1:BE:01").as_deref(), Some("enp0s9"));
+        assert_eq!(iface_by_mac(t.path(), "52:54:00:00:00:00"), None);
+        let s = peer_link_service("enp0s9", "192.168.50.1/24");
+        assert_eq!(
+            (s.name.as_str(), s.argv[1].as_str(), s.argv[2].as_str()),
+            ("peer-link", "enp0s9", "192.168.50.1/24")
         );
     }
 

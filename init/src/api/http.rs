@@ -27,6 +27,7 @@ pub enum Route {
     Private(Request),
     NotFound,
     MethodNotAllowed,
+    BadRequest(String),
 }
 
 fn query(url: &str, key: &str) -> Option<String> {
@@ -47,10 +48,45 @@ pub fn route(method: &Method, url: &str) -> Route {
             Some(a) => Route::Do(Request::Service { name: name.to_string(), action: a }),
             None => Route::NotFound,
         },
+        (Method::Post, ["v1", "guests", name, "migrate"]) => match query(url, "to") {
+            Some(to) => Route::Do(Request::Migrate {
+                guest: name.to_string(),
+                to,
+                bandwidth_mbps: query(url, "max-bandwidth-mbps").and_then(|b| b.parse().ok()),
+            }),
+            None => Route::BadRequest("migrate needs ?to=<node>".into()),
+        },
+        (Method::Post, ["v1", "guests", name, "migrate-cancel"]) => Route::Do(Request::MigrateCancel(name.to_string())),
         (Method::Post, ["v1", "guests", name, action]) => match ServiceAction::parse(action) {
-            Some(a) => Route::Do(Request::Guest { name: name.to_string(), action: a }),
+            Some(a) => Route::Do(Request::Guest {
+                name: name.to_string(),
+                action: a,
+                force: query(url, "force").is_some_and(|f| f == "1" || f == "true"),
+            }),
             None => Route::NotFound,
         },
+        (Method::Post, ["v1", "incoming", guest]) => match query(url, "from") {
+            Some(from) => Route::Do(Request::Incoming {
+                guest: guest.to_string(),
+                from,
+                caps: query(url, "caps")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|c| !c.is_empty())
+                    .map(String::from)
+                    .collect(),
+            }),
+            None => Route::BadRequest("incoming needs ?from=<node>".into()),
+        },
+        (Method::Post, ["v1", "incoming", guest, "resume"]) => Route::Do(Request::IncomingResume(guest.to_string())),
+        (Method::Post, ["v1", "incoming", guest, "abort"]) => Route::Do(Request::IncomingAbort(guest.to_string())),
+        (Method::Post, ["v1", "evacuate"]) => {
+            Route::Do(Request::Evacuate { parallel: query(url, "parallel").and_then(|p| p.parse().ok()) })
+        }
+        (Method::Post, ["v1", "undrain"]) => Route::Do(Request::Undrain),
+        (Method::Post, ["v1", "nodes", node, verb @ ("drained" | "undrained")]) => {
+            Route::Do(Request::PeerDrained { node: node.to_string(), drained: *verb == "drained" })
+        }
         (Method::Get, ["v1", "guests", name, "console"]) => {
             match query(url, "offset").unwrap_or_else(|| "0".into()).parse() {
                 Ok(offset) => Route::Private(Request::Console { name: name.to_string(), offset }),
@@ -70,7 +106,11 @@ pub fn route(method: &Method, url: &str) -> Route {
         | (_, ["v1", "services", _, _])
         | (_, ["v1", "storage", "reload"])
         | (_, ["v1", "luns", _, "read"])
-        | (_, ["v1", "guests", _, _]) => Route::MethodNotAllowed,
+        | (_, ["v1", "guests", _, _])
+        | (_, ["v1", "incoming", ..])
+        | (_, ["v1", "evacuate"])
+        | (_, ["v1", "undrain"])
+        | (_, ["v1", "nodes", _, _]) => Route::MethodNotAllowed,
         _ => Route::NotFound,
     }
 }
@@ -142,6 +182,7 @@ pub fn serve(server: Server, tx: Sender<Event>, auth: Auth, name: &str) {
                 }
             }
             let resp = match route {
+                Route::BadRequest(m) => message(400, "error", &m),
                 Route::NotFound => message(404, "error", &format!("no such endpoint: {} {}", req.method(), req.url())),
                 Route::MethodNotAllowed => {
                     message(405, "error", &format!("{} is not allowed on {}", req.method(), req.url()))
@@ -329,6 +370,29 @@ mod tests {
         );
         assert_eq!(route(&Method::Post, "/v1/power/explode"), Route::NotFound);
         assert_eq!(
+            route(&Method::Post, "/v1/guests/web/migrate?to=blade2&max-bandwidth-mbps=0.5"),
+            Route::Do(Request::Migrate { guest: "web".into(), to: "blade2".into(), bandwidth_mbps: Some(0.5) })
+        );
+        assert!(matches!(route(&Method::Post, "/v1/guests/web/migrate"), Route::BadRequest(_)));
+        assert_eq!(
+            route(&Method::Post, "/v1/guests/web/start?force=1"),
+            Route::Do(Request::Guest { name: "web".into(), action: ServiceAction::Start, force: true })
+        );
+        assert_eq!(
+            route(&Method::Post, "/v1/incoming/web?from=blade1&caps=events,x-ignore-shared"),
+            Route::Do(Request::Incoming {
+                guest: "web".into(),
+                from: "blade1".into(),
+                caps: vec!["events".into(), "x-ignore-shared".into()]
+            })
+        );
+        assert_eq!(
+            route(&Method::Post, "/v1/nodes/blade1/drained"),
+            Route::Do(Request::PeerDrained { node: "blade1".into(), drained: true })
+        );
+        assert_eq!(route(&Method::Post, "/v1/evacuate?parallel=2"), Route::Do(Request::Evacuate { parallel: Some(2) }));
+        assert_eq!(route(&Method::Get, "/v1/evacuate"), Route::MethodNotAllowed);
+        assert_eq!(
             route(&Method::Get, "/v1/luns/vm1/read?offset=8192"),
             Route::ReadLun { alias: "vm1".into(), offset: 8192 }
         );
@@ -378,6 +442,10 @@ mod tests {
             aliases_source: None,
             cpus: 2,
             guests: vec![],
+            drained: None,
+            drained_nodes: vec![],
+            migrations: vec![],
+            evacuation: None,
             kvm: false,
             memory: Default::default(),
             services: vec![crate::supervisor::ServiceStatus {

@@ -49,10 +49,40 @@ pub enum Request {
     AddService(Box<crate::config::ServiceSpec>),
     /// From the boot sequence: it is done.
     BootDone(Box<crate::pid1::boot::BootOutcome>),
-    /// An operator's action on a guest.
+    /// An operator's action on a guest; `force` starts it even where another blade may run it.
     Guest {
         name: String,
         action: ServiceAction,
+        force: bool,
+    },
+    /// Live-migrate a guest from this blade to `to`, optionally with a bandwidth cap (Mbit/s).
+    Migrate {
+        guest: String,
+        to: String,
+        bandwidth_mbps: Option<f64>,
+    },
+    /// Cancel this blade's outgoing migration of a guest.
+    MigrateCancel(String),
+    /// From a peer: start this guest paused, listening for its migration stream.
+    Incoming {
+        guest: String,
+        from: String,
+        caps: Vec<String>,
+    },
+    /// From the source: the stream is complete, run the guest.
+    IncomingResume(String),
+    /// From the source: the migration failed, remove the incoming process.
+    IncomingAbort(String),
+    /// Mark this blade drained and migrate every guest off it.
+    Evacuate {
+        parallel: Option<usize>,
+    },
+    /// Accept guests again.
+    Undrain,
+    /// From a peer: it is drained (or not) now.
+    PeerDrained {
+        node: String,
+        drained: bool,
     },
     /// A guest's console from `offset` on.
     Console {
@@ -138,6 +168,18 @@ pub struct Status {
     pub aliases_source: Option<String>,
     /// The guests placed on this blade.
     pub guests: Vec<crate::guests::GuestStatus>,
+    /// Why this blade takes no guests, when it is drained.
+    #[serde(default)]
+    pub drained: Option<String>,
+    /// Peers that said they are drained (remembered across their reboots).
+    #[serde(default)]
+    pub drained_nodes: Vec<String>,
+    /// Recent migrations from and to this blade, newest last.
+    #[serde(default)]
+    pub migrations: Vec<crate::migration::MigrationStatus>,
+    /// The last evacuation of this blade.
+    #[serde(default)]
+    pub evacuation: Option<crate::migration::Evacuation>,
     /// Whether guests run with KVM (else TCG, much slower).
     pub kvm: bool,
     pub cpus: usize,

@@ -51,6 +51,32 @@ pub struct Node {
     pub macs: Vec<String>,
     #[serde(default)]
     pub management: Management,
+    /// The link blades use between themselves (supervisor-to-supervisor API calls, live
+    /// migration streams). Without one, a blade with a static management address is reached
+    /// there; a blade with neither cannot be a migration peer.
+    pub peer_link: Option<PeerLink>,
+}
+
+/// A NIC given a static address for traffic between blades.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PeerLink {
+    /// The NIC, by its MAC address (names differ between hardware generations).
+    pub mac: String,
+    /// `address/prefix`
+    pub address: String,
+}
+
+impl Node {
+    /// Where the other blades reach this one: its peer link, else a static management address.
+    pub fn peer_ip(&self) -> Option<std::net::Ipv4Addr> {
+        let cidr = match &self.peer_link {
+            Some(l) => &l.address,
+            None if self.management.address != "dhcp" => &self.management.address,
+            None => return None,
+        };
+        cidr.split('/').next()?.parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
@@ -72,6 +98,8 @@ pub struct ClusterConfig {
     pub bridges: BTreeMap<String, Bridge>,
     #[serde(default)]
     pub guests: BTreeMap<String, crate::guests::GuestSpec>,
+    #[serde(default)]
+    pub migration: crate::migration::Settings,
 }
 
 /// A bridge for guests. Its uplink puts it on the same L2 segment on every blade; it must not
@@ -134,6 +162,7 @@ pub fn parse_cluster(file: &Path, text: &str) -> Result<ClusterConfig, ConfigErr
             }
         }
     }
+    cfg.migration.validate(file, text)?;
     let mut seen_macs: BTreeMap<String, String> = BTreeMap::new();
     for (name, node) in cfg.nodes.iter_mut() {
         if !is_safe_name(name) {
@@ -156,6 +185,18 @@ pub fn parse_cluster(file: &Path, text: &str) -> Result<ClusterConfig, ConfigErr
                 "management",
                 format!("node {name}: management address {:?} must be \"dhcp\" or address/prefix", m.address),
             ));
+        }
+        if let Some(link) = node.peer_link.as_mut() {
+            link.mac = normalise_mac(&link.mac).ok_or_else(|| {
+                at(&section, "peer-link", format!("node {name}: {:?} is not a MAC address", link.mac))
+            })?;
+            if !valid_cidr(&link.address) {
+                return Err(at(
+                    &section,
+                    "peer-link",
+                    format!("node {name}: peer-link address {:?} must be address/prefix", link.address),
+                ));
+            }
         }
         if let Some(gw) = &m.gateway {
             if gw.parse::<std::net::Ipv4Addr>().is_err() {
@@ -245,6 +286,21 @@ management = { interface = "eth0", address = "10.0.0.12/24", gateway = "10.0.0.1
         assert!(e.contains("blade9") && e.contains("blade1, blade2"), "{e}");
         let e = find_node(&c, None, &["02:00:00:00:00:01".into()]).unwrap_err();
         assert!(e.contains("02:00:00:00:00:01"), "{e}");
+    }
+
+    #[test]
+    fn peers_are_reached_on_their_peer_link_or_static_management_address() {
+        let c = parse(&format!(
+            "{GOOD}[nodes.blade1.peer-link]\nmac = \"52:54:00:00:01:01\"\naddress = \"192.168.50.1/24\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.nodes["blade1"].peer_ip(), Some("192.168.50.1".parse().unwrap()));
+        assert_eq!(c.nodes["blade2"].peer_ip(), Some("10.0.0.12".parse().unwrap()));
+        let dhcp_only = parse("[cluster]\nname = \"lab\"\n[nodes.b1]\n").unwrap();
+        assert_eq!(dhcp_only.nodes["b1"].peer_ip(), None);
+        let e = parse("[cluster]\nname = \"lab\"\n[nodes.b1]\npeer-link = { mac = \"52:54:00:00:01:01\", address = \"192.168.50.1\" }\n")
+            .unwrap_err();
+        assert_eq!(e, "cluster.toml:4: node b1: peer-link address \"192.168.50.1\" must be address/prefix");
     }
 
     #[test]

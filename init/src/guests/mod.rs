@@ -56,8 +56,11 @@ fn virtio_net() -> String {
 pub struct GuestSpec {
     #[serde(skip_deserializing)]
     pub name: String,
-    /// The blade it is placed on.
+    /// The blade it is placed on: its home, where it starts at boot.
     pub node: String,
+    /// Other blades it may live-migrate to (and be evacuated to), in order of preference.
+    #[serde(default)]
+    pub migrate_to: Vec<String>,
     pub memory_mib: u64,
     #[serde(default = "one")]
     pub vcpus: u32,
@@ -125,6 +128,14 @@ pub fn validate(
         if !nodes.contains(&g.node) {
             return Err(at("node", format!("guest {name}: node {:?} is not in [nodes]", g.node)));
         }
+        for n in &g.migrate_to {
+            if !nodes.contains(n) || *n == g.node {
+                return Err(at(
+                    "migrate-to",
+                    format!("guest {name}: migrate-to {n:?} must be a node in [nodes] other than its home {}", g.node),
+                ));
+            }
+        }
         if g.memory_mib < 16 || g.vcpus == 0 {
             return Err(at("memory-mib", format!("guest {name}: needs memory-mib >= 16 and vcpus >= 1")));
         }
@@ -157,6 +168,16 @@ pub fn validate(
         }
     }
     Ok(())
+}
+
+impl GuestSpec {
+    /// Every blade this guest may run on: its home first, then its migration targets.
+    pub fn blades(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.node).chain(self.migrate_to.iter())
+    }
+    pub fn may_run_on(&self, node: &str) -> bool {
+        self.blades().any(|n| n == node)
+    }
 }
 
 /// Where a guest's sockets live.
@@ -230,6 +251,17 @@ pub fn service(g: &GuestSpec, run: &Path, kvm: bool) -> ServiceSpec {
         qmp: Some(run_dir(run, &g.name).join("qmp.sock")),
         ..ServiceSpec::new(format!("guest-{}", g.name), argv(g, run, kvm), g.restart)
     }
+}
+
+/// The service for a guest arriving by live migration: started paused (`-S`), waiting for
+/// its stream (`-incoming defer`, the listener is opened over QMP), and never restarted: a
+/// stream that breaks ends it, and the source keeps the guest.
+pub fn incoming_service(g: &GuestSpec, run: &Path, kvm: bool) -> ServiceSpec {
+    let mut s = service(g, run, kvm);
+    s.argv.extend(["-S".into(), "-incoming".into(), "defer".into()]);
+    s.restart = RestartPolicy::Never;
+    s.enabled = true;
+    s
 }
 
 /// What an operator calls a guest's state.

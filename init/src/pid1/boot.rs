@@ -128,6 +128,22 @@ fn bring_up_network(plan: &BootPlan, tx: &Sender<Event>, mgmt: &Management) -> R
     }
 }
 
+fn bring_up_peer_link(
+    plan: &BootPlan,
+    tx: &Sender<Event>,
+    link: &crate::config::cluster::PeerLink,
+) -> Result<(), String> {
+    let iface = crate::net::iface_by_mac(&plan.class_net, &link.mac)
+        .ok_or_else(|| format!("no NIC has the peer link's MAC {}", link.mac))?;
+    info!(interface = %iface, address = %link.address, "bringing up the peer link");
+    if let Reply::Error(_, e) =
+        ask(tx, Request::AddService(Box::new(crate::net::peer_link_service(&iface, &link.address))))
+    {
+        return Err(e);
+    }
+    wait_oneshot(tx, "peer-link", Duration::from_secs(10))
+}
+
 /// The boot sequence. Never fails: every problem ends up in the outcome's `problems`.
 pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     let mut out = BootOutcome::default();
@@ -196,6 +212,13 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
         },
         None => named.unwrap_or("bladevisor").to_string(),
     };
+    // 3b. The peer link, which the other blades' supervisors and migration streams use.
+    if let Some(link) = cluster.as_ref().and_then(|c| c.nodes.get(&out.node)).and_then(|n| n.peer_link.clone()) {
+        if let Err(e) = bring_up_peer_link(plan, tx, &link) {
+            error!("peer link: {e}");
+            out.problems.push(format!("peer link: {e}"));
+        }
+    }
     // 4. Storage: HBAs, scans, multipath from the alias table, and the wait for every alias.
     if plan.settings.storage {
         bring_up_storage(plan, tx, cluster.as_ref(), &mut out);

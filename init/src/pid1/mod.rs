@@ -4,6 +4,7 @@
 //! answers on its control socket.
 
 pub mod boot;
+pub mod guests;
 pub mod mounts;
 pub mod powerbutton;
 pub mod shutdown;
@@ -31,6 +32,8 @@ pub enum Event {
     /// The ACPI power button was pressed.
     PowerButton,
     Api(Request, Sender<Reply>),
+    /// A worker's report (owner checks, migrations, evacuation).
+    Internal(guests::Internal),
 }
 
 /// Reaps every exited child (ours or an orphan re-parented to us) without blocking.
@@ -57,8 +60,23 @@ pub struct Init {
     /// What the boot sequence found; None while it runs.
     boot: Option<boot::BootOutcome>,
     storage: crate::storage::Shared,
-    /// Guests placed on this blade (from the configuration, once boot is done).
+    /// Guests that may run on this blade (its own, and those that may migrate here).
     guests: Vec<crate::guests::GuestSpec>,
+    /// Where guests stand beyond their service (elsewhere, arriving, leaving).
+    places: std::collections::BTreeMap<String, guests::Place>,
+    /// Owner checks: in flight (None) or when to ask again.
+    owner_checks: std::collections::BTreeMap<String, Option<Instant>>,
+    /// Guests whose console is followed.
+    followed: std::collections::BTreeSet<String>,
+    migrations: Vec<(Instant, crate::migration::MigrationStatus)>,
+    next_migration: u64,
+    /// Why this blade takes no guests.
+    drained: Option<String>,
+    /// Peers that told us they are drained.
+    drained_nodes: std::collections::BTreeSet<String>,
+    evacuation: Option<crate::migration::Evacuation>,
+    /// What the peers said of this blade's drain at boot; None until they answered.
+    drain_known: Option<Option<String>>,
     /// Why a placed guest is not started yet, by name.
     guest_waiting: std::collections::BTreeMap<String, String>,
     consoles: crate::guests::console::Consoles,
@@ -112,6 +130,10 @@ impl Init {
             hbas,
             aliases_source: Some(aliases_source).filter(|s| !s.is_empty()),
             guests: self.guest_status(),
+            drained: self.drained.clone(),
+            drained_nodes: self.drained_nodes.iter().cloned().collect(),
+            migrations: self.migration_status(),
+            evacuation: self.evacuation.clone(),
             kvm: self.kvm,
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             memory: memory(),
@@ -151,7 +173,7 @@ impl Init {
             }
         }
         if let Some(c) = &outcome.cluster {
-            self.guests = c.guests.values().filter(|g| g.node == self.node).cloned().collect();
+            self.guests = c.guests.values().filter(|g| g.may_run_on(&self.node)).cloned().collect();
             if !self.guests.is_empty() && !self.kvm {
                 warn!("/dev/kvm is not usable here: guests run under TCG (emulation), far slower");
             }
@@ -163,84 +185,8 @@ impl Init {
             }
         }
         self.boot = Some(outcome);
+        self.learn_drain();
         self.place_guests();
-    }
-
-    /// Starts (adds to the supervisor) each placed guest whose disks are up and which fits.
-    fn place_guests(&mut self) {
-        if self.guests.iter().all(|g| self.sup.state(&format!("guest-{}", g.name)).is_some()) {
-            return;
-        }
-        let luns = self.storage_snapshot().0;
-        // Read only for a guest whose disks are there, once per pass.
-        let mut total_mib: Option<u64> = None;
-        let run = crate::run_dir();
-        for g in self.guests.clone() {
-            let service = format!("guest-{}", g.name);
-            if self.sup.state(&service).is_some() {
-                continue;
-            }
-            let mut why = None;
-            for d in &g.disks {
-                match luns.iter().find(|l| l.alias == d.alias) {
-                    None => why = Some(format!("disk {} is not in the alias table", d.alias)),
-                    Some(l) if l.state == crate::storage::LunState::Missing => {
-                        why = Some(format!("waiting for disk {} (missing)", d.alias))
-                    }
-                    _ => {}
-                }
-            }
-            if why.is_none() {
-                let total = *total_mib.get_or_insert_with(|| memory().total_mib);
-                if g.memory_mib >= total {
-                    why = Some(format!("needs {} MiB of memory; this blade has {total} MiB", g.memory_mib));
-                }
-            }
-            if let Some(w) = why {
-                if self.guest_waiting.get(&g.name) != Some(&w) {
-                    warn!(guest = %g.name, "not started: {w}");
-                    self.guest_waiting.insert(g.name.clone(), w);
-                }
-                continue;
-            }
-            self.guest_waiting.remove(&g.name);
-            let mut spec = crate::guests::service(&g, &run, self.kvm);
-            // Guests stop before the storage under them.
-            if self.sup.state("multipathd").is_some() {
-                spec.after.push("multipathd".into());
-            }
-            match self.sup.add(spec, Instant::now()) {
-                Ok(()) => {
-                    info!(guest = %g.name, autostart = g.autostart, "guest placed on this blade");
-                    crate::guests::console::follow(
-                        self.consoles.clone(),
-                        g.name.clone(),
-                        crate::guests::run_dir(&run, &g.name).join("console.sock"),
-                    );
-                }
-                Err(e) => error!(guest = %g.name, "{e}"),
-            }
-        }
-    }
-
-    fn guest_status(&self) -> Vec<crate::guests::GuestStatus> {
-        let services = self.sup.status(Instant::now());
-        self.guests
-            .iter()
-            .map(|g| {
-                let s = services.iter().find(|s| s.name == format!("guest-{}", g.name));
-                let waiting = self.guest_waiting.get(&g.name).cloned();
-                crate::guests::GuestStatus {
-                    name: g.name.clone(),
-                    state: crate::guests::guest_state(s.map(|s| s.state), waiting.is_none()).to_string(),
-                    pid: s.and_then(|s| s.pid),
-                    restarts: s.map(|s| s.restarts).unwrap_or(0),
-                    uptime_s: s.map(|s| s.since_s).unwrap_or(0.0),
-                    disks: g.disks.iter().map(|d| d.alias.clone()).collect(),
-                    reason: waiting.or_else(|| s.and_then(|s| s.reason.clone())),
-                }
-            })
-            .collect()
     }
 
     /// Re-reads the alias table on a worker (it may fetch over the network) and hands the
@@ -256,20 +202,23 @@ impl Init {
         let now = Instant::now();
         match req {
             Request::Status => Reply::Status(Box::new(self.status())),
-            Request::Guest { name, action } => {
-                if !self.guests.iter().any(|g| g.name == name) {
-                    let here: Vec<&str> = self.guests.iter().map(|g| g.name.as_str()).collect();
-                    return Reply::Error(
-                        404,
-                        format!("no guest named {name:?} on this blade (guests here: {})", here.join(", ")),
-                    );
+            Request::Guest { name, action, force } => self.guest_request(name, action, force, reply),
+            Request::Migrate { guest, to, bandwidth_mbps } => self.migrate(guest, to, bandwidth_mbps),
+            Request::MigrateCancel(guest) => self.migrate_cancel(&guest),
+            Request::Incoming { guest, from, caps } => self.incoming(guest, from, caps, reply),
+            Request::IncomingResume(guest) => self.incoming_resume(guest, reply),
+            Request::IncomingAbort(guest) => self.incoming_abort(&guest),
+            Request::Evacuate { parallel } => self.evacuate(parallel),
+            Request::Undrain => self.undrain(),
+            Request::PeerDrained { node, drained } => {
+                if drained {
+                    info!(peer = %node, "peer says it is drained");
+                    self.drained_nodes.insert(node);
+                } else {
+                    info!(peer = %node, "peer says it is undrained");
+                    self.drained_nodes.remove(&node);
                 }
-                let service = format!("guest-{name}");
-                if self.sup.state(&service).is_none() {
-                    let why = self.guest_waiting.get(&name).cloned().unwrap_or_default();
-                    return Reply::Error(409, format!("guest {name} cannot start yet: {why}"));
-                }
-                self.handle_request(Request::Service { name: service, action }, reply)
+                Reply::Ok("noted".into())
             }
             Request::Console { name, offset } => {
                 let consoles = self.consoles.lock().unwrap_or_else(|p| p.into_inner());
@@ -359,6 +308,7 @@ impl Init {
                     let _ = reply.send(r);
                 }
             },
+            Ok(Event::Internal(i)) => self.internal(i),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(IDLE_WAKE),
         }
@@ -368,6 +318,7 @@ impl Init {
             self.handle_exit(pid, exit);
         }
         if self.boot.is_some() && self.shutdown.is_none() {
+            self.watch_incoming();
             self.place_guests();
         }
         let now = Instant::now();
@@ -534,6 +485,15 @@ pub fn run() -> ! {
         boot: None,
         storage,
         guests: vec![],
+        places: Default::default(),
+        owner_checks: Default::default(),
+        followed: Default::default(),
+        migrations: vec![],
+        next_migration: 0,
+        drained: None,
+        drained_nodes: Default::default(),
+        evacuation: None,
+        drain_known: None,
         guest_waiting: Default::default(),
         consoles: Default::default(),
         kvm: crate::guests::kvm_usable(std::path::Path::new("/dev/kvm")),

@@ -94,6 +94,8 @@ struct Unit {
     reason: Option<String>,
     /// Stop was asked as part of a restart: start again once it has exited.
     restart_after_stop: bool,
+    /// Forget the service once its process has exited (see `discard`).
+    remove_on_exit: bool,
 }
 
 impl Unit {
@@ -112,6 +114,7 @@ impl Unit {
             last_exit: None,
             reason: None,
             restart_after_stop: false,
+            remove_on_exit: false,
         }
     }
 
@@ -268,6 +271,12 @@ impl Supervisor {
         rt.release(&name);
         let u = self.units.get_mut(&name).expect("found above");
         u.pid = None;
+        if u.remove_on_exit {
+            info!(service = %name, pid, %exit, "ended and removed");
+            self.units.remove(&name);
+            self.order.retain(|n| *n != name);
+            return true;
+        }
         let ran_for = u.started.map(|s| now.saturating_duration_since(s)).unwrap_or_default();
         match u.state {
             ServiceState::Stopping => {
@@ -450,6 +459,32 @@ impl Supervisor {
             rt.force_kill(name, pid);
         }
         Ok(())
+    }
+
+    /// Changes a service's restart policy from now on (a guest that arrived by migration gets
+    /// its own policy once it runs).
+    pub fn set_restart(&mut self, name: &str, policy: crate::config::RestartPolicy) {
+        if let Some(u) = self.units.get_mut(name) {
+            u.spec.restart = policy;
+        }
+    }
+
+    /// Ends a service for good without a graceful stop and forgets it once its process has
+    /// exited: a migrated guest's source process, or an aborted incoming one. No policy fires.
+    pub fn discard(&mut self, name: &str, rt: &mut dyn Runtime, now: Instant) {
+        let Some(u) = self.units.get_mut(name) else { return };
+        match u.pid {
+            Some(pid) => {
+                u.remove_on_exit = true;
+                u.killed = true;
+                u.set(ServiceState::Stopping, now);
+                rt.force_kill(name, pid);
+            }
+            None => {
+                self.units.remove(name);
+                self.order.retain(|n| n != name);
+            }
+        }
     }
 
     /// Operator: stop a service if it runs, then start it again.

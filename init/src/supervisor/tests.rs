@@ -218,3 +218,26 @@ fn disabled_services_wait_for_an_operator() {
     s.tick(&mut rt, t0);
     assert_eq!(rt.names(), vec!["a"]);
 }
+
+#[test]
+fn a_discarded_service_is_killed_without_its_policy_and_forgotten() {
+    let t0 = Instant::now();
+    let mut rt = Fake::default();
+    let mut s = Supervisor::new(specs("[services.g]\nargv=[\"/bin/g\"]\nrestart = \"always\"\n"), t0);
+    s.tick(&mut rt, t0);
+    s.discard("g", &mut rt, t0);
+    assert_eq!(rt.signals, vec![("g".to_string(), Signal::SIGKILL)]);
+    assert!(s.on_exit(rt.pid("g"), Exit::Signal(9), &mut rt, t0));
+    s.tick(&mut rt, t0 + Duration::from_secs(100));
+    assert_eq!(s.state("g"), None, "gone, not restarted");
+    assert_eq!(rt.spawned.len(), 1);
+    // The name is free again: the guest may come back (by migration).
+    let mut again = ServiceSpec::new("g", vec!["/bin/g".into()], crate::config::RestartPolicy::Never);
+    again.enabled = true;
+    s.add(again, t0).unwrap();
+    s.set_restart("g", crate::config::RestartPolicy::Always);
+    s.tick(&mut rt, t0);
+    assert_eq!(rt.spawned.len(), 2);
+    s.on_exit(rt.pid("g"), Exit::Code(1), &mut rt, t0);
+    assert_eq!(s.state("g"), Some(ServiceState::Backoff), "the policy set later applies");
+}

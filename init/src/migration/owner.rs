@@ -1,0 +1,99 @@
+//! One owner per guest: before a blade starts (or resumes) a guest, every other blade that may
+//! run it is asked. A blade that runs it wins; a blade that cannot be asked is not taken as
+//! "not running" (the guest may run on the far side of a partition). Only an operator's
+//! explicit override, which is logged, starts it regardless.
+
+/// What one peer said about a guest.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// The guest is there in this state (see [`occupies`]).
+    State(String),
+    /// The peer has no process for it.
+    Absent,
+    /// The peer could not be asked.
+    Unreachable(String),
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Free,
+    RunsOn { node: String, state: String },
+    Unknown { node: String, why: String },
+}
+
+impl Verdict {
+    pub fn explain(&self, guest: &str) -> String {
+        match self {
+            Verdict::Free => format!("no other blade runs guest {guest}"),
+            Verdict::RunsOn { node, state } => format!("guest {guest} runs on {node} ({state})"),
+            Verdict::Unknown { node, why } => format!(
+                "cannot tell whether {node} runs guest {guest} ({why}); not starting it here (an operator may override with --force)"
+            ),
+        }
+    }
+}
+
+/// Guest states on a blade that mean a QEMU for it exists there, or will again by itself.
+pub fn occupies(state: &str) -> bool {
+    matches!(state, "starting" | "running" | "crashed" | "stopping" | "incoming" | "migrating" | "in-doubt")
+}
+
+/// A definite "runs there" wins over an unanswered question, which wins over "free".
+pub fn decide(answers: &[(String, Answer)]) -> Verdict {
+    for (node, a) in answers {
+        if let Answer::State(s) = a {
+            if occupies(s) {
+                return Verdict::RunsOn { node: node.clone(), state: s.clone() };
+            }
+        }
+    }
+    for (node, a) in answers {
+        if let Answer::Unreachable(why) = a {
+            return Verdict::Unknown { node: node.clone(), why: why.clone() };
+        }
+    }
+    Verdict::Free
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(answers: &[(&str, Answer)]) -> Verdict {
+        decide(&answers.iter().map(|(n, a)| (n.to_string(), a.clone())).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn a_guest_that_runs_elsewhere_is_refused_naming_the_blade() {
+        let v = ask(&[("blade2", Answer::Absent), ("blade3", Answer::State("running".into()))]);
+        assert_eq!(v, Verdict::RunsOn { node: "blade3".into(), state: "running".into() });
+        assert_eq!(v.explain("web"), "guest web runs on blade3 (running)");
+        // Mid-migration, crashed-and-restarting and paused-in-doubt copies count as running.
+        for s in ["incoming", "migrating", "crashed", "in-doubt", "starting"] {
+            assert!(matches!(ask(&[("b", Answer::State(s.into()))]), Verdict::RunsOn { .. }), "{s}");
+        }
+    }
+
+    #[test]
+    fn an_unreachable_peer_is_not_taken_as_not_running() {
+        let v = ask(&[("blade2", Answer::Unreachable("connection refused".into())), ("blade3", Answer::Absent)]);
+        assert!(matches!(&v, Verdict::Unknown { node, .. } if node == "blade2"));
+        assert!(v.explain("web").contains("cannot tell whether blade2 runs guest web (connection refused)"));
+        // A definite answer elsewhere is the better reason.
+        let v = ask(&[("blade2", Answer::Unreachable("timeout".into())), ("blade3", Answer::State("running".into()))]);
+        assert!(matches!(v, Verdict::RunsOn { .. }));
+    }
+
+    #[test]
+    fn stopped_failed_or_absent_copies_leave_the_guest_free() {
+        let v = ask(&[
+            ("blade2", Answer::State("stopped".into())),
+            ("blade3", Answer::State("failed".into())),
+            ("blade4", Answer::State("elsewhere".into())),
+            ("blade5", Answer::Absent),
+        ]);
+        assert_eq!(v, Verdict::Free);
+        assert_eq!(ask(&[]), Verdict::Free, "a guest with no other blade is its home's alone");
+    }
+}

@@ -1,0 +1,433 @@
+//! The source side: drives QEMU's migration of a running guest to a destination blade and
+//! decides, at each failure, what keeps the guest running exactly once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{bytes_per_s, caps_arg, Clock, Ending, Outcome, Peer, PeerError, Phase, Progress, Settings, Vm};
+
+/// One migration, as decided by the source's supervisor.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub guest: String,
+    /// The destination's name and the address its stream listener is reached on.
+    pub to: String,
+    pub to_ip: std::net::Ipv4Addr,
+    pub caps: Vec<String>,
+    pub downtime_limit_ms: u64,
+    pub max_downtime_ms: u64,
+    pub bandwidth_bytes: u64,
+    pub converge_after: Duration,
+    pub timeout: Duration,
+    pub poll: Duration,
+    /// Set by an operator's cancel.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Plan {
+    pub fn new(guest: &str, to: &str, to_ip: std::net::Ipv4Addr, s: &Settings, bandwidth_mbps: Option<f64>) -> Plan {
+        Plan {
+            guest: guest.into(),
+            to: to.into(),
+            to_ip,
+            caps: s.all_capabilities(),
+            downtime_limit_ms: s.downtime_limit_ms,
+            max_downtime_ms: s.max_downtime_ms,
+            bandwidth_bytes: bytes_per_s(bandwidth_mbps.unwrap_or(s.max_bandwidth_mbps)),
+            converge_after: Duration::from_secs_f64(s.converge_after_s),
+            timeout: Duration::from_secs_f64(s.timeout_s),
+            poll: Duration::from_millis(250),
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Runs the migration to its end. `report` sees each phase change and each progress sample.
+/// On `Completed` the caller retires the source's (paused) process; on `Failed` the guest runs
+/// here; on `InDoubt` it is paused here and nothing may resume it without an operator.
+pub fn migrate(
+    vm: &mut dyn Vm,
+    peer: &mut dyn Peer,
+    plan: &Plan,
+    clock: &mut dyn Clock,
+    report: &mut dyn FnMut(Phase, Option<&Progress>),
+) -> Outcome {
+    let g = &plan.guest;
+    let mut out = Outcome {
+        result: Ending::Failed,
+        error: None,
+        phase: Phase::Preparing,
+        resumed_on_source: true,
+        total_ms: 0,
+        qemu_total_ms: 0,
+        downtime_ms: 0,
+        transferred_bytes: 0,
+    };
+    let fail = |mut out: Outcome, clock: &dyn Clock, why: String| {
+        out.total_ms = clock.elapsed().as_millis() as u64;
+        out.error = Some(why);
+        out
+    };
+    report(Phase::Preparing, None);
+    let port = match peer.prepare(g, &plan.caps) {
+        Ok(p) => p,
+        // Nothing was started here: the guest never stopped running.
+        Err(e) => return fail(out, clock, format!("destination {}: {e}", plan.to)),
+    };
+    let uri = format!("tcp:{}:{port}", plan.to_ip);
+    let setup = vm
+        .execute("migrate-set-capabilities", caps_arg(&plan.caps))
+        .and_then(|_| {
+            vm.execute(
+                "migrate-set-parameters",
+                json!({"downtime-limit": plan.downtime_limit_ms, "max-bandwidth": plan.bandwidth_bytes}),
+            )
+        })
+        .and_then(|_| vm.execute("migrate", json!({ "uri": uri })));
+    if let Err(e) = setup {
+        let _ = peer.abort(g);
+        return fail(out, clock, e);
+    }
+    info!(guest = %g, to = %plan.to, %uri, "migration started");
+    out.phase = Phase::Streaming;
+    let mut downtime = plan.downtime_limit_ms;
+    let mut escalations = 0u32;
+    let completed = loop {
+        for (name, data) in vm.take_events() {
+            if name == "MIGRATION" {
+                tracing::debug!(guest = %g, status = %data["status"], "QMP migration event");
+            }
+        }
+        if plan.cancel.load(Ordering::SeqCst) {
+            break Err("cancelled by the operator".to_string());
+        }
+        let q = match vm.execute("query-migrate", json!({})) {
+            Ok(q) => q,
+            Err(e) => break Err(format!("lost the source QEMU: {e}")),
+        };
+        let mut p = Progress::from_query(&q);
+        p.downtime_limit_ms = downtime;
+        match p.status.as_str() {
+            "completed" => break Ok(q),
+            "failed" => {
+                break Err(format!("QEMU: {}", q["error-desc"].as_str().unwrap_or("the stream failed")));
+            }
+            "cancelled" => break Err("cancelled in QEMU".into()),
+            _ => report(Phase::Streaming, Some(&p)),
+        }
+        let elapsed = clock.elapsed();
+        if elapsed >= plan.timeout {
+            break Err(format!("did not complete within {:?} (downtime limit {downtime} ms)", plan.timeout));
+        }
+        if elapsed >= plan.converge_after * (escalations + 1) && downtime < plan.max_downtime_ms {
+            escalations += 1;
+            downtime = (downtime * 2).min(plan.max_downtime_ms);
+            warn!(guest = %g, remaining = p.remaining_bytes, downtime_limit_ms = downtime, "not converging: raising the downtime limit");
+            if let Err(e) = vm.execute("migrate-set-parameters", json!({ "downtime-limit": downtime })) {
+                break Err(e);
+            }
+        }
+        clock.sleep(plan.poll);
+    };
+    let q = match completed {
+        Ok(q) => q,
+        Err(why) => {
+            out.resumed_on_source = recover(vm, g);
+            if let Err(e) = peer.abort(g) {
+                warn!(guest = %g, to = %plan.to, "could not remove the destination's process: {e} (its QEMU ends with the stream)");
+            }
+            return fail(out, clock, why);
+        }
+    };
+    out.qemu_total_ms = q["total-time"].as_u64().unwrap_or(0);
+    out.downtime_ms = q["downtime"].as_u64().unwrap_or(0);
+    out.transferred_bytes = q["ram"]["transferred"].as_u64().unwrap_or(0);
+    out.phase = Phase::Resuming;
+    report(Phase::Resuming, None);
+    // The source is paused for good now (postmigrate): the destination must say it runs.
+    match peer.resume(g) {
+        Ok(()) => {
+            out.result = Ending::Completed;
+            out.resumed_on_source = false;
+            out.phase = Phase::Done;
+            out.total_ms = clock.elapsed().as_millis() as u64;
+            report(Phase::Done, None);
+            out
+        }
+        Err(PeerError::Refused(why)) => {
+            // It answered that it does not run the guest: the only copy is ours.
+            out.resumed_on_source = recover(vm, g);
+            fail(out, clock, format!("destination {} could not resume the guest: {why}", plan.to))
+        }
+        Err(PeerError::Unreachable(why)) => {
+            out.result = Ending::InDoubt;
+            out.resumed_on_source = false;
+            fail(
+                out,
+                clock,
+                format!(
+                    "the stream completed but {} did not confirm the guest runs there ({why}); it stays paused here: check {} before resuming either copy",
+                    plan.to, plan.to
+                ),
+            )
+        }
+    }
+}
+
+/// Cancels what QEMU is doing and makes sure the guest runs here again. Returns whether it runs.
+fn recover(vm: &mut dyn Vm, g: &str) -> bool {
+    let _ = vm.execute("migrate_cancel", json!({}));
+    let state = vm.execute("query-status", json!({})).map(|v| v["status"].as_str().unwrap_or("").to_string());
+    match state.as_deref() {
+        Ok("running") => true,
+        Ok(s) => {
+            info!(guest = %g, state = s, "resuming the guest on the source");
+            vm.execute("cont", json!({})).is_ok()
+        }
+        Err(e) => {
+            warn!(guest = %g, "cannot ask the source QEMU its state: {e}");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migration::testing::Transcript;
+    use serde_json::Value;
+
+    #[derive(Default)]
+    struct FakePeer {
+        prepare: Option<PeerError>,
+        resume: Option<PeerError>,
+        calls: Vec<String>,
+    }
+
+    impl Peer for FakePeer {
+        fn prepare(&mut self, guest: &str, caps: &[String]) -> Result<u16, PeerError> {
+            self.calls.push(format!("prepare {guest} {}", caps.join(",")));
+            self.prepare.clone().map_or(Ok(49152), Err)
+        }
+        fn resume(&mut self, guest: &str) -> Result<(), PeerError> {
+            self.calls.push(format!("resume {guest}"));
+            self.resume.clone().map_or(Ok(()), Err)
+        }
+        fn abort(&mut self, guest: &str) -> Result<(), PeerError> {
+            self.calls.push(format!("abort {guest}"));
+            Ok(())
+        }
+    }
+
+    struct FakeClock(Duration);
+    impl Clock for FakeClock {
+        fn elapsed(&self) -> Duration {
+            self.0
+        }
+        fn sleep(&mut self, d: Duration) {
+            self.0 += d
+        }
+    }
+
+    fn plan() -> Plan {
+        let mut p = Plan::new("web", "blade2", "192.168.50.2".parse().unwrap(), &Settings::default(), Some(80.0));
+        p.poll = Duration::from_secs(1);
+        p.converge_after = Duration::from_secs(3);
+        p.timeout = Duration::from_secs(10);
+        p
+    }
+
+    fn ok() -> Result<Value, String> {
+        Ok(json!({}))
+    }
+    fn active(remaining: u64) -> Result<Value, String> {
+        Ok(
+            json!({"status": "active", "ram": {"total": 1000, "remaining": remaining, "transferred": 1000 - remaining, "mbps": 80.0}}),
+        )
+    }
+    /// Recorded from QEMU 7.2 at the end of a migration of the lab's test guest.
+    fn completed() -> Result<Value, String> {
+        Ok(serde_json::from_str(r#"{"expected-downtime": 300, "status": "completed", "setup-time": 4, "downtime": 57, "total-time": 1834, "ram": {"total": 34541568, "postcopy-requests": 0, "dirty-sync-count": 3, "multifd-bytes": 0, "pages-per-second": 11920, "downtime-bytes": 0, "page-size": 4096, "remaining": 0, "postcopy-bytes": 0, "mbps": 9.27, "transferred": 1459302, "dirty-sync-missed-zero-copy": 0, "precopy-bytes": 1459302, "duplicate": 8208, "dirty-pages-rate": 0, "skipped": 0, "normal-bytes": 1343488, "normal": 328}}"#).unwrap())
+    }
+    fn status(s: &str) -> Result<Value, String> {
+        Ok(json!({"status": s, "running": s == "running"}))
+    }
+    const SETUP: [&str; 3] = ["migrate-set-capabilities", "migrate-set-parameters", "migrate"];
+
+    fn run(vm: &mut Transcript, peer: &mut FakePeer, plan: &Plan) -> (Outcome, Vec<Phase>) {
+        let mut phases = vec![];
+        let out = migrate(vm, peer, plan, &mut FakeClock(Duration::ZERO), &mut |ph, _| {
+            if phases.last() != Some(&ph) {
+                phases.push(ph)
+            }
+        });
+        (out, phases)
+    }
+
+    #[test]
+    fn a_migration_completes_then_the_destination_resumes_the_guest() {
+        let mut vm = Transcript::new(vec![
+            ("migrate-set-capabilities", ok()),
+            ("migrate-set-parameters", ok()),
+            ("migrate", ok()),
+            ("query-migrate", active(600)),
+            ("query-migrate", active(10)),
+            ("query-migrate", completed()),
+        ]);
+        let mut peer = FakePeer::default();
+        let (out, phases) = run(&mut vm, &mut peer, &plan());
+        assert_eq!(out.result, Ending::Completed, "{out:?}");
+        assert_eq!((out.downtime_ms, out.qemu_total_ms, out.transferred_bytes), (57, 1834, 1459302));
+        assert!(!out.resumed_on_source);
+        assert_eq!(peer.calls, vec!["prepare web events", "resume web"]);
+        assert_eq!(phases, vec![Phase::Preparing, Phase::Streaming, Phase::Resuming, Phase::Done]);
+        // The settings reached QEMU as configured.
+        assert_eq!(vm.seen[0].1["capabilities"][0], json!({"capability": "events", "state": true}));
+        assert_eq!(vm.seen[1].1, json!({"downtime-limit": 300, "max-bandwidth": 10_000_000}));
+        assert_eq!(vm.seen[2].1, json!({"uri": "tcp:192.168.50.2:49152"}));
+        assert!(out.summary().starts_with("completed in"), "{}", out.summary());
+    }
+
+    #[test]
+    fn a_destination_that_refuses_to_prepare_leaves_the_source_untouched() {
+        let mut vm = Transcript::new(vec![]);
+        let mut peer =
+            FakePeer { prepare: Some(PeerError::Refused("disk lab-vm1 is missing".into())), ..Default::default() };
+        let (out, _) = run(&mut vm, &mut peer, &plan());
+        assert_eq!((out.result, out.phase, out.resumed_on_source), (Ending::Failed, Phase::Preparing, true));
+        assert!(vm.seen.is_empty(), "QEMU was not touched: {:?}", vm.commands());
+        assert_eq!(out.error.unwrap(), "destination blade2: refused: disk lab-vm1 is missing");
+    }
+
+    #[test]
+    fn a_failure_at_each_setup_step_aborts_the_destination() {
+        for (i, failing) in SETUP.iter().enumerate() {
+            let mut steps: Vec<(&str, Result<Value, String>)> = SETUP[..i].iter().map(|c| (*c, ok())).collect();
+            steps.push((failing, Err(format!("QMP {failing}: GenericError: injected"))));
+            let mut vm = Transcript::new(steps);
+            let mut peer = FakePeer::default();
+            let (out, _) = run(&mut vm, &mut peer, &plan());
+            assert_eq!(out.result, Ending::Failed, "{failing}: {out:?}");
+            assert!(out.resumed_on_source, "{failing}: the guest was never paused");
+            assert_eq!(peer.calls.last().unwrap(), "abort web", "{failing}");
+            assert!(out.error.unwrap().contains("injected"));
+        }
+    }
+
+    #[test]
+    fn a_destination_dying_mid_stream_cancels_and_resumes_on_the_source() {
+        // Recorded: the destination QEMU was killed while the stream ran.
+        let mut vm = Transcript::new(vec![
+            ("migrate-set-capabilities", ok()),
+            ("migrate-set-parameters", ok()),
+            ("migrate", ok()),
+            ("query-migrate", active(600)),
+            (
+                "query-migrate",
+                Ok(json!({"status": "failed", "error-desc": "Unable to write to socket: Connection reset by peer"})),
+            ),
+            ("migrate_cancel", ok()),
+            ("query-status", status("paused")),
+            ("cont", ok()),
+        ]);
+        let mut peer = FakePeer::default();
+        let (out, _) = run(&mut vm, &mut peer, &plan());
+        assert_eq!((out.result, out.phase, out.resumed_on_source), (Ending::Failed, Phase::Streaming, true));
+        assert!(out.error.as_ref().unwrap().contains("Connection reset by peer"));
+        assert_eq!(peer.calls, vec!["prepare web events", "abort web"]);
+        assert!(out.summary().contains("runs on the source"), "{}", out.summary());
+    }
+
+    #[test]
+    fn a_migration_that_does_not_converge_is_escalated_then_cancelled() {
+        let mut steps = vec![("migrate-set-capabilities", ok()), ("migrate-set-parameters", ok()), ("migrate", ok())];
+        // 1 s polls: escalations at 3 s and 6 s (300 -> 600 -> 1200 ms), cancel at 10 s.
+        for t in 0..=10 {
+            steps.push(("query-migrate", active(500)));
+            if t == 3 || t == 6 || t == 9 {
+                steps.push(("migrate-set-parameters", ok()));
+            }
+        }
+        steps.extend([("migrate_cancel", ok()), ("query-status", status("running"))]);
+        let mut vm = Transcript::new(steps);
+        let mut peer = FakePeer::default();
+        let (out, _) = run(&mut vm, &mut peer, &plan());
+        assert_eq!(out.result, Ending::Failed);
+        assert!(
+            out.error.as_ref().unwrap().contains("did not complete within 10s (downtime limit 2400 ms)"),
+            "{out:?}"
+        );
+        let raised: Vec<&Value> =
+            vm.seen.iter().filter(|(c, _)| c == "migrate-set-parameters").skip(1).map(|(_, a)| a).collect();
+        assert_eq!(
+            raised,
+            vec![&json!({"downtime-limit": 600}), &json!({"downtime-limit": 1200}), &json!({"downtime-limit": 2400})]
+        );
+        assert!(!vm.commands().contains(&"cont"), "a running source is not resumed twice");
+        assert_eq!(peer.calls.last().unwrap(), "abort web");
+    }
+
+    #[test]
+    fn an_operator_cancel_stops_the_stream() {
+        let mut vm = Transcript::new(vec![
+            ("migrate-set-capabilities", ok()),
+            ("migrate-set-parameters", ok()),
+            ("migrate", ok()),
+            ("migrate_cancel", ok()),
+            ("query-status", status("running")),
+        ]);
+        let p = plan();
+        p.cancel.store(true, Ordering::SeqCst);
+        let (out, _) = run(&mut vm, &mut FakePeer::default(), &p);
+        assert_eq!((out.result, out.error.as_deref()), (Ending::Failed, Some("cancelled by the operator")));
+    }
+
+    #[test]
+    fn a_destination_that_answers_no_at_resume_gets_the_guest_back_here() {
+        let mut vm = Transcript::new(vec![
+            ("migrate-set-capabilities", ok()),
+            ("migrate-set-parameters", ok()),
+            ("migrate", ok()),
+            ("query-migrate", completed()),
+            ("migrate_cancel", ok()),
+            ("query-status", status("postmigrate")),
+            ("cont", ok()),
+        ]);
+        let mut peer = FakePeer { resume: Some(PeerError::Refused("its QEMU exited".into())), ..Default::default() };
+        let (out, _) = run(&mut vm, &mut peer, &plan());
+        assert_eq!((out.result, out.phase, out.resumed_on_source), (Ending::Failed, Phase::Resuming, true));
+    }
+
+    #[test]
+    fn a_destination_silent_at_resume_leaves_the_guest_paused_and_in_doubt() {
+        let mut vm = Transcript::new(vec![
+            ("migrate-set-capabilities", ok()),
+            ("migrate-set-parameters", ok()),
+            ("migrate", ok()),
+            ("query-migrate", completed()),
+        ]);
+        let mut peer = FakePeer { resume: Some(PeerError::Unreachable("timed out".into())), ..Default::default() };
+        let (out, _) = run(&mut vm, &mut peer, &plan());
+        assert_eq!((out.result, out.resumed_on_source), (Ending::InDoubt, false));
+        assert!(!vm.commands().contains(&"cont"), "never resume a copy that may run elsewhere: {:?}", vm.commands());
+        assert!(out.summary().starts_with("IN DOUBT"), "{}", out.summary());
+    }
+
+    #[test]
+    fn losing_the_source_qemu_mid_stream_is_reported_not_resumed() {
+        let mut vm = Transcript::new(vec![
+            ("migrate-set-capabilities", ok()),
+            ("migrate-set-parameters", ok()),
+            ("migrate", ok()),
+            ("query-migrate", Err("QMP connection closed".into())),
+        ]);
+        let mut peer = FakePeer::default();
+        let (out, _) = run(&mut vm, &mut peer, &plan());
+        assert_eq!((out.result, out.resumed_on_source), (Ending::Failed, false));
+        assert_eq!(peer.calls.last().unwrap(), "abort web");
+    }
+}
