@@ -128,6 +128,9 @@ pub fn render_migration(m: &MigrationStatus) -> String {
         return format!("{arrow}: {}", o.summary());
     }
     match (&m.phase, &m.progress) {
+        (crate::migration::Phase::Streaming, Some(p)) if p.total_bytes == 0 => {
+            format!("{arrow}: setting up the stream")
+        }
         (crate::migration::Phase::Streaming, Some(p)) => format!(
             "{arrow}: {:>5.1}%  {:>7.1} Mbit/s  remaining {:.1} MiB of {:.1} MiB  (pass {}, downtime limit {} ms)",
             p.percent,

@@ -139,6 +139,17 @@ pub struct BladeSpec {
     pub luns: Vec<Lun>,
     /// Host port forwarded to the blade's API (7480); a free one when None.
     pub host_api_port: Option<u16>,
+    /// A second NIC on the peer link between two blades.
+    pub peer: Option<PeerNic>,
+}
+
+/// One end of the lab's peer link: a point-to-point Ethernet between two QEMUs, as UDP
+/// datagrams on the host's loopback (either end may restart; the link comes back).
+#[derive(Debug, Clone)]
+pub struct PeerNic {
+    pub mac: String,
+    pub local_port: u16,
+    pub remote_port: u16,
 }
 
 impl BladeSpec {
@@ -151,6 +162,7 @@ impl BladeSpec {
             boot,
             luns: vec![],
             host_api_port: None,
+            peer: None,
         }
     }
 }
@@ -217,6 +229,18 @@ impl Blade {
             }
         }
         a.extend(["-netdev".into(), netdev, "-device".into(), format!("virtio-net-pci,netdev=mgmt,mac={}", spec.mac)]);
+        if let Some(p) = &spec.peer {
+            a.extend([
+                "-netdev".into(),
+                format!(
+                    "dgram,id=peer,local.type=inet,local.host=127.0.0.1,local.port={},remote.type=inet,remote.host=127.0.0.1,remote.port={}",
+                    p.local_port, p.remote_port
+                ),
+                // Slot 9: named after the management NIC (slot 4), which stays the first.
+                "-device".into(),
+                format!("virtio-net-pci,netdev=peer,mac={},addr=0x9", p.mac),
+            ]);
+        }
         if !spec.luns.is_empty() {
             a.extend([
                 "-device".into(),
@@ -354,6 +378,67 @@ impl Blade {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// A free UDP port on the host's loopback.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free UDP port")
+}
+
+/// The two-blade lab: blade1 and blade2 on one SAN (the same LUN files, both paths each), a peer
+/// link between them, and the cluster configuration (`tests/two-blades.toml`) served over HTTP.
+pub struct TwoBlades {
+    pub blades: [Blade; 2],
+    pub dir: PathBuf,
+    pub http: http::HttpDir,
+}
+
+impl TwoBlades {
+    /// The spec of blade `n` (1 or 2) of the two-blade lab.
+    pub fn spec(name: &str, n: usize, config_port: u16, link: (u16, u16), luns: &[Lun]) -> BladeSpec {
+        let cmdline = format!("bladevisor.node=blade{n} bladevisor.config=http://10.0.2.2:{config_port}/cluster.toml");
+        let mut spec =
+            BladeSpec::new(&format!("{name}-blade{n}"), &format!("52:54:00:b1:ad:0{n}"), Boot::Direct { cmdline });
+        let (local_port, remote_port) = if n == 1 { link } else { (link.1, link.0) };
+        spec.peer = Some(PeerNic { mac: format!("52:54:00:b1:be:0{n}"), local_port, remote_port });
+        spec.luns = luns.to_vec();
+        // One vCPU each: two TCG blades (and a guest inside one) share the host's two cores,
+        // and a second vCPU starved of host time stalled a reboot (RCU: timer wakeup on cpu 1
+        // did not happen) where one vCPU does not.
+        spec.cpus = 1;
+        spec
+    }
+
+    /// Boots both blades; `api_ports` fixes the host ports of their APIs (free ones when None).
+    pub fn start(name: &str, img: &Image, lun_mib: u64, api_ports: [Option<u16>; 2]) -> TwoBlades {
+        let dir = work_dir(name);
+        let luns = lab_san(&dir, lun_mib);
+        std::fs::copy(repo_root().join("tests/two-blades.toml"), dir.join("cluster.toml")).expect("lab config");
+        let http = http::HttpDir::serve(&dir);
+        let link = (free_udp_port(), free_udp_port());
+        let blades = [1, 2].map(|n| {
+            let mut spec = Self::spec(name, n, http.port, link, &luns);
+            spec.host_api_port = api_ports[n - 1];
+            let bdir = dir.join(format!("blade{n}"));
+            std::fs::create_dir_all(&bdir).expect("blade dir");
+            Blade::start_in(spec, img, bdir)
+        });
+        TwoBlades { blades, dir, http }
+    }
+
+    /// Boots blade `n` again (same spec, same SAN, same ports) after its QEMU ended.
+    pub fn restart(&mut self, n: usize, img: &Image) {
+        let b = &mut self.blades[n - 1];
+        let mut spec = b.spec.clone();
+        spec.host_api_port = Some(b.api_port);
+        let dir = b.dir.clone();
+        let _ = std::fs::rename(&b.console, dir.join("console.before-reboot.log"));
+        self.blades[n - 1] = Blade::start_in(spec, img, dir);
+    }
+
+    pub fn report(&self) -> String {
+        format!("{}\n{}", self.blades[0].report(), self.blades[1].report())
     }
 }
 

@@ -96,7 +96,8 @@ pub enum Request {
 }
 
 /// How long a caller waits for the main loop before giving up.
-const LOOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Long enough for an answer a worker gives (an incoming guest's listener, an owner check).
+const LOOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Asks the main loop and waits for its reply (503 when it does not answer).
 pub fn ask(tx: &Sender<Event>, req: Request) -> Reply {

@@ -304,6 +304,16 @@ management = { interface = "eth0", address = "10.0.0.12/24", gateway = "10.0.0.1
     }
 
     #[test]
+    fn the_shipped_configurations_are_valid() {
+        let baked = parse(include_str!("../../../overlay/etc/bladevisor/cluster.toml")).unwrap();
+        assert!(baked.guests["demo"].migrate_to.is_empty(), "the one-blade lab's guest has no other blade to ask");
+        let two = parse(include_str!("../../../tests/two-blades.toml")).unwrap();
+        assert_eq!(two.guests["demo"].blades().collect::<Vec<_>>(), vec!["blade1", "blade2"]);
+        assert_eq!(two.nodes["blade2"].peer_ip(), Some("192.168.50.2".parse().unwrap()));
+        assert_eq!(two.migration.port_range(), Some(49152..=49159));
+    }
+
+    #[test]
     fn errors_name_the_line() {
         let e = parse("[cluster]\nname = \"lab\"\n[nodes.b1]\nmacs = [\"zz\"]\n").unwrap_err();
         assert_eq!(e, "cluster.toml:4: node b1: \"zz\" is not a MAC address");

@@ -28,7 +28,7 @@ impl HttpPeer {
             node: node.into(),
             addr: format!("{ip}:{api_port}"),
             token: cfg.cluster.token.clone(),
-            timeout: Duration::from_secs(20),
+            timeout: Duration::from_secs(40),
         })
     }
 

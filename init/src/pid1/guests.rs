@@ -140,7 +140,10 @@ impl Init {
             let answers: Vec<(String, Answer)> = peers
                 .into_iter()
                 .map(|p| match p {
-                    Ok(p) => (p.node.clone(), p.about(&guest)),
+                    Ok(mut p) => {
+                        p.timeout = Duration::from_secs(5);
+                        (p.node.clone(), p.about(&guest))
+                    }
                     Err((node, e)) => (node, Answer::Unreachable(e)),
                 })
                 .collect();

@@ -1,0 +1,182 @@
+//! Live migration in the two-blade lab: one SAN seen by both blades, a peer link between them,
+//! the test guest (a boot sector printing an increasing counter) on blade1. The story an
+//! operator cares about, in order: the guest cannot be started twice; a migration whose
+//! destination dies leaves it running where it was; the CLI moves it to blade2 without a
+//! reboot (the count never restarts); blade1 rebooting does not start a second copy; evacuating
+//! blade2 brings it home. Needs the image built (`image/build`) and the release CLI.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bladevisor::guests::GuestStatus;
+use bladevisor::migration::{Ending, MigrationStatus};
+use bladevisor_lab::{ok, repo_root, Blade, Image, TwoBlades};
+
+const TOKEN: &str = "lab-token-change-me";
+const READY: Duration = Duration::from_secs(400);
+
+fn demo(b: &Blade) -> Option<GuestStatus> {
+    ok(b.status()).guests.into_iter().find(|g| g.name == "demo")
+}
+
+fn state(b: &Blade) -> String {
+    demo(b).map(|g| g.state).unwrap_or_else(|| "absent".into())
+}
+
+fn console(b: &Blade) -> String {
+    let r = ok(b.call("GET", "/v1/guests/demo/console", Some(TOKEN)));
+    if r.code != 200 {
+        return String::new();
+    }
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+    v["text"].as_str().unwrap_or("").to_string()
+}
+
+fn counts(text: &str) -> Vec<u64> {
+    text.lines().filter_map(|l| l.trim().strip_prefix("count ")?.parse().ok()).collect()
+}
+
+fn last_count(b: &Blade) -> u64 {
+    counts(&console(b)).into_iter().max().unwrap_or(0)
+}
+
+fn wait(lab: &TwoBlades, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() >= end {
+            let st: Vec<String> = lab
+                .blades
+                .iter()
+                .map(|b| format!("{}: {:?}", b.spec.name, b.status().map(|s| (s.guests, s.migrations))))
+                .collect();
+            panic!("timed out after {limit:?} waiting for {what}\n{}\n{}", st.join("\n"), lab.report());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn post(b: &Blade, path: &str) -> (u16, String) {
+    let r = ok(b.call("POST", path, Some(TOKEN)));
+    (r.code, r.body)
+}
+
+fn migration(b: &Blade, id: u64) -> MigrationStatus {
+    ok(b.status())
+        .migrations
+        .into_iter()
+        .find(|m| m.id == id)
+        .unwrap_or_else(|| panic!("no migration {id}\n{}", b.report()))
+}
+
+/// The operator's CLI against a blade's API.
+fn cli(b: &Blade, args: &[&str]) -> (bool, String) {
+    let exe = repo_root().join("target/release/bladevisor");
+    assert!(exe.exists(), "{} is missing: image/build builds it", exe.display());
+    let out = Command::new(&exe)
+        .args(["--api", &format!("127.0.0.1:{}", b.api_port), "--token", TOKEN])
+        .args(args)
+        .output()
+        .expect("the CLI runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
+    let img = Image::built();
+    let mut lab = TwoBlades::start("migration", &img, 32, [None, None]);
+    for b in lab.blades.iter_mut() {
+        ok(b.wait_console("bladevisor ready", READY));
+    }
+    let [b1, b2] = &lab.blades;
+    wait(&lab, "demo to run on blade1", Duration::from_secs(180), || state(b1) == "running");
+    wait(&lab, "the demo counter on blade1", Duration::from_secs(400), || last_count(b1) >= 3);
+    let pid = demo(b1).and_then(|g| g.pid).expect("a pid");
+    assert!(demo(b2).is_none_or(|g| g.pid.is_none()), "blade2 runs no copy: {:?}", demo(b2));
+
+    // 1. A second copy is refused, naming the blade that runs it.
+    let (code, body) = post(b2, "/v1/guests/demo/start");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("guest demo runs on blade1"), "{body}");
+    assert!(demo(b2).is_none_or(|g| g.pid.is_none()), "still no copy on blade2: {:?}", demo(b2));
+
+    // 2. The destination's QEMU dies mid-stream (a slow stream, so there is a middle): the
+    //    guest keeps running on blade1, same process, counter going on; blade2 has nothing.
+    let (code, body) = post(b1, "/v1/guests/demo/migrate?to=blade2&max-bandwidth-mbps=0.2");
+    assert_eq!(code, 200, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_u64().expect("migration id");
+    wait(&lab, "the stream to be under way", Duration::from_secs(120), || {
+        migration(b1, id).progress.is_some_and(|p| p.transferred_bytes > 0) && state(b2) == "incoming"
+    });
+    let before = last_count(b1);
+    let (code, body) = post(b2, "/v1/guests/demo/kill");
+    assert_eq!(code, 200, "{body}");
+    wait(&lab, "the failed migration's outcome", Duration::from_secs(120), || migration(b1, id).outcome.is_some());
+    let m = migration(b1, id);
+    let o = m.outcome.clone().unwrap();
+    assert_eq!((o.result, o.resumed_on_source), (Ending::Failed, true), "{m:?}");
+    let g = demo(b1).unwrap();
+    assert_eq!((g.state.as_str(), g.pid, g.restarts), ("running", Some(pid), 0), "the same QEMU runs on");
+    wait(&lab, "the counter to go on on blade1", Duration::from_secs(120), || last_count(b1) > before + 2);
+    assert_eq!(console(b1).matches("bladevisor test guest").count(), 1, "the guest never rebooted");
+    wait(&lab, "blade2 to drop its incoming process", Duration::from_secs(60), || {
+        demo(b2).is_none_or(|g| g.pid.is_none())
+    });
+
+    // 3. The CLI migrates it to blade2: it runs there only, its count continues.
+    let before = last_count(b1);
+    let (success, out) = cli(b1, &["migrate", "demo", "--to", "blade2"]);
+    assert!(success && out.contains("completed in"), "migrate failed:\n{out}\n{}", lab.report());
+    println!("{out}");
+    wait(&lab, "demo to run on blade2", Duration::from_secs(60), || state(b2) == "running");
+    let g1 = demo(b1).unwrap();
+    assert_eq!((g1.state.as_str(), g1.pid), ("elsewhere", None), "blade1 keeps no process: {g1:?}");
+    assert!(!ok(b1.status()).services.iter().any(|s| s.name == "guest-demo"), "no guest service left on blade1");
+    wait(&lab, "the counter on blade2", Duration::from_secs(300), || last_count(b2) > before + 2);
+    let text = console(b2);
+    let first = counts(&text).into_iter().min().unwrap();
+    assert!(
+        first >= before,
+        "the count went on from {before}, it did not restart (blade2 first printed {first})\n{text}"
+    );
+    assert!(!text.contains("bladevisor test guest"), "no reboot on blade2:\n{text}");
+
+    // 4. blade1 reboots while the guest runs on blade2: it does not start a second copy.
+    let (code, body) = post(b1, "/v1/power/reboot");
+    assert_eq!(code, 200, "{body}");
+    ok(lab.blades[0].wait_exit(Duration::from_secs(120)));
+    lab.restart(1, &img);
+    ok(lab.blades[0].wait_console("bladevisor ready", READY));
+    let [b1, b2] = &lab.blades;
+    wait(&lab, "blade1 to learn where demo runs", Duration::from_secs(120), || state(b1) == "elsewhere");
+    std::thread::sleep(Duration::from_secs(5));
+    let g1 = demo(b1).unwrap();
+    assert_eq!((g1.state.as_str(), g1.pid), ("elsewhere", None), "{g1:?}");
+    assert!(g1.reason.as_deref().unwrap_or("").contains("blade2"), "{g1:?}");
+    assert_eq!(state(b2), "running");
+
+    // 5. Evacuating blade2 brings the guest home, still counting; blade2 stays drained.
+    let before = last_count(b2);
+    let (success, out) = cli(b2, &["evacuate"]);
+    assert!(success && out.contains("1 of 1 guests moved"), "evacuate failed:\n{out}\n{}", lab.report());
+    println!("{out}");
+    wait(&lab, "demo to run on blade1 again", Duration::from_secs(60), || state(b1) == "running");
+    assert_eq!(state(b2), "elsewhere");
+    let s2 = ok(b2.status());
+    assert!(s2.drained.is_some(), "blade2 is drained after its evacuation");
+    assert!(ok(b1.status()).drained_nodes.contains(&"blade2".to_string()), "blade1 remembers blade2 is drained");
+    wait(&lab, "the counter on blade1 again", Duration::from_secs(300), || last_count(b1) > before + 2);
+    let first = counts(&console(b1)).into_iter().min().unwrap();
+    assert!(first >= before, "the count went on from {before} (blade1 first printed {first})");
+    // A drained blade takes nothing until undrained.
+    let (code, body) = post(b1, "/v1/guests/demo/migrate?to=blade2");
+    assert_eq!(code, 200, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_u64().unwrap();
+    wait(&lab, "the refused migration", Duration::from_secs(60), || migration(b1, id).outcome.is_some());
+    let o = migration(b1, id).outcome.unwrap();
+    assert!(o.error.as_deref().unwrap_or("").contains("blade2 is drained"), "{o:?}");
+    assert_eq!(state(b1), "running");
+    let (success, out) = cli(b2, &["undrain"]);
+    assert!(success, "{out}");
+    assert!(ok(b2.status()).drained.is_none());
+}
