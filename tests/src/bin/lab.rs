@@ -1,67 +1,81 @@
-//! The README's main job: boots the built image as blade1 of the QEMU lab and tells the
-//! operator how to reach it. Runs until interrupted (ctrl-c powers the blade off in order).
+//! The README's main job: boots the built image as the two blades of the QEMU lab (one SAN, a
+//! peer link between them, the cluster configuration `tests/two-blades.toml` served over HTTP)
+//! and tells the operator how to reach them. Runs until interrupted (ctrl-c powers both blades
+//! off in order).
 //!
-//! Usage: lab [--until-ready]   (--until-ready: power off again once ready; for a quick check)
+//! Usage: lab [--until-ready]   (--until-ready: power off again once both are ready)
 
 use std::io::Write;
 use std::time::Duration;
 
-use bladevisor_lab::{free_port, lab_san, work_dir, Blade, BladeSpec, Boot, Image};
+use bladevisor_lab::{free_port, Image, TwoBlades};
 
 fn main() {
     let until_ready = std::env::args().any(|a| a == "--until-ready");
     let img = Image::built();
-    // 7480 on the host, like on a blade, unless something already uses it.
-    let port = if std::net::TcpListener::bind("127.0.0.1:7480").is_ok() { 7480 } else { free_port() };
-    let mut spec =
-        BladeSpec::new("lab-blade1", "52:54:00:b1:ad:01", Boot::Direct { cmdline: "bladevisor.node=blade1".into() });
-    spec.host_api_port = Some(port);
-    // The lab SAN: two LUNs, each through two HBAs, named by the baked alias table.
-    let dir = work_dir("lab-blade1");
-    spec.luns = lab_san(&dir, 64);
-    let mut blade = Blade::start_in(spec, &img, dir);
-    println!("lab: booting {} (version {}) under QEMU/TCG as blade1", img.initrd.display(), img.version());
-    println!("lab: serial console: {}", blade.console.display());
+    // 7480 and 7481 on the host, like on a blade, unless something already uses them.
+    let port = |p: u16| if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() { p } else { free_port() };
+    let ports = [port(7480), port(7481)];
+    let mut lab = TwoBlades::start("lab", &img, 64, [Some(ports[0]), Some(ports[1])]);
+    println!("lab: booting {} (version {}) under QEMU/TCG as blade1 and blade2", img.initrd.display(), img.version());
+    println!("lab: the cluster configuration they fetch: tests/two-blades.toml (served at 10.0.2.2:{})", lab.http.port);
+    for b in &lab.blades {
+        println!("lab: {} serial console: {}", b.spec.name, b.console.display());
+    }
 
     let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, interrupted.clone()).expect("signal handler");
     }
 
-    // Follow the console on stdout until ready (and after, until interrupted).
+    // Follow blade1's console on stdout (blade2's is in its file) until both are ready.
     let mut shown = 0;
-    let mut ready = false;
+    let mut ready = [false, false];
+    let mut told = false;
     loop {
-        let text = blade.console();
-        if text.len() > shown {
+        let text = lab.blades[0].console();
+        if text.len() > shown && !told {
             print!("{}", &text[shown..]);
             let _ = std::io::stdout().flush();
             shown = text.len();
         }
-        if !ready && text.contains("bladevisor ready") {
-            ready = true;
-            println!("\nlab: blade1 is ready. Its API is forwarded to 127.0.0.1:{port}:");
-            println!("lab:   target/release/bladevisor --api 127.0.0.1:{port} status");
-            println!("lab:   curl -s http://127.0.0.1:{port}/v1/status ; curl -s http://127.0.0.1:{port}/metrics");
-            println!("lab:   the lab's token (overlay/etc/bladevisor/cluster.toml) is needed for mutating calls:");
-            println!("lab:   target/release/bladevisor --api 127.0.0.1:{port} --token lab-token-change-me reboot");
+        for (i, b) in lab.blades.iter().enumerate() {
+            if !ready[i] && b.console().contains("bladevisor ready") {
+                ready[i] = true;
+                println!("\nlab: blade{} is ready", i + 1);
+            }
+        }
+        if ready == [true, true] && !told {
+            told = true;
+            let cli = "target/release/bladevisor";
+            let t = "--token lab-token-change-me";
             println!(
-                "lab: the demo guest's console (it starts once lab-vm1 is up; TCG inside TCG takes a minute or two):"
+                "\nlab: both blades are ready. Their APIs are forwarded to 127.0.0.1:{} and :{}:",
+                ports[0], ports[1]
             );
-            println!("lab:   target/release/bladevisor --api 127.0.0.1:{port} --token lab-token-change-me console demo --follow");
-            println!("lab: ctrl-c powers the blade off in order.");
+            println!("lab:   {cli} --api 127.0.0.1:{} status", ports[0]);
+            println!("lab:   curl -s http://127.0.0.1:{}/metrics", ports[1]);
+            println!("lab: the demo guest runs on blade1 (it starts once lab-vm1 is up; TCG inside TCG):");
+            println!("lab:   {cli} --api 127.0.0.1:{} {t} console demo --follow", ports[0]);
+            println!("lab: move it to blade2 while it runs, then evacuate blade2 (it comes home) and undrain:");
+            println!("lab:   {cli} --api 127.0.0.1:{} {t} migrate demo --to blade2", ports[0]);
+            println!("lab:   {cli} --api 127.0.0.1:{} {t} evacuate", ports[1]);
+            println!("lab:   {cli} --api 127.0.0.1:{} {t} undrain", ports[1]);
+            println!("lab: ctrl-c powers both blades off in order.");
             if until_ready {
                 interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
             }
         }
-        if !blade.is_running() {
-            println!("lab: QEMU exited");
-            std::process::exit(if ready { 0 } else { 1 });
+        if lab.blades.iter_mut().all(|b| !b.is_running()) {
+            println!("lab: both QEMUs exited");
+            std::process::exit(if told { 0 } else { 1 });
         }
         if interrupted.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            println!("\nlab: sending ACPI power-off to blade1");
-            if let Ok(mut q) = blade.qmp() {
-                let _ = q.execute("system_powerdown", serde_json::json!({}));
+            println!("\nlab: sending ACPI power-off to both blades");
+            for b in &lab.blades {
+                if let Ok(mut q) = b.qmp() {
+                    let _ = q.execute("system_powerdown", serde_json::json!({}));
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(200));
