@@ -54,13 +54,27 @@ pub fn call(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<Response, String> {
+    call_with_body(ep, method, path, token, "", timeout)
+}
+
+/// `call` with a JSON request body.
+pub fn call_with_body(
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+    timeout: Duration,
+) -> Result<Response, String> {
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let host = match ep {
         Endpoint::Tcp(a) => a.as_str(),
         Endpoint::Unix(_) => "localhost",
     };
-    let req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n{auth}\r\n{body}",
+        body.len()
+    );
     let mut raw = Vec::new();
     let io = |e: std::io::Error| format!("{ep}: {e}");
     match ep {

@@ -56,6 +56,9 @@ pub fn route(method: &Method, url: &str) -> Route {
             }),
             None => Route::BadRequest("migrate needs ?to=<node>".into()),
         },
+        (Method::Post, ["v1", "guests", name, "qmp"]) => {
+            Route::Do(Request::GuestQmp { guest: name.to_string(), command: serde_json::Value::Null })
+        }
         (Method::Post, ["v1", "guests", name, "migrate-cancel"]) => Route::Do(Request::MigrateCancel(name.to_string())),
         (Method::Post, ["v1", "guests", name, action]) => match ServiceAction::parse(action) {
             Some(a) => Route::Do(Request::Guest {
@@ -181,6 +184,23 @@ pub fn serve(server: Server, tx: Sender<Event>, auth: Auth, name: &str) {
                     continue;
                 }
             }
+            let mut req = req;
+            let route = match route {
+                // The QMP command is the request's body.
+                Route::Do(Request::GuestQmp { guest, .. }) => {
+                    let mut body = String::new();
+                    let _ = std::io::Read::read_to_string(&mut req.as_reader(), &mut body);
+                    match serde_json::from_str::<serde_json::Value>(&body) {
+                        Ok(command) if command["execute"].is_string() => {
+                            Route::Do(Request::GuestQmp { guest, command })
+                        }
+                        _ => Route::BadRequest(format!(
+                            "the body must be a QMP command {{\"execute\": ...}}, not {body:?}"
+                        )),
+                    }
+                }
+                r => r,
+            };
             let resp = match route {
                 Route::BadRequest(m) => message(400, "error", &m),
                 Route::NotFound => message(404, "error", &format!("no such endpoint: {} {}", req.method(), req.url())),
@@ -392,6 +412,10 @@ mod tests {
         );
         assert_eq!(route(&Method::Post, "/v1/evacuate?parallel=2"), Route::Do(Request::Evacuate { parallel: Some(2) }));
         assert_eq!(route(&Method::Get, "/v1/evacuate"), Route::MethodNotAllowed);
+        assert_eq!(
+            route(&Method::Post, "/v1/guests/web/qmp"),
+            Route::Do(Request::GuestQmp { guest: "web".into(), command: serde_json::Value::Null })
+        );
         assert_eq!(
             route(&Method::Get, "/v1/luns/vm1/read?offset=8192"),
             Route::ReadLun { alias: "vm1".into(), offset: 8192 }

@@ -79,6 +79,12 @@ pub enum Request {
     },
     /// Accept guests again.
     Undrain,
+    /// One raw QMP command to a guest's QEMU, bypassing the supervisor's bookkeeping (for
+    /// diagnosis, and for the benchmark's floor: QEMU's own migration driven directly).
+    GuestQmp {
+        guest: String,
+        command: serde_json::Value,
+    },
     /// From a peer: it is drained (or not) now.
     PeerDrained {
         node: String,

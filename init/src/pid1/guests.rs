@@ -734,6 +734,27 @@ impl Init {
         Reply::Ok(if was.is_some() { "undrained".into() } else { "was not drained".into() })
     }
 
+    /// An operator's raw QMP command to a guest's QEMU, logged; the answer comes from a worker.
+    pub(super) fn guest_qmp(&mut self, guest: String, command: serde_json::Value, reply: &Sender<Reply>) -> Reply {
+        if self.sup.state(&service_name(&guest)).is_none() {
+            return Reply::Error(404, format!("guest {guest} has no process on this blade"));
+        }
+        warn!(guest = %guest, command = %command, "raw QMP command from an operator");
+        let qmp = crate::guests::run_dir(&crate::run_dir(), &guest).join("qmp.sock");
+        let reply = reply.clone();
+        crate::spawn_worker(&format!("qmp-{guest}"), move || {
+            let cmd = command["execute"].as_str().unwrap_or("").to_string();
+            let args = command.get("arguments").cloned().unwrap_or(serde_json::json!({}));
+            let r =
+                crate::guests::qmp::Qmp::connect(&qmp, Duration::from_secs(10)).and_then(|mut q| q.execute(&cmd, args));
+            let _ = reply.send(match r {
+                Ok(v) => Reply::Json(serde_json::json!({ "return": v })),
+                Err(e) => Reply::Error(422, e),
+            });
+        });
+        Reply::Deferred
+    }
+
     pub(super) fn internal(&mut self, i: Internal) {
         match i {
             Internal::OwnerChecked { guest, verdict, force, reply } => self.owner_checked(guest, verdict, force, reply),

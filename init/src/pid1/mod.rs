@@ -210,6 +210,7 @@ impl Init {
             Request::IncomingAbort(guest) => self.incoming_abort(&guest),
             Request::Evacuate { parallel } => self.evacuate(parallel),
             Request::Undrain => self.undrain(),
+            Request::GuestQmp { guest, command } => self.guest_qmp(guest, command, reply),
             Request::PeerDrained { node, drained } => {
                 if drained {
                     info!(peer = %node, "peer says it is drained");
