@@ -141,3 +141,58 @@ fn a_malformed_config_leaves_a_degraded_init_that_still_answers() {
     ns.signal("USR2");
     assert_eq!(ns.wait_exit(Duration::from_secs(30)).signal(), Some(2));
 }
+
+/// One owner per guest, as PID 1 applies it: a guest that may also run on a blade that cannot
+/// be asked is not started (the reason names that blade); only an operator's override starts
+/// it, and that is logged; an evacuation with nowhere to go says so for each guest and leaves
+/// the blade drained until undrained.
+#[test]
+fn a_guest_whose_other_blade_cannot_be_asked_is_not_started_without_an_override() {
+    // This namespace shares the host's NICs: the first MAC names this blade.
+    let mac = bladevisor::pid1::blade_macs(std::path::Path::new("/sys/class/net"))
+        .into_iter()
+        .next()
+        .expect("the host has a NIC with a MAC");
+    let cluster = format!(
+        r#"[cluster]
+name = "t"
+[nodes.blade1]
+macs = ["{mac}"]
+[nodes.blade2]
+management = {{ address = "127.0.0.2/8" }}
+[guests.demo]
+node = "blade1"
+migrate-to = ["blade2"]
+memory-mib = 32
+"#
+    );
+    let ns = Ns::start_with("owner", "", Some(&cluster));
+    let demo = |ns: &Ns| ns.status().guests.into_iter().find(|g| g.name == "demo").expect("demo in status");
+    ns.wait_for("the owner check's verdict", Duration::from_secs(30), |ns| demo(ns).reason.is_some());
+    let g = demo(&ns);
+    assert_eq!(g.pid, None, "{g:?}");
+    let why = g.reason.unwrap();
+    assert!(why.contains("cannot tell whether blade2 runs guest demo"), "{why}");
+    assert!(!ns.status().services.iter().any(|s| s.name == "guest-demo"), "no process was started");
+    assert_eq!(ns.post("/v1/guests/demo/start"), 409, "an operator's plain start is refused too");
+
+    // The override starts it, and says so.
+    assert_eq!(ns.post("/v1/guests/demo/start?force=1"), 200, "console:\n{}", ns.log());
+    ns.wait_for("the forced guest's service", Duration::from_secs(20), |ns| {
+        ns.status().services.iter().any(|s| s.name == "guest-demo")
+    });
+    assert!(ns.log().contains("OPERATOR OVERRIDE"), "console:\n{}", ns.log());
+
+    // Evacuating: blade2 cannot take it, the result says why, the blade is drained.
+    ns.wait_for("the guest to run", Duration::from_secs(20), |ns| demo(ns).state == "running");
+    assert_eq!(ns.post("/v1/evacuate"), 200);
+    ns.wait_for("the evacuation to end", Duration::from_secs(30), |ns| ns.status().evacuation.is_some_and(|e| e.done));
+    let st = ns.status();
+    let e = st.evacuation.clone().unwrap();
+    assert_eq!(e.guests[0].moved, Some(false), "{e:?}");
+    assert!(e.guests[0].result.as_deref().unwrap_or("").contains("no blade can take guest demo: blade2:"), "{e:?}");
+    assert_eq!(st.drained.as_deref(), Some("evacuated"));
+    assert_eq!(demo(&ns).state, "running", "a guest that cannot leave keeps running");
+    assert_eq!(ns.post("/v1/undrain"), 200);
+    assert_eq!(ns.status().drained, None);
+}

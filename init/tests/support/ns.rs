@@ -22,6 +22,11 @@ pub struct Ns {
 
 impl Ns {
     pub fn start(test: &str, services: &str) -> Ns {
+        Self::start_with(test, services, None)
+    }
+
+    /// With a baked cluster configuration too (`etc/cluster.toml`).
+    pub fn start_with(test: &str, services: &str, cluster: Option<&str>) -> Ns {
         assert!(nix_is_root(), "PID-1 tests need root (they create PID and mount namespaces)");
         // Not under the checkout: the init mounts a fresh /tmp and /run in its namespace, which
         // would hide a checkout that lives there. /var/tmp is never mounted over.
@@ -30,6 +35,9 @@ impl Ns {
         std::fs::create_dir_all(dir.join("etc")).unwrap();
         std::fs::create_dir_all(dir.join("run")).unwrap();
         std::fs::write(dir.join("etc/image.toml"), services.replace("@DIR@", dir.to_str().unwrap())).unwrap();
+        if let Some(c) = cluster {
+            std::fs::write(dir.join("etc/cluster.toml"), c).unwrap();
+        }
         let log = dir.join("console.log");
         let out = std::fs::File::create(&log).unwrap();
         let cgroup = format!("bladevisor-test-{}-{test}", std::process::id());
