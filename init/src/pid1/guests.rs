@@ -196,27 +196,31 @@ impl Init {
             if !self.is_home(&g) || self.sup.state(&service).is_some() || self.places.contains_key(&g.name) {
                 continue;
             }
+            if g.autostart {
+                if let Some(d) = &self.drained {
+                    self.set_waiting(&g.name, Some(format!("this blade is drained ({d})")));
+                    continue;
+                }
+                // An owner check in flight, or one to repeat later (cheap tests first: this
+                // runs on every pass of the loop).
+                match self.owner_checks.get(&g.name) {
+                    Some(None) => continue,
+                    Some(Some(retry)) if *retry > now => continue,
+                    _ => {}
+                }
+            }
             if let Some(why) = self.cannot_run(&g) {
                 self.set_waiting(&g.name, Some(why));
                 continue;
             }
-            let spec = crate::guests::service(&g, &crate::run_dir(), self.kvm);
             if !g.autostart {
                 // Defined here, started only by an operator (who goes through the owner check).
                 self.set_waiting(&g.name, None);
+                let spec = crate::guests::service(&g, &crate::run_dir(), self.kvm);
                 if let Err(e) = self.add_guest_service(&g, spec) {
                     error!(guest = %g.name, "{e}");
                 }
                 continue;
-            }
-            if let Some(d) = &self.drained {
-                self.set_waiting(&g.name, Some(format!("this blade is drained ({d})")));
-                continue;
-            }
-            match self.owner_checks.get(&g.name) {
-                Some(None) => continue,
-                Some(Some(retry)) if *retry > now => continue,
-                _ => {}
             }
             if g.migrate_to.is_empty() {
                 self.start_guest_now(&g, false);
