@@ -67,6 +67,9 @@ enum Cmd {
     },
     /// Cancel an outgoing migration: the guest keeps running here.
     MigrateCancel { guest: String },
+    /// Settle a guest a migration left in doubt (paused here, unconfirmed at the destination):
+    /// asks the destination again and keeps exactly one copy, or changes nothing.
+    Resolve { guest: String },
     /// Drain this blade and live-migrate every guest off it; it stays drained until undrained.
     Evacuate {
         /// Migrations at once (default: [migration] parallel).
@@ -306,6 +309,7 @@ pub fn main() {
             }
         }
         Cmd::MigrateCancel { guest } => post(&cli, &format!("/v1/guests/{guest}/migrate-cancel")),
+        Cmd::Resolve { guest } => post(&cli, &format!("/v1/guests/{guest}/resolve")),
         Cmd::Evacuate { parallel } => {
             let q = parallel.map(|p| format!("?parallel={p}")).unwrap_or_default();
             post_json(&cli, &format!("/v1/evacuate{q}"));

@@ -123,6 +123,23 @@ fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
         demo(b2).is_none_or(|g| g.pid.is_none())
     });
 
+    // 2b. An operator's cancel mid-stream: the same, through the CLI.
+    let (code, body) = post(b1, "/v1/guests/demo/migrate?to=blade2&max-bandwidth-mbps=0.2");
+    assert_eq!(code, 200, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_u64().unwrap();
+    wait(&lab, "the second stream to be under way", Duration::from_secs(120), || {
+        migration(b1, id).progress.is_some_and(|p| p.transferred_bytes > 0)
+    });
+    let (success, out) = cli(b1, &["migrate-cancel", "demo"]);
+    assert!(success, "{out}");
+    wait(&lab, "the cancelled migration's outcome", Duration::from_secs(120), || migration(b1, id).outcome.is_some());
+    let o = migration(b1, id).outcome.unwrap();
+    assert_eq!((o.result, o.error.as_deref()), (Ending::Failed, Some("cancelled by the operator")), "{o:?}");
+    assert_eq!(demo(b1).and_then(|g| g.pid), Some(pid), "still the same QEMU on blade1");
+    wait(&lab, "blade2 to drop its incoming process again", Duration::from_secs(60), || {
+        demo(b2).is_none_or(|g| g.pid.is_none())
+    });
+
     // 3. The CLI migrates it to blade2: it runs there only, its count continues.
     let before = last_count(b1);
     let (success, out) = cli(b1, &["migrate", "demo", "--to", "blade2"]);

@@ -59,6 +59,7 @@ pub fn route(method: &Method, url: &str) -> Route {
         (Method::Post, ["v1", "guests", name, "qmp"]) => {
             Route::Do(Request::GuestQmp { guest: name.to_string(), command: serde_json::Value::Null })
         }
+        (Method::Post, ["v1", "guests", name, "resolve"]) => Route::Do(Request::Resolve(name.to_string())),
         (Method::Post, ["v1", "guests", name, "migrate-cancel"]) => Route::Do(Request::MigrateCancel(name.to_string())),
         (Method::Post, ["v1", "guests", name, action]) => match ServiceAction::parse(action) {
             Some(a) => Route::Do(Request::Guest {
@@ -412,6 +413,7 @@ mod tests {
         );
         assert_eq!(route(&Method::Post, "/v1/evacuate?parallel=2"), Route::Do(Request::Evacuate { parallel: Some(2) }));
         assert_eq!(route(&Method::Get, "/v1/evacuate"), Route::MethodNotAllowed);
+        assert_eq!(route(&Method::Post, "/v1/guests/web/resolve"), Route::Do(Request::Resolve("web".into())));
         assert_eq!(
             route(&Method::Post, "/v1/guests/web/qmp"),
             Route::Do(Request::GuestQmp { guest: "web".into(), command: serde_json::Value::Null })

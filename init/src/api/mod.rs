@@ -63,6 +63,9 @@ pub enum Request {
     },
     /// Cancel this blade's outgoing migration of a guest.
     MigrateCancel(String),
+    /// Settle a guest left in doubt by a migration: ask its destination again, then keep
+    /// exactly one copy.
+    Resolve(String),
     /// From a peer: start this guest paused, listening for its migration stream.
     Incoming {
         guest: String,

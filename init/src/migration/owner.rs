@@ -56,6 +56,29 @@ pub fn decide(answers: &[(String, Answer)]) -> Verdict {
     Verdict::Free
 }
 
+/// What to do with a guest left paused here by a migration its destination did not confirm,
+/// once the destination has been asked again.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    /// The destination runs it: the migration did complete; the paused copy here goes.
+    DestinationKeepsIt,
+    /// The destination has no copy: the only one is here; resume it.
+    ResumeHere,
+    /// The destination still holds its paused, never resumed copy: remove it, then resume here.
+    AbortThereResumeHere,
+    /// Still no answer: touch nothing.
+    StillUnknown(String),
+}
+
+pub fn resolve_in_doubt(verdict: &Verdict) -> Resolution {
+    match verdict {
+        Verdict::RunsOn { state, .. } if state == "incoming" => Resolution::AbortThereResumeHere,
+        Verdict::RunsOn { .. } => Resolution::DestinationKeepsIt,
+        Verdict::Free => Resolution::ResumeHere,
+        Verdict::Unknown { why, .. } => Resolution::StillUnknown(why.clone()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +106,17 @@ mod tests {
         // A definite answer elsewhere is the better reason.
         let v = ask(&[("blade2", Answer::Unreachable("timeout".into())), ("blade3", Answer::State("running".into()))]);
         assert!(matches!(v, Verdict::RunsOn { .. }));
+    }
+
+    #[test]
+    fn an_in_doubt_guest_is_resolved_only_on_a_clear_answer() {
+        let r = |a: Answer| resolve_in_doubt(&ask(&[("blade2", a)]));
+        assert_eq!(r(Answer::State("running".into())), Resolution::DestinationKeepsIt);
+        // Paused at the destination, waiting for a resume that never came: that copy goes.
+        assert_eq!(r(Answer::State("incoming".into())), Resolution::AbortThereResumeHere);
+        assert_eq!(r(Answer::Absent), Resolution::ResumeHere);
+        assert_eq!(r(Answer::State("stopped".into())), Resolution::ResumeHere);
+        assert_eq!(r(Answer::Unreachable("timeout".into())), Resolution::StillUnknown("timeout".into()));
     }
 
     #[test]

@@ -174,8 +174,8 @@ pub fn migrate(
                 out,
                 clock,
                 format!(
-                    "the stream completed but {} did not confirm the guest runs there ({why}); it stays paused here: check {} before resuming either copy",
-                    plan.to, plan.to
+                    "the stream completed but {} did not confirm the guest runs there ({why}); it stays paused here until `bladevisor resolve {}` finds out which copy to keep",
+                    plan.to, plan.guest
                 ),
             )
         }

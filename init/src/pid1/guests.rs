@@ -63,6 +63,12 @@ pub enum Internal {
     Evacuation(mig::Evacuation),
     /// What the peers remember of this blade's drain, asked at boot.
     DrainKnown(Option<String>),
+    /// An in-doubt guest, settled: Ok(true) runs here, Ok(false) runs at the destination.
+    Resolved {
+        guest: String,
+        result: Result<bool, String>,
+        reply: Sender<Reply>,
+    },
 }
 
 /// How long a guest refused because a peer could not be asked waits before asking again.
@@ -468,6 +474,65 @@ impl Init {
         }
     }
 
+    /// Settles a guest left paused here by a migration its destination did not confirm.
+    pub(super) fn resolve(&mut self, guest: String, reply: &Sender<Reply>) -> Reply {
+        let Some(Place::InDoubt { to }) = self.places.get(&guest).cloned() else {
+            return Reply::Error(409, format!("guest {guest} is not in doubt on this blade"));
+        };
+        let peer = match self.peer(&to) {
+            Ok(p) => p,
+            Err(e) => return Reply::Error(409, e),
+        };
+        let qmp = crate::guests::run_dir(&crate::run_dir(), &guest).join("qmp.sock");
+        let (tx, reply) = (self.tx.clone(), reply.clone());
+        info!(guest = %guest, to = %to, "resolving an in-doubt migration: asking {to} again");
+        crate::spawn_worker(&format!("resolve-{guest}"), move || {
+            let verdict = owner::decide(&[(to.clone(), peer.about(&guest))]);
+            let resume_here = |vm_path: &std::path::Path| {
+                crate::guests::qmp::Qmp::connect(vm_path, Duration::from_secs(10))
+                    .and_then(|mut q| q.execute("cont", serde_json::json!({})))
+                    .map(|_| true)
+            };
+            let result = match owner::resolve_in_doubt(&verdict) {
+                owner::Resolution::DestinationKeepsIt => Ok(false),
+                owner::Resolution::ResumeHere => resume_here(&qmp),
+                owner::Resolution::AbortThereResumeHere => {
+                    let mut p = peer;
+                    match mig::Peer::abort(&mut p, &guest) {
+                        Ok(()) => resume_here(&qmp),
+                        Err(e) => Err(format!("{to} holds a paused copy and did not remove it: {e}")),
+                    }
+                }
+                owner::Resolution::StillUnknown(why) => Err(format!("still cannot ask {to}: {why}")),
+            };
+            let _ = tx.send(Event::Internal(Internal::Resolved { guest, result, reply }));
+        });
+        Reply::Deferred
+    }
+
+    fn resolved(&mut self, guest: String, result: Result<bool, String>, reply: Sender<Reply>) {
+        let to = match self.places.get(&guest) {
+            Some(Place::InDoubt { to }) => to.clone(),
+            _ => "?".into(),
+        };
+        let answer = match result {
+            Ok(true) => {
+                warn!(guest = %guest, to = %to, "in doubt resolved: {to} has no copy; resumed here");
+                self.places.remove(&guest);
+                Reply::Ok(format!("guest {guest} runs here again ({to} has no copy)"))
+            }
+            Ok(false) => {
+                warn!(guest = %guest, to = %to, "in doubt resolved: {to} runs it; the paused copy here goes");
+                self.sup.discard(&service_name(&guest), &mut self.rt, Instant::now());
+                self.places
+                    .insert(guest.clone(), Place::Elsewhere { node: to.clone(), why: format!("migrated to {to}") });
+                Reply::Ok(format!("guest {guest} runs on {to}; the paused copy here is removed"))
+            }
+            Err(e) => Reply::Error(409, format!("guest {guest} stays paused here: {e}")),
+        };
+        let _ = reply.send(answer);
+    }
+
     // ---- migration, destination side ----
 
     pub(super) fn incoming(&mut self, guest: String, from: String, caps: Vec<String>, reply: &Sender<Reply>) -> Reply {
@@ -782,6 +847,7 @@ impl Init {
                 }
                 self.evacuation = Some(e);
             }
+            Internal::Resolved { guest, result, reply } => self.resolved(guest, result, reply),
             Internal::DrainKnown(d) => {
                 if let Some(why) = &d {
                     warn!("this blade is drained: {why}; no guest is placed until it is undrained");

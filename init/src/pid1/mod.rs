@@ -205,6 +205,7 @@ impl Init {
             Request::Guest { name, action, force } => self.guest_request(name, action, force, reply),
             Request::Migrate { guest, to, bandwidth_mbps } => self.migrate(guest, to, bandwidth_mbps),
             Request::MigrateCancel(guest) => self.migrate_cancel(&guest),
+            Request::Resolve(guest) => self.resolve(guest, reply),
             Request::Incoming { guest, from, caps } => self.incoming(guest, from, caps, reply),
             Request::IncomingResume(guest) => self.incoming_resume(guest, reply),
             Request::IncomingAbort(guest) => self.incoming_abort(&guest),
