@@ -32,6 +32,18 @@ pub enum Place {
     InDoubt { to: String },
 }
 
+impl Place {
+    /// For an operator's message.
+    fn describe(&self) -> String {
+        match self {
+            Place::Elsewhere { node, why } => format!("it runs on {node} ({why})"),
+            Place::Incoming { from, .. } => format!("it is arriving from {from}"),
+            Place::Outgoing { to, .. } => format!("it is migrating to {to}"),
+            Place::InDoubt { to } => format!("it is in doubt after a migration to {to} (bladevisor resolve)"),
+        }
+    }
+}
+
 /// What workers report to the main loop.
 pub enum Internal {
     OwnerChecked {
@@ -390,7 +402,7 @@ impl Init {
             );
         }
         if let Some(p) = self.places.get(&guest) {
-            return Reply::Error(409, format!("guest {guest} is not free to migrate: {p:?}"));
+            return Reply::Error(409, format!("guest {guest} cannot migrate now: {}", p.describe()));
         }
         if self.sup.state(&service_name(&guest)) != Some(ServiceState::Running) {
             return Reply::Error(409, format!("guest {guest} does not run on this blade"));
