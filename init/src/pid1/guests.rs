@@ -275,8 +275,14 @@ impl Init {
 
     fn owner_checked(&mut self, guest: String, verdict: Verdict, force: bool, reply: Option<Sender<Reply>>) {
         let Some(g) = self.spec(&guest) else { return };
+        let busy = self.places.get(&guest).filter(|p| !matches!(p, Place::Elsewhere { .. })).map(|p| p.describe());
         let answer = match &verdict {
             _ if self.shutdown.is_some() => Reply::Error(409, "the blade is shutting down".into()),
+            // A migration began while the blades were being asked: it decides, not this check.
+            _ if busy.is_some() => {
+                self.owner_checks.remove(&guest);
+                Reply::Error(409, format!("guest {guest}: {}", busy.unwrap_or_default()))
+            }
             Verdict::Free => {
                 self.owner_checks.remove(&guest);
                 self.start_guest_now(&g, false)
