@@ -97,9 +97,17 @@ pub fn migrate(
     let mut downtime = plan.downtime_limit_ms;
     let mut escalations = 0u32;
     let completed = loop {
+        // QEMU's events say when the stream changes state or starts another pass over the
+        // dirtied memory; query-migrate gives the numbers.
         for (name, data) in vm.take_events() {
-            if name == "MIGRATION" {
-                tracing::debug!(guest = %g, status = %data["status"], "QMP migration event");
+            match name.as_str() {
+                "MIGRATION" => {
+                    info!(guest = %g, status = %data["status"].as_str().unwrap_or("?"), "migration state (QMP event)")
+                }
+                "MIGRATION_PASS" => {
+                    info!(guest = %g, pass = %data["pass"], "migration: another pass over dirtied memory")
+                }
+                _ => {}
             }
         }
         if plan.cancel.load(Ordering::SeqCst) {
