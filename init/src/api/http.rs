@@ -282,6 +282,12 @@ pub fn metrics(s: &Status) -> String {
         vec![(String::new(), s.degraded.len() as f64)],
     );
     metric(
+        "bladevisor_drained",
+        "1 while the blade takes no guests (after an evacuation, until undrained).",
+        "gauge",
+        vec![(String::new(), if s.drained.is_some() { 1.0 } else { 0.0 })],
+    );
+    metric(
         "bladevisor_uptime_seconds",
         "Seconds since the kernel started.",
         "gauge",
@@ -487,6 +493,7 @@ mod tests {
         let m = metrics(&s);
         assert!(m.contains("bladevisor_info{node=\"blade1\",version=\"1.2\\\"3\"} 1\n"), "{m}");
         assert!(m.contains("bladevisor_service_up{service=\"udevd\"} 1\n"), "{m}");
+        assert!(m.contains("bladevisor_drained 0\n"), "{m}");
         assert!(m.contains("bladevisor_service_restarts_total{service=\"udevd\"} 3\n"), "{m}");
         assert!(m.contains("bladevisor_lun_paths_up{alias=\"vm1\",wwid=\"3600a\"} 1\n"), "{m}");
         assert!(m.contains("bladevisor_lun_state{alias=\"vm1\",state=\"degraded\"} 1\n"), "{m}");

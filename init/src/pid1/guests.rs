@@ -557,6 +557,9 @@ impl Init {
         let Some(g) = self.spec(&guest) else {
             return Reply::Error(404, format!("guest {guest} may not run on {}", self.node));
         };
+        if let Some(c) = caps.iter().find(|c| c.is_empty() || !c.chars().all(|x| x.is_ascii_lowercase() || x == '-')) {
+            return Reply::Error(400, format!("{c:?} is not a QEMU migration capability name"));
+        }
         if self.shutdown.is_some() {
             return Reply::Error(409, format!("{} is shutting down", self.node));
         }
