@@ -381,16 +381,11 @@ mod tests {
             render_migration(&m),
             "demo -> blade2:  42.0%     12.5 Mbit/s  remaining 3.2 MiB of 33.0 MiB  (pass 1, downtime limit 300 ms)"
         );
-        m.outcome = Some(crate::migration::Outcome {
-            result: Ending::Failed,
-            error: Some("QEMU: Connection reset by peer".into()),
-            phase: crate::migration::Phase::Streaming,
-            resumed_on_source: true,
-            total_ms: 900,
-            qemu_total_ms: 0,
-            downtime_ms: 0,
-            transferred_bytes: 0,
-        });
+        m.outcome = Some(crate::migration::Outcome::failed(
+            crate::migration::Phase::Streaming,
+            "QEMU: Connection reset by peer",
+            true,
+        ));
         assert_eq!(
             render_migration(&m),
             "demo -> blade2: failed while streaming: QEMU: Connection reset by peer; the guest runs on the source"

@@ -282,6 +282,20 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A failure, before any of QEMU's figures exist.
+    pub fn failed(phase: Phase, error: impl Into<String>, resumed_on_source: bool) -> Outcome {
+        Outcome {
+            result: Ending::Failed,
+            error: Some(error.into()),
+            phase,
+            resumed_on_source,
+            total_ms: 0,
+            qemu_total_ms: 0,
+            downtime_ms: 0,
+            transferred_bytes: 0,
+        }
+    }
+
     pub fn summary(&self) -> String {
         match self.result {
             Ending::Completed => format!(

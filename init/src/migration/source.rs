@@ -57,16 +57,7 @@ pub fn migrate(
     report: &mut dyn FnMut(Phase, Option<&Progress>),
 ) -> Outcome {
     let g = &plan.guest;
-    let mut out = Outcome {
-        result: Ending::Failed,
-        error: None,
-        phase: Phase::Preparing,
-        resumed_on_source: true,
-        total_ms: 0,
-        qemu_total_ms: 0,
-        downtime_ms: 0,
-        transferred_bytes: 0,
-    };
+    let mut out = Outcome { error: None, ..Outcome::failed(Phase::Preparing, "", true) };
     let fail = |mut out: Outcome, clock: &dyn Clock, why: String| {
         out.total_ms = clock.elapsed().as_millis() as u64;
         out.error = Some(why);
@@ -292,7 +283,7 @@ mod tests {
         ]);
         let mut peer = FakePeer::default();
         let (out, phases) = run(&mut vm, &mut peer, &plan());
-        assert_eq!(out.result, Ending::Completed, "{out:?}");
+        assert_eq!((out.result, out.error.as_deref()), (Ending::Completed, None), "{out:?}");
         assert_eq!((out.downtime_ms, out.qemu_total_ms, out.transferred_bytes), (57, 1834, 1459302));
         assert!(!out.resumed_on_source);
         assert_eq!(peer.calls, vec!["prepare web events", "resume web"]);

@@ -437,16 +437,7 @@ impl Init {
             let mut clock = mig::RealClock::start();
             let outcome = match crate::guests::qmp::Qmp::connect(&qmp, Duration::from_secs(10)) {
                 Ok(mut vm) => mig::source::migrate(&mut vm, &mut peer, &plan, &mut clock, &mut report),
-                Err(e) => Outcome {
-                    result: Ending::Failed,
-                    error: Some(format!("cannot reach the guest's QMP: {e}")),
-                    phase: Phase::Preparing,
-                    resumed_on_source: true,
-                    total_ms: 0,
-                    qemu_total_ms: 0,
-                    downtime_ms: 0,
-                    transferred_bytes: 0,
-                },
+                Err(e) => Outcome::failed(Phase::Preparing, format!("cannot reach the guest's QMP: {e}"), true),
             };
             let _ = tx.send(Event::Internal(Internal::MigrationDone { guest: plan.guest.clone(), id, outcome }));
         });
@@ -637,16 +628,7 @@ impl Init {
             self.sup.discard(&service_name(guest), &mut self.rt, Instant::now());
             if let Some(m) = self.migration_mut(id) {
                 m.phase = Phase::Done;
-                m.outcome = Some(Outcome {
-                    result: Ending::Failed,
-                    error: Some(why.into()),
-                    phase: Phase::Streaming,
-                    resumed_on_source: false,
-                    total_ms: 0,
-                    qemu_total_ms: 0,
-                    downtime_ms: 0,
-                    transferred_bytes: 0,
-                });
+                m.outcome = Some(Outcome::failed(Phase::Streaming, why, false));
             }
         }
     }
