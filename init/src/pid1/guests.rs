@@ -701,6 +701,9 @@ impl Init {
 
     /// Arriving guests whose QEMU ended (a broken stream ends it) or that waited too long.
     pub(super) fn watch_incoming(&mut self) {
+        if !self.places.values().any(|p| matches!(p, Place::Incoming { .. })) {
+            return;
+        }
         let limit = Duration::from_secs_f64(self.settings().timeout_s) + Duration::from_secs(60);
         let ended: Vec<(String, String)> = self
             .places
