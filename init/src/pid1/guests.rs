@@ -561,7 +561,11 @@ impl Init {
         if let Some(st) = self.sup.state(&service) {
             if matches!(
                 st,
-                ServiceState::Running | ServiceState::Starting | ServiceState::Stopping | ServiceState::Backoff
+                ServiceState::Waiting
+                    | ServiceState::Running
+                    | ServiceState::Starting
+                    | ServiceState::Stopping
+                    | ServiceState::Backoff
             ) || self.places.contains_key(&guest)
                 && !matches!(self.places.get(&guest), Some(Place::Elsewhere { .. }))
             {
