@@ -569,7 +569,7 @@ impl Init {
             ) || self.places.contains_key(&guest)
                 && !matches!(self.places.get(&guest), Some(Place::Elsewhere { .. }))
             {
-                return Reply::Error(409, format!("guest {guest} already has a process on {}", self.node));
+                return Reply::Error(409, format!("guest {guest} already has a process on {} ({st:?})", self.node));
             }
             // A stopped copy of our own: make way for the arriving one.
             self.sup.discard(&service, &mut self.rt, Instant::now());
