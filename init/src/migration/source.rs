@@ -46,6 +46,9 @@ impl Plan {
     }
 }
 
+/// Polls for QEMU's figures of a completed stream, once the destination runs the guest.
+const FIGURE_POLLS: u32 = 8;
+
 /// Runs the migration to its end. `report` sees each phase change and each progress sample.
 /// On `Completed` the caller retires the source's (paused) process; on `Failed` the guest runs
 /// here; on `InDoubt` it is paused here and nothing may resume it without an operator.
@@ -146,14 +149,29 @@ pub fn migrate(
             return fail(out, clock, why);
         }
     };
-    out.qemu_total_ms = q["total-time"].as_u64().unwrap_or(0);
-    out.downtime_ms = q["downtime"].as_u64().unwrap_or(0);
-    out.transferred_bytes = q["ram"]["transferred"].as_u64().unwrap_or(0);
+    let figures = |out: &mut Outcome, q: &serde_json::Value| {
+        out.qemu_total_ms = q["total-time"].as_u64().unwrap_or(0);
+        out.downtime_ms = q["downtime"].as_u64().unwrap_or(0);
+        out.transferred_bytes = q["ram"]["transferred"].as_u64().unwrap_or(0);
+    };
+    figures(&mut out, &q);
     out.phase = Phase::Resuming;
     report(Phase::Resuming, None);
     // The source is paused for good now (postmigrate): the destination must say it runs.
     match peer.resume(g) {
         Ok(()) => {
+            // QEMU says "completed" a moment before it has computed its figures (they read 0
+            // then). The guest runs at the destination now; this copy is still there to ask.
+            for _ in 0..FIGURE_POLLS {
+                if out.qemu_total_ms > 0 {
+                    break;
+                }
+                clock.sleep(plan.poll);
+                match vm.execute("query-migrate", json!({})) {
+                    Ok(q) => figures(&mut out, &q),
+                    Err(_) => break,
+                }
+            }
             out.result = Ending::Completed;
             out.resumed_on_source = false;
             out.phase = Phase::Done;
@@ -311,6 +329,26 @@ mod tests {
         let (out, _) = run(&mut vm, &mut peer, &plan());
         assert_eq!((out.result, out.qemu_total_ms, out.downtime_ms), (Ending::Completed, 1834, 57), "{out:?}");
         assert_eq!(vm.commands().iter().filter(|c| **c == "query-migrate").count(), 3, "it waited for its own stream");
+    }
+
+    #[test]
+    fn the_figures_of_a_completion_are_waited_for() {
+        // Recorded under load: the state is "completed" before total-time and downtime are set.
+        let mut vm = Transcript::new(vec![
+            ("migrate-set-capabilities", ok()),
+            ("migrate-set-parameters", ok()),
+            ("migrate", ok()),
+            (
+                "query-migrate",
+                Ok(json!({"status": "completed", "total-time": 0, "downtime": 0, "ram": {"transferred": 591043}})),
+            ),
+            // Asked again only once the destination runs it: the wait adds no downtime.
+            ("query-migrate", completed()),
+        ]);
+        let mut peer = FakePeer::default();
+        let (out, _) = run(&mut vm, &mut peer, &plan());
+        assert_eq!((out.result, out.qemu_total_ms, out.downtime_ms), (Ending::Completed, 1834, 57), "{out:?}");
+        assert_eq!(peer.calls, vec!["prepare web events", "resume web"]);
     }
 
     #[test]

@@ -84,6 +84,11 @@ fn floor(a: &Blade, b: &Blade, from: &str, to_ip: &str) -> Sample {
     });
     qmp(b, serde_json::json!({"execute": "cont"}));
     let end_to_end = t.elapsed().as_secs_f64() * 1000.0;
+    // QEMU's figures may still read 0 right at completion: ask again (the clock has stopped).
+    wait("QEMU's figures", Duration::from_secs(10), || {
+        q = qmp(a, serde_json::json!({"execute": "query-migrate"}));
+        q["total-time"].as_u64().is_some_and(|t| t > 0)
+    });
     post(b, "/v1/incoming/demo/resume", "");
     post(a, "/v1/guests/demo/stop", "");
     wait("the source copy to stop", Duration::from_secs(60), || state(a) == "stopped");
