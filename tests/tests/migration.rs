@@ -166,6 +166,8 @@ fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
     ok(lab.blades[0].wait_console("bladevisor ready", READY));
     let [b1, b2] = &lab.blades;
     wait(&lab, "blade1 to learn where demo runs", Duration::from_secs(120), || state(b1) == "elsewhere");
+    // And it stays so: a definite "runs on blade2" is not asked again behind the operator's back
+    // (a negative, so a short look later rather than a condition to wait for).
     std::thread::sleep(Duration::from_secs(5));
     let g1 = demo(b1).unwrap();
     assert_eq!((g1.state.as_str(), g1.pid), ("elsewhere", None), "{g1:?}");

@@ -25,6 +25,10 @@ pub enum Route {
     },
     /// A read of something private (a guest's console): needs the token too.
     Private(Request),
+    /// One raw QMP command (the request's body) to a guest: needs the token.
+    Qmp {
+        guest: String,
+    },
     NotFound,
     MethodNotAllowed,
     BadRequest(String),
@@ -56,9 +60,7 @@ pub fn route(method: &Method, url: &str) -> Route {
             }),
             None => Route::BadRequest("migrate needs ?to=<node>".into()),
         },
-        (Method::Post, ["v1", "guests", name, "qmp"]) => {
-            Route::Do(Request::GuestQmp { guest: name.to_string(), command: serde_json::Value::Null })
-        }
+        (Method::Post, ["v1", "guests", name, "qmp"]) => Route::Qmp { guest: name.to_string() },
         (Method::Post, ["v1", "guests", name, "resolve"]) => Route::Do(Request::Resolve(name.to_string())),
         (Method::Post, ["v1", "guests", name, "migrate-cancel"]) => Route::Do(Request::MigrateCancel(name.to_string())),
         (Method::Post, ["v1", "guests", name, action]) => match ServiceAction::parse(action) {
@@ -176,7 +178,7 @@ pub fn serve(server: Server, tx: Sender<Event>, auth: Auth, name: &str) {
     crate::spawn_worker(&format!("api-{name}"), move || {
         for req in server.incoming_requests() {
             let route = route(req.method(), req.url());
-            if matches!(route, Route::Do(_) | Route::ReadLun { .. } | Route::Private(_)) {
+            if matches!(route, Route::Do(_) | Route::ReadLun { .. } | Route::Private(_) | Route::Qmp { .. }) {
                 let given =
                     req.headers().iter().find(|h| h.field.equiv("Authorization")).map(|h| h.value.as_str().to_string());
                 if let Some((code, why)) = refuse(&auth, given.as_deref()) {
@@ -186,22 +188,6 @@ pub fn serve(server: Server, tx: Sender<Event>, auth: Auth, name: &str) {
                 }
             }
             let mut req = req;
-            let route = match route {
-                // The QMP command is the request's body.
-                Route::Do(Request::GuestQmp { guest, .. }) => {
-                    let mut body = String::new();
-                    let _ = std::io::Read::read_to_string(&mut req.as_reader(), &mut body);
-                    match serde_json::from_str::<serde_json::Value>(&body) {
-                        Ok(command) if command["execute"].is_string() => {
-                            Route::Do(Request::GuestQmp { guest, command })
-                        }
-                        _ => Route::BadRequest(format!(
-                            "the body must be a QMP command {{\"execute\": ...}}, not {body:?}"
-                        )),
-                    }
-                }
-                r => r,
-            };
             let resp = match route {
                 Route::BadRequest(m) => message(400, "error", &m),
                 Route::NotFound => message(404, "error", &format!("no such endpoint: {} {}", req.method(), req.url())),
@@ -225,6 +211,16 @@ pub fn serve(server: Server, tx: Sender<Event>, auth: Auth, name: &str) {
                     Err((code, e)) => message(code, "error", &e),
                 },
                 Route::Do(r) | Route::Private(r) => render(ask(&tx, r)),
+                Route::Qmp { guest } => {
+                    let mut body = String::new();
+                    let _ = std::io::Read::read_to_string(&mut req.as_reader(), &mut body);
+                    match serde_json::from_str::<serde_json::Value>(&body) {
+                        Ok(command) if command["execute"].is_string() => {
+                            render(ask(&tx, Request::GuestQmp { guest, command }))
+                        }
+                        _ => message(400, "error", &format!("the body must be a QMP command {{\"execute\": ...}}, not {body:?}")),
+                    }
+                }
             };
             let _ = req.respond(resp);
         }
@@ -420,10 +416,7 @@ mod tests {
         assert_eq!(route(&Method::Post, "/v1/evacuate?parallel=2"), Route::Do(Request::Evacuate { parallel: Some(2) }));
         assert_eq!(route(&Method::Get, "/v1/evacuate"), Route::MethodNotAllowed);
         assert_eq!(route(&Method::Post, "/v1/guests/web/resolve"), Route::Do(Request::Resolve("web".into())));
-        assert_eq!(
-            route(&Method::Post, "/v1/guests/web/qmp"),
-            Route::Do(Request::GuestQmp { guest: "web".into(), command: serde_json::Value::Null })
-        );
+        assert_eq!(route(&Method::Post, "/v1/guests/web/qmp"), Route::Qmp { guest: "web".into() });
         assert_eq!(
             route(&Method::Get, "/v1/luns/vm1/read?offset=8192"),
             Route::ReadLun { alias: "vm1".into(), offset: 8192 }

@@ -82,6 +82,8 @@ pub enum Request {
     },
     /// Accept guests again.
     Undrain,
+    /// One migration's outcome (what an evacuation polls: cheaper than a whole status).
+    MigrationOutcome(u64),
     /// One raw QMP command to a guest's QEMU, bypassing the supervisor's bookkeeping (for
     /// diagnosis, and for the benchmark's floor: QEMU's own migration driven directly).
     GuestQmp {

@@ -185,6 +185,11 @@ pub fn run_dir(run: &Path, name: &str) -> PathBuf {
     run.join("guests").join(name)
 }
 
+/// A guest's QMP socket.
+pub fn qmp_path(run: &Path, name: &str) -> PathBuf {
+    run_dir(run, name).join("qmp.sock")
+}
+
 /// Whether `/dev/kvm` can run guests here (an open and KVM_GET_API_VERSION that answers 12).
 pub fn kvm_usable(dev: &Path) -> bool {
     use std::os::fd::AsRawFd;
@@ -217,7 +222,7 @@ pub fn argv(g: &GuestSpec, run: &Path, kvm: bool) -> Vec<String> {
         "-display".into(),
         "none".into(),
         "-qmp".into(),
-        format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
+        format!("unix:{},server=on,wait=off", qmp_path(run, &g.name).display()),
         "-chardev".into(),
         format!("socket,id=console,path={},server=on,wait=off", dir.join("console.sock").display()),
         "-serial".into(),
@@ -248,7 +253,7 @@ pub fn service(g: &GuestSpec, run: &Path, kvm: bool) -> ServiceSpec {
         backoff: Backoff { initial_s: 1.0, max_s: 60.0, give_up_after: 10, ..Backoff::default() },
         stop_timeout_s: g.stop_timeout_s,
         enabled: g.autostart,
-        qmp: Some(run_dir(run, &g.name).join("qmp.sock")),
+        qmp: Some(qmp_path(run, &g.name)),
         ..ServiceSpec::new(format!("guest-{}", g.name), argv(g, run, kvm), g.restart)
     }
 }

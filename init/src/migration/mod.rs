@@ -120,13 +120,16 @@ impl Settings {
         if self.parallel == 0 {
             return Err(at("parallel", "migration: parallel must be at least 1".into()));
         }
-        if let Some(c) =
-            self.capabilities.iter().find(|c| c.is_empty() || !c.chars().all(|x| x.is_ascii_lowercase() || x == '-'))
-        {
+        if let Some(c) = self.capabilities.iter().find(|c| !is_capability_name(c)) {
             return Err(at("capabilities", format!("migration: {c:?} is not a QEMU capability name")));
         }
         Ok(())
     }
+}
+
+/// Whether `c` has the shape of a QEMU migration capability name (what a peer may ask for).
+pub fn is_capability_name(c: &str) -> bool {
+    !c.is_empty() && c.chars().all(|x| x.is_ascii_lowercase() || x == '-')
 }
 
 /// Mbit/s to the bytes per second QEMU's `max-bandwidth` takes.

@@ -279,6 +279,11 @@ mod tests {
     }
     const SETUP: [&str; 3] = ["migrate-set-capabilities", "migrate-set-parameters", "migrate"];
 
+    /// QEMU accepting the three setup commands, then answering `rest`.
+    fn after_setup(rest: Vec<(&'static str, Result<Value, String>)>) -> Transcript {
+        Transcript::new(SETUP.iter().map(|c| (*c, ok())).chain(rest).collect())
+    }
+
     fn run(vm: &mut Transcript, peer: &mut FakePeer, plan: &Plan) -> (Outcome, Vec<Phase>) {
         let mut phases = vec![];
         let out = migrate(vm, peer, plan, &mut FakeClock(Duration::ZERO), &mut |ph, _| {
@@ -291,10 +296,7 @@ mod tests {
 
     #[test]
     fn a_migration_completes_then_the_destination_resumes_the_guest() {
-        let mut vm = Transcript::new(vec![
-            ("migrate-set-capabilities", ok()),
-            ("migrate-set-parameters", ok()),
-            ("migrate", ok()),
+        let mut vm = after_setup(vec![
             ("query-migrate", active(600)),
             ("query-migrate", active(10)),
             ("query-migrate", completed()),
@@ -317,10 +319,7 @@ mod tests {
     fn a_guest_that_arrived_by_migration_is_not_done_before_its_stream_starts() {
         // Recorded from QEMU 7.2 on a blade where the guest had arrived by migration: right
         // after `migrate`, query-migrate shows the arrival's status, without times.
-        let mut vm = Transcript::new(vec![
-            ("migrate-set-capabilities", ok()),
-            ("migrate-set-parameters", ok()),
-            ("migrate", ok()),
+        let mut vm = after_setup(vec![
             ("query-migrate", Ok(json!({"status": "completed"}))),
             ("query-migrate", active(100)),
             ("query-migrate", completed()),
@@ -334,10 +333,7 @@ mod tests {
     #[test]
     fn the_figures_of_a_completion_are_waited_for() {
         // Recorded under load: the state is "completed" before total-time and downtime are set.
-        let mut vm = Transcript::new(vec![
-            ("migrate-set-capabilities", ok()),
-            ("migrate-set-parameters", ok()),
-            ("migrate", ok()),
+        let mut vm = after_setup(vec![
             (
                 "query-migrate",
                 Ok(json!({"status": "completed", "total-time": 0, "downtime": 0, "ram": {"transferred": 591043}})),
@@ -380,10 +376,7 @@ mod tests {
     #[test]
     fn a_destination_dying_mid_stream_cancels_and_resumes_on_the_source() {
         // Recorded: the destination QEMU was killed while the stream ran.
-        let mut vm = Transcript::new(vec![
-            ("migrate-set-capabilities", ok()),
-            ("migrate-set-parameters", ok()),
-            ("migrate", ok()),
+        let mut vm = after_setup(vec![
             ("query-migrate", active(600)),
             (
                 "query-migrate",
@@ -403,8 +396,8 @@ mod tests {
 
     #[test]
     fn a_migration_that_does_not_converge_is_escalated_then_cancelled() {
-        let mut steps = vec![("migrate-set-capabilities", ok()), ("migrate-set-parameters", ok()), ("migrate", ok())];
-        // 1 s polls: escalations at 3 s and 6 s (300 -> 600 -> 1200 ms), cancel at 10 s.
+        let mut steps = vec![];
+        // 1 s polls: escalations at 3, 6 and 9 s (300 -> 600 -> 1200 -> 2400 ms), cancel at 10 s.
         for t in 0..=10 {
             steps.push(("query-migrate", active(500)));
             if t == 3 || t == 6 || t == 9 {
@@ -412,7 +405,7 @@ mod tests {
             }
         }
         steps.extend([("migrate_cancel", ok()), ("query-status", status("running"))]);
-        let mut vm = Transcript::new(steps);
+        let mut vm = after_setup(steps);
         let mut peer = FakePeer::default();
         let (out, _) = run(&mut vm, &mut peer, &plan());
         assert_eq!(out.result, Ending::Failed);
@@ -432,13 +425,7 @@ mod tests {
 
     #[test]
     fn an_operator_cancel_stops_the_stream() {
-        let mut vm = Transcript::new(vec![
-            ("migrate-set-capabilities", ok()),
-            ("migrate-set-parameters", ok()),
-            ("migrate", ok()),
-            ("migrate_cancel", ok()),
-            ("query-status", status("running")),
-        ]);
+        let mut vm = after_setup(vec![("migrate_cancel", ok()), ("query-status", status("running"))]);
         let p = plan();
         p.cancel.store(true, Ordering::SeqCst);
         let (out, _) = run(&mut vm, &mut FakePeer::default(), &p);
@@ -447,10 +434,7 @@ mod tests {
 
     #[test]
     fn a_destination_that_answers_no_at_resume_gets_the_guest_back_here() {
-        let mut vm = Transcript::new(vec![
-            ("migrate-set-capabilities", ok()),
-            ("migrate-set-parameters", ok()),
-            ("migrate", ok()),
+        let mut vm = after_setup(vec![
             ("query-migrate", completed()),
             ("migrate_cancel", ok()),
             ("query-status", status("postmigrate")),
@@ -463,12 +447,7 @@ mod tests {
 
     #[test]
     fn a_destination_silent_at_resume_leaves_the_guest_paused_and_in_doubt() {
-        let mut vm = Transcript::new(vec![
-            ("migrate-set-capabilities", ok()),
-            ("migrate-set-parameters", ok()),
-            ("migrate", ok()),
-            ("query-migrate", completed()),
-        ]);
+        let mut vm = after_setup(vec![("query-migrate", completed())]);
         let mut peer = FakePeer { resume: Some(PeerError::Unreachable("timed out".into())), ..Default::default() };
         let (out, _) = run(&mut vm, &mut peer, &plan());
         assert_eq!((out.result, out.resumed_on_source), (Ending::InDoubt, false));
@@ -478,12 +457,7 @@ mod tests {
 
     #[test]
     fn losing_the_source_qemu_mid_stream_is_reported_not_resumed() {
-        let mut vm = Transcript::new(vec![
-            ("migrate-set-capabilities", ok()),
-            ("migrate-set-parameters", ok()),
-            ("migrate", ok()),
-            ("query-migrate", Err("QMP connection closed".into())),
-        ]);
+        let mut vm = after_setup(vec![("query-migrate", Err("QMP connection closed".into()))]);
         let mut peer = FakePeer::default();
         let (out, _) = run(&mut vm, &mut peer, &plan());
         assert_eq!((out.result, out.resumed_on_source), (Ending::Failed, false));

@@ -425,7 +425,7 @@ impl Init {
         let id = self.new_migration(&guest, "out", &to);
         self.places
             .insert(guest.clone(), Place::Outgoing { to: to.clone(), cancel: plan.cancel.clone(), migration: id });
-        let qmp = crate::guests::run_dir(&crate::run_dir(), &guest).join("qmp.sock");
+        let qmp = crate::guests::qmp_path(&crate::run_dir(), &guest);
         let tx = self.tx.clone();
         info!(guest = %guest, to = %to, "live migration requested");
         crate::spawn_worker(&format!("migrate-{guest}"), move || {
@@ -492,7 +492,7 @@ impl Init {
             Ok(p) => p,
             Err(e) => return Reply::Error(409, e),
         };
-        let qmp = crate::guests::run_dir(&crate::run_dir(), &guest).join("qmp.sock");
+        let qmp = crate::guests::qmp_path(&crate::run_dir(), &guest);
         let (tx, reply) = (self.tx.clone(), reply.clone());
         info!(guest = %guest, to = %to, "resolving an in-doubt migration: asking {to} again");
         crate::spawn_worker(&format!("resolve-{guest}"), move || {
@@ -548,7 +548,7 @@ impl Init {
         let Some(g) = self.spec(&guest) else {
             return Reply::Error(404, format!("guest {guest} may not run on {}", self.node));
         };
-        if let Some(c) = caps.iter().find(|c| c.is_empty() || !c.chars().all(|x| x.is_ascii_lowercase() || x == '-')) {
+        if let Some(c) = caps.iter().find(|c| !mig::is_capability_name(c)) {
             return Reply::Error(400, format!("{c:?} is not a QEMU migration capability name"));
         }
         if self.shutdown.is_some() {
@@ -607,7 +607,7 @@ impl Init {
         );
         self.set_waiting(&guest, None);
         info!(guest = %guest, from = %from, "incoming migration: guest started paused");
-        let qmp = crate::guests::run_dir(&crate::run_dir(), &guest).join("qmp.sock");
+        let qmp = crate::guests::qmp_path(&crate::run_dir(), &guest);
         let (tx, reply) = (self.tx.clone(), reply.clone());
         crate::spawn_worker(&format!("incoming-{guest}"), move || {
             let result = qmp_wait(&qmp, Duration::from_secs(20))
@@ -663,7 +663,7 @@ impl Init {
         if self.incoming_id(&guest).is_none() {
             return Reply::Error(409, format!("guest {guest} is not arriving on {}", self.node));
         }
-        let qmp = crate::guests::run_dir(&crate::run_dir(), &guest).join("qmp.sock");
+        let qmp = crate::guests::qmp_path(&crate::run_dir(), &guest);
         let (tx, reply) = (self.tx.clone(), reply.clone());
         crate::spawn_worker(&format!("resume-{guest}"), move || {
             let result = qmp_wait(&qmp, Duration::from_secs(5)).and_then(|mut vm| mig::dest::resume(&mut vm));
@@ -819,7 +819,7 @@ impl Init {
             return Reply::Error(404, format!("guest {guest} has no process on this blade"));
         }
         warn!(guest = %guest, command = %command, "raw QMP command from an operator");
-        let qmp = crate::guests::run_dir(&crate::run_dir(), &guest).join("qmp.sock");
+        let qmp = crate::guests::qmp_path(&crate::run_dir(), &guest);
         let reply = reply.clone();
         crate::spawn_worker(&format!("qmp-{guest}"), move || {
             let cmd = command["execute"].as_str().unwrap_or("").to_string();
@@ -913,6 +913,12 @@ impl Init {
             .collect()
     }
 
+    /// A migration's outcome as JSON (null while it runs or when it is unknown).
+    pub(super) fn migration_outcome(&self, id: u64) -> Reply {
+        let o = self.migrations.iter().find(|(_, m)| m.id == id).and_then(|(_, m)| m.outcome.as_ref());
+        Reply::Json(serde_json::to_value(o).unwrap_or_default())
+    }
+
     pub(super) fn migration_status(&self) -> Vec<MigrationStatus> {
         self.migrations.iter().map(|(t, m)| MigrationStatus { age_s: t.elapsed().as_secs_f64(), ..m.clone() }).collect()
     }
@@ -977,16 +983,18 @@ fn evacuate_worker(
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
-        let Reply::Status(s) = crate::api::ask(&tx, Request::Status) else { continue };
+        let before = running.len();
         running.retain(|(i, id)| {
-            let Some(o) = s.migrations.iter().find(|m| m.id == *id).and_then(|m| m.outcome.clone()) else {
-                return true;
-            };
+            // The one migration's outcome: a cheap question for the main loop.
+            let Reply::Json(v) = crate::api::ask(&tx, Request::MigrationOutcome(*id)) else { return true };
+            let Ok(o) = serde_json::from_value::<Outcome>(v) else { return true };
             evac.guests[*i].moved = Some(o.result == Ending::Completed);
             evac.guests[*i].result = Some(o.summary());
             false
         });
-        report(&evac);
+        if running.len() != before {
+            report(&evac);
+        }
     }
     evac.done = true;
     report(&evac);

@@ -211,6 +211,7 @@ impl Init {
             Request::IncomingAbort(guest) => self.incoming_abort(&guest),
             Request::Evacuate { parallel } => self.evacuate(parallel),
             Request::Undrain => self.undrain(),
+            Request::MigrationOutcome(id) => self.migration_outcome(id),
             Request::GuestQmp { guest, command } => self.guest_qmp(guest, command, reply),
             Request::PeerDrained { node, drained } => {
                 if drained {
