@@ -146,6 +146,8 @@ fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
     assert!(success && out.contains("completed in"), "migrate failed:\n{out}\n{}", lab.report());
     println!("{out}");
     wait(&lab, "demo to run on blade2", Duration::from_secs(60), || state(b2) == "running");
+    // The paused source QEMU is killed once blade2 confirms; it takes a moment to be reaped.
+    wait(&lab, "blade1's paused copy to be gone", Duration::from_secs(30), || state(b1) == "elsewhere");
     let g1 = demo(b1).unwrap();
     assert_eq!((g1.state.as_str(), g1.pid), ("elsewhere", None), "blade1 keeps no process: {g1:?}");
     assert!(!ok(b1.status()).services.iter().any(|s| s.name == "guest-demo"), "no guest service left on blade1");
@@ -180,7 +182,8 @@ fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
     assert!(success && out.contains("1 of 1 guests moved"), "evacuate failed:\n{out}\n{}", lab.report());
     println!("{out}");
     wait(&lab, "demo to run on blade1 again", Duration::from_secs(60), || state(b1) == "running");
-    assert_eq!(state(b2), "elsewhere");
+    wait(&lab, "blade2's paused copy to be gone", Duration::from_secs(30), || state(b2) == "elsewhere");
+    assert_eq!(demo(b2).and_then(|g| g.pid), None, "blade2 keeps no process");
     let s2 = ok(b2.status());
     assert!(s2.drained.is_some(), "blade2 is drained after its evacuation");
     // The guest had arrived on blade2 by migration: the result must be this stream's, not the
