@@ -129,6 +129,24 @@ pub fn lun_marker(alias: &str) -> Vec<u8> {
     format!("bladevisor lab LUN {alias}\n").into_bytes()
 }
 
+/// The token of the lab's served configurations (never baked into the image).
+pub const LAB_TOKEN: &str = "lab-token-change-me";
+
+/// Serves the image's baked lab configuration with [`LAB_TOKEN`] added, as a deployment server
+/// serves the cluster's configuration, from `dir/www`. Returns the server (keep it while the
+/// blade boots) and the kernel argument that fetches it.
+pub fn serve_lab_config(dir: &Path) -> (http::HttpDir, String) {
+    let baked = std::fs::read_to_string(repo_root().join("overlay/etc/bladevisor/cluster.toml")).expect("baked config");
+    let served = baked.replacen("[cluster]\n", &format!("[cluster]\ntoken = \"{LAB_TOKEN}\"\n"), 1);
+    assert_ne!(served, baked, "the baked configuration has a [cluster] table");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::write(www.join("cluster.toml"), served).expect("cluster.toml");
+    let server = http::HttpDir::serve(&www);
+    let arg = format!("bladevisor.config=http://10.0.2.2:{}/cluster.toml", server.port);
+    (server, arg)
+}
+
 #[derive(Debug, Clone)]
 pub struct BladeSpec {
     pub name: String,

@@ -42,11 +42,13 @@ fn a_blade_boots_to_ready_answers_its_api_and_powers_off_in_order() {
     let metrics = ok(blade.call("GET", "/metrics", None));
     assert!(metrics.body.contains("bladevisor_ready 1"), "{}", metrics.body);
 
-    // Mutating calls over the network need the cluster's token; the blade keeps running.
+    // The baked configuration carries no credentials (anyone can read an image): on it, the
+    // blade's API is read-only, whatever a caller presents; the blade keeps running.
     let r = ok(blade.call("POST", "/v1/power/reboot", None));
-    assert_eq!(r.code, 401, "{}", r.body);
-    let r = ok(blade.call("POST", "/v1/power/reboot", Some("wrong")));
-    assert_eq!(r.code, 401, "{}", r.body);
+    assert_eq!(r.code, 403, "{}", r.body);
+    let r = ok(blade.call("POST", "/v1/power/reboot", Some("lab-token-change-me")));
+    assert_eq!(r.code, 403, "the token the first release baked opens nothing: {}", r.body);
+    assert!(r.body.contains("read-only"), "{}", r.body);
     assert!(ok(blade.status()).shutting_down.is_none());
 
     // ACPI power-off, as a chassis manager would send it.
@@ -76,7 +78,7 @@ fn a_blade_boots_over_pxe_with_its_configuration_from_the_server() {
     }
     std::fs::write(
         www.join("cluster.toml"),
-        "[cluster]\nname = \"pxe-lab\"\ntoken = \"t\"\n\n[nodes.pxe-blade]\nmacs = [\"52:54:00:b1:ad:77\"]\n",
+        "[cluster]\nname = \"pxe-lab\"\ntoken = \"pxe-lab-token-0123456789\"\n\n[nodes.pxe-blade]\nmacs = [\"52:54:00:b1:ad:77\"]\n",
     )
     .unwrap();
     let http = HttpDir::serve(&www);

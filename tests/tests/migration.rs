@@ -12,7 +12,7 @@ use bladevisor::guests::GuestStatus;
 use bladevisor::migration::{Ending, MigrationStatus};
 use bladevisor_lab::{ok, repo_root, Blade, Image, TwoBlades};
 
-const TOKEN: &str = "lab-token-change-me";
+const TOKEN: &str = bladevisor_lab::LAB_TOKEN;
 const READY: Duration = Duration::from_secs(400);
 
 fn demo(b: &Blade) -> Option<GuestStatus> {

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use bladevisor::storage::LunState;
 use bladevisor_lab::http::HttpDir;
 use bladevisor_lab::{
-    lab_san, lun_marker, ok, work_dir, wwid_of, Blade, BladeSpec, Boot, Image, LAB_LUNS, MARKER_OFFSET,
+    lab_san, lun_marker, ok, serve_lab_config, work_dir, wwid_of, Blade, BladeSpec, Boot, Image, LAB_LUNS, LAB_TOKEN,
+    MARKER_OFFSET,
 };
 use serde_json::json;
 
 const READY: Duration = Duration::from_secs(300);
-const TOKEN: &str = "lab-token-change-me";
+const TOKEN: &str = LAB_TOKEN;
 
 fn unhex(h: &str) -> Vec<u8> {
     (0..h.len() / 2).map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap_or(0)).collect()
@@ -57,8 +58,12 @@ fn wait_lun(
 fn a_path_fails_under_reads_and_returns_while_the_map_stays_up() {
     let img = Image::built();
     let dir = work_dir("san-path");
-    let mut spec =
-        BladeSpec::new("san-path", "52:54:00:b1:ad:01", Boot::Direct { cmdline: "bladevisor.node=blade1".into() });
+    let (_config_server, config) = serve_lab_config(&dir);
+    let mut spec = BladeSpec::new(
+        "san-path",
+        "52:54:00:b1:ad:01",
+        Boot::Direct { cmdline: format!("bladevisor.node=blade1 {config}") },
+    );
     spec.luns = lab_san(&dir, 32);
     let luns = spec.luns.clone();
     let mut blade = Blade::start_in(spec, &img, dir);
@@ -161,7 +166,7 @@ fn an_alias_whose_lun_does_not_exist_is_missing_and_the_blade_is_still_ready() {
     .unwrap();
     std::fs::write(
         www.join("cluster.toml"),
-        "[cluster]\nname = \"lab\"\ntoken = \"lab-token-change-me\"\n[storage]\nwait-s = 15\ndefault-paths = 2\n[nodes.blade1]\nmacs = [\"52:54:00:b1:ad:01\"]\n",
+        "[cluster]\nname = \"lab\"\ntoken = \"{LAB_TOKEN}\"\n[storage]\nwait-s = 15\ndefault-paths = 2\n[nodes.blade1]\nmacs = [\"52:54:00:b1:ad:01\"]\n",
     )
     .unwrap();
     let http = HttpDir::serve(&www);

@@ -1,11 +1,14 @@
 //! Routing HTTP requests to the main loop, and rendering its replies as JSON or Prometheus text.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Mutex;
 
-use tiny_http::{Header, Method, Response, Server};
 use tracing::warn;
 
+use super::server::{ApiRequest, ApiResponse, Handler, Throttle};
 use super::{ask, Auth, Reply, Request, ServiceAction, Status};
+use crate::config::error::shorten;
 use crate::pid1::shutdown::PowerAction;
 use crate::pid1::Event;
 use crate::supervisor::ServiceState;
@@ -38,32 +41,35 @@ fn query(url: &str, key: &str) -> Option<String> {
     url.split_once('?')?.1.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(String::from))
 }
 
-pub fn route(method: &Method, url: &str) -> Route {
+pub fn route(method: &str, url: &str) -> Route {
     let path = url.split('?').next().unwrap_or("");
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
-        (Method::Get, ["v1", "status"]) => Route::Status,
-        (Method::Get, ["metrics"]) => Route::Metrics,
-        (Method::Post, ["v1", "power", action]) => match PowerAction::parse(action) {
+        ("GET", ["v1", "status"]) => Route::Status,
+        ("GET", ["metrics"]) => Route::Metrics,
+        ("POST", ["v1", "power", action]) => match PowerAction::parse(action) {
             Some(a) => Route::Do(Request::Power(a)),
             None => Route::NotFound,
         },
-        (Method::Post, ["v1", "services", name, action]) => match ServiceAction::parse(action) {
+        ("POST", ["v1", "services", name, action]) => match ServiceAction::parse(action) {
             Some(a) => Route::Do(Request::Service { name: name.to_string(), action: a }),
             None => Route::NotFound,
         },
-        (Method::Post, ["v1", "guests", name, "migrate"]) => match query(url, "to") {
-            Some(to) => Route::Do(Request::Migrate {
-                guest: name.to_string(),
-                to,
-                bandwidth_mbps: query(url, "max-bandwidth-mbps").and_then(|b| b.parse().ok()),
-            }),
-            None => Route::BadRequest("migrate needs ?to=<node>".into()),
-        },
-        (Method::Post, ["v1", "guests", name, "qmp"]) => Route::Qmp { guest: name.to_string() },
-        (Method::Post, ["v1", "guests", name, "resolve"]) => Route::Do(Request::Resolve(name.to_string())),
-        (Method::Post, ["v1", "guests", name, "migrate-cancel"]) => Route::Do(Request::MigrateCancel(name.to_string())),
-        (Method::Post, ["v1", "guests", name, action]) => match ServiceAction::parse(action) {
+        ("POST", ["v1", "guests", name, "migrate"]) => {
+            let bandwidth_mbps = match query(url, "max-bandwidth-mbps").map(|b| b.parse::<f64>()) {
+                None => None,
+                Some(Ok(b)) if crate::migration::valid_bandwidth(b) => Some(b),
+                Some(_) => return Route::BadRequest(crate::migration::BANDWIDTH_RANGE.into()),
+            };
+            match query(url, "to") {
+                Some(to) => Route::Do(Request::Migrate { guest: name.to_string(), to, bandwidth_mbps }),
+                None => Route::BadRequest("migrate needs ?to=<node>".into()),
+            }
+        }
+        ("POST", ["v1", "guests", name, "qmp"]) => Route::Qmp { guest: name.to_string() },
+        ("POST", ["v1", "guests", name, "resolve"]) => Route::Do(Request::Resolve(name.to_string())),
+        ("POST", ["v1", "guests", name, "migrate-cancel"]) => Route::Do(Request::MigrateCancel(name.to_string())),
+        ("POST", ["v1", "guests", name, action]) => match ServiceAction::parse(action) {
             Some(a) => Route::Do(Request::Guest {
                 name: name.to_string(),
                 action: a,
@@ -71,7 +77,7 @@ pub fn route(method: &Method, url: &str) -> Route {
             }),
             None => Route::NotFound,
         },
-        (Method::Post, ["v1", "incoming", guest]) => match query(url, "from") {
+        ("POST", ["v1", "incoming", guest]) => match query(url, "from") {
             Some(from) => Route::Do(Request::Incoming {
                 guest: guest.to_string(),
                 from,
@@ -84,28 +90,30 @@ pub fn route(method: &Method, url: &str) -> Route {
             }),
             None => Route::BadRequest("incoming needs ?from=<node>".into()),
         },
-        (Method::Post, ["v1", "incoming", guest, "resume"]) => Route::Do(Request::IncomingResume(guest.to_string())),
-        (Method::Post, ["v1", "incoming", guest, "abort"]) => Route::Do(Request::IncomingAbort(guest.to_string())),
-        (Method::Post, ["v1", "evacuate"]) => {
-            Route::Do(Request::Evacuate { parallel: query(url, "parallel").and_then(|p| p.parse().ok()) })
-        }
-        (Method::Post, ["v1", "undrain"]) => Route::Do(Request::Undrain),
-        (Method::Post, ["v1", "nodes", node, verb @ ("drained" | "undrained")]) => {
+        ("POST", ["v1", "incoming", guest, "resume"]) => Route::Do(Request::IncomingResume(guest.to_string())),
+        ("POST", ["v1", "incoming", guest, "abort"]) => Route::Do(Request::IncomingAbort(guest.to_string())),
+        ("POST", ["v1", "evacuate"]) => match query(url, "parallel").map(|p| p.parse::<usize>()) {
+            None => Route::Do(Request::Evacuate { parallel: None }),
+            Some(Ok(p)) if (1..=crate::migration::MAX_PARALLEL).contains(&p) => {
+                Route::Do(Request::Evacuate { parallel: Some(p) })
+            }
+            Some(_) => Route::BadRequest(format!("parallel must be 1-{}", crate::migration::MAX_PARALLEL)),
+        },
+        ("POST", ["v1", "undrain"]) => Route::Do(Request::Undrain),
+        ("POST", ["v1", "nodes", node, verb @ ("drained" | "undrained")]) => {
             Route::Do(Request::PeerDrained { node: node.to_string(), drained: *verb == "drained" })
         }
-        (Method::Get, ["v1", "guests", name, "console"]) => {
+        ("GET", ["v1", "guests", name, "console"]) => {
             match query(url, "offset").unwrap_or_else(|| "0".into()).parse() {
                 Ok(offset) => Route::Private(Request::Console { name: name.to_string(), offset }),
                 Err(_) => Route::NotFound,
             }
         }
-        (Method::Post, ["v1", "storage", "reload"]) => Route::Do(Request::StorageReload),
-        (Method::Get, ["v1", "luns", alias, "read"]) => {
-            match query(url, "offset").unwrap_or_else(|| "0".into()).parse() {
-                Ok(offset) => Route::ReadLun { alias: alias.to_string(), offset },
-                Err(_) => Route::NotFound,
-            }
-        }
+        ("POST", ["v1", "storage", "reload"]) => Route::Do(Request::StorageReload),
+        ("GET", ["v1", "luns", alias, "read"]) => match query(url, "offset").unwrap_or_else(|| "0".into()).parse() {
+            Ok(offset) => Route::ReadLun { alias: alias.to_string(), offset },
+            Err(_) => Route::NotFound,
+        },
         (_, ["v1", "status"])
         | (_, ["metrics"])
         | (_, ["v1", "power", _])
@@ -121,24 +129,17 @@ pub fn route(method: &Method, url: &str) -> Route {
     }
 }
 
-type Body = Response<std::io::Cursor<Vec<u8>>>;
-
-fn json_response(code: u16, body: String) -> Body {
-    let h = Header::from_bytes("Content-Type", "application/json").expect("static header");
-    Response::from_string(body).with_status_code(code).with_header(h)
+fn message(code: u16, key: &str, msg: &str) -> ApiResponse {
+    ApiResponse::json(code, serde_json::json!({ key: msg }).to_string())
 }
 
-fn message(code: u16, key: &str, msg: &str) -> Body {
-    json_response(code, serde_json::json!({ key: msg }).to_string())
-}
-
-fn render(reply: Reply) -> Body {
+fn render(reply: Reply) -> ApiResponse {
     match reply {
-        Reply::Status(s) => json_response(200, serde_json::to_string(&s).unwrap_or_default()),
+        Reply::Status(s) => ApiResponse::json(200, serde_json::to_string(&s).unwrap_or_default()),
         Reply::Ok(m) => message(200, "ok", &m),
         Reply::Error(c, m) => message(c, "error", &m),
-        Reply::Json(v) => json_response(200, v.to_string()),
-        Reply::ServiceState(s) => json_response(200, serde_json::json!({ "state": s }).to_string()),
+        Reply::Json(v) => ApiResponse::json(200, v.to_string()),
+        Reply::ServiceState(s) => ApiResponse::json(200, serde_json::json!({ "state": s }).to_string()),
         Reply::Deferred => message(500, "error", "no answer"),
     }
 }
@@ -172,59 +173,113 @@ pub fn read_lun(alias: &str, offset: u64) -> Result<Vec<u8>, (u16, String)> {
     r.map_err(|e| (500, format!("reading {} at {offset}: {e}", dev.display())))
 }
 
-/// Serves requests on a worker thread; mutating calls are checked against `auth`.
-pub fn serve(server: Server, tx: Sender<Event>, auth: Auth, name: &str) {
-    let name = name.to_string();
-    crate::spawn_worker(&format!("api-{name}"), move || {
-        for req in server.incoming_requests() {
-            let route = route(req.method(), req.url());
-            if matches!(route, Route::Do(_) | Route::ReadLun { .. } | Route::Private(_) | Route::Qmp { .. }) {
-                let given =
-                    req.headers().iter().find(|h| h.field.equiv("Authorization")).map(|h| h.value.as_str().to_string());
-                if let Some((code, why)) = refuse(&auth, given.as_deref()) {
-                    warn!(api = %name, remote = ?req.remote_addr(), request = %req.url(), "refused: {why}");
-                    let _ = req.respond(message(code, "error", why));
-                    continue;
-                }
-            }
-            let mut req = req;
-            let resp = match route {
-                Route::BadRequest(m) => message(400, "error", &m),
-                Route::NotFound => message(404, "error", &format!("no such endpoint: {} {}", req.method(), req.url())),
-                Route::MethodNotAllowed => {
-                    message(405, "error", &format!("{} is not allowed on {}", req.method(), req.url()))
-                }
-                Route::Status => render(ask(&tx, Request::Status)),
-                Route::Metrics => match ask(&tx, Request::Status) {
-                    Reply::Status(s) => {
-                        let h = Header::from_bytes("Content-Type", "text/plain; version=0.0.4").expect("static header");
-                        Response::from_string(metrics(&s)).with_header(h)
-                    }
-                    r => render(r),
-                },
-                Route::ReadLun { alias, offset } => match read_lun(&alias, offset) {
-                    Ok(bytes) => json_response(
-                        200,
-                        serde_json::json!({ "alias": alias, "offset": offset & !4095, "length": bytes.len(), "hex": hex(&bytes) })
-                            .to_string(),
-                    ),
-                    Err((code, e)) => message(code, "error", &e),
-                },
-                Route::Do(r) | Route::Private(r) => render(ask(&tx, r)),
-                Route::Qmp { guest } => {
-                    let mut body = String::new();
-                    let _ = std::io::Read::read_to_string(&mut req.as_reader(), &mut body);
-                    match serde_json::from_str::<serde_json::Value>(&body) {
-                        Ok(command) if command["execute"].is_string() => {
-                            render(ask(&tx, Request::GuestQmp { guest, command }))
-                        }
-                        _ => message(400, "error", &format!("the body must be a QMP command {{\"execute\": ...}}, not {body:?}")),
-                    }
-                }
-            };
-            let _ = req.respond(resp);
+/// The largest body a route takes: a QMP query's JSON; every other call carries its few
+/// arguments in the URL.
+pub const QMP_BODY_LIMIT: usize = 4096;
+/// LUN reads (blocking O_DIRECT reads that a failed path can hold for a long time) running at
+/// once; more are answered 503 rather than taking every handler thread.
+const MAX_LUN_READS: usize = 4;
+
+/// The API's request handler: routes, checks credentials and asks the main loop.
+pub struct Api {
+    tx: Mutex<Sender<Event>>,
+    auth: Auth,
+    name: String,
+    refusals: Mutex<Throttle>,
+    lun_reads: AtomicUsize,
+}
+
+impl Api {
+    pub fn new(tx: Sender<Event>, auth: Auth, name: &str) -> Self {
+        Api {
+            tx: Mutex::new(tx),
+            auth,
+            name: name.to_string(),
+            refusals: Mutex::new(Throttle::new(std::time::Duration::from_secs(10))),
+            lun_reads: AtomicUsize::new(0),
         }
-    });
+    }
+
+    fn ask(&self, r: Request) -> Reply {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        ask(&tx, r)
+    }
+
+    /// Logs a refused call, at most one line per ten seconds, with what the client sent cut short.
+    fn log_refusal(&self, req: &ApiRequest, why: &str) {
+        let allowed = self.refusals.lock().unwrap_or_else(|p| p.into_inner()).allow();
+        if let Some(held_back) = allowed {
+            warn!(
+                api = %self.name,
+                remote = ?req.remote,
+                request = %format!("{} {}", shorten(&req.method, 16), shorten(&req.target, 120)),
+                refused_since_last_line = held_back,
+                "refused: {why}"
+            );
+        }
+    }
+
+    fn read_lun(&self, alias: &str, offset: u64) -> ApiResponse {
+        if self.lun_reads.fetch_add(1, Ordering::SeqCst) >= MAX_LUN_READS {
+            self.lun_reads.fetch_sub(1, Ordering::SeqCst);
+            return message(503, "error", "too many LUN reads in progress; try again shortly");
+        }
+        let r = read_lun(alias, offset);
+        self.lun_reads.fetch_sub(1, Ordering::SeqCst);
+        match r {
+            Ok(bytes) => ApiResponse::json(
+                200,
+                serde_json::json!({ "alias": alias, "offset": offset & !4095, "length": bytes.len(), "hex": hex(&bytes) })
+                    .to_string(),
+            ),
+            Err((code, e)) => message(code, "error", &e),
+        }
+    }
+}
+
+impl Handler for Api {
+    fn body_limit(&self, method: &str, target: &str) -> usize {
+        match route(method, target) {
+            Route::Qmp { .. } => QMP_BODY_LIMIT,
+            _ => 0,
+        }
+    }
+
+    fn handle(&self, req: ApiRequest) -> ApiResponse {
+        let route = route(&req.method, &req.target);
+        if matches!(route, Route::Do(_) | Route::ReadLun { .. } | Route::Private(_) | Route::Qmp { .. }) {
+            if let Some((code, why)) = refuse(&self.auth, req.authorization.as_deref()) {
+                self.log_refusal(&req, why);
+                return message(code, "error", why);
+            }
+        }
+        let what = || format!("{} {}", shorten(&req.method, 16), shorten(&req.target, 120));
+        match route {
+            Route::BadRequest(m) => message(400, "error", &m),
+            Route::NotFound => message(404, "error", &format!("no such endpoint: {}", what())),
+            Route::MethodNotAllowed => message(405, "error", &format!("method not allowed: {}", what())),
+            Route::Status => render(self.ask(Request::Status)),
+            Route::Metrics => match self.ask(Request::Status) {
+                Reply::Status(s) => {
+                    ApiResponse { code: 200, content_type: "text/plain; version=0.0.4", body: metrics(&s) }
+                }
+                r => render(r),
+            },
+            Route::ReadLun { alias, offset } => self.read_lun(&alias, offset),
+            Route::Do(r) | Route::Private(r) => render(self.ask(r)),
+            Route::Qmp { guest } => match serde_json::from_slice::<serde_json::Value>(&req.body) {
+                Ok(command) if command["execute"].is_string() => render(self.ask(Request::GuestQmp { guest, command })),
+                _ => message(
+                    400,
+                    "error",
+                    &format!(
+                        "the body must be a QMP command {{\"execute\": ...}}, not {:?}",
+                        shorten(&String::from_utf8_lossy(&req.body), 80)
+                    ),
+                ),
+            },
+        }
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -383,26 +438,26 @@ mod tests {
 
     #[test]
     fn routes_map_to_requests() {
-        assert_eq!(route(&Method::Get, "/v1/status"), Route::Status);
-        assert_eq!(route(&Method::Get, "/v1/status?x=1"), Route::Status);
-        assert_eq!(route(&Method::Get, "/metrics"), Route::Metrics);
-        assert_eq!(route(&Method::Post, "/v1/power/poweroff"), Route::Do(Request::Power(PowerAction::Poweroff)));
+        assert_eq!(route("GET", "/v1/status"), Route::Status);
+        assert_eq!(route("GET", "/v1/status?x=1"), Route::Status);
+        assert_eq!(route("GET", "/metrics"), Route::Metrics);
+        assert_eq!(route("POST", "/v1/power/poweroff"), Route::Do(Request::Power(PowerAction::Poweroff)));
         assert_eq!(
-            route(&Method::Post, "/v1/services/udevd/restart"),
+            route("POST", "/v1/services/udevd/restart"),
             Route::Do(Request::Service { name: "udevd".into(), action: ServiceAction::Restart })
         );
-        assert_eq!(route(&Method::Post, "/v1/power/explode"), Route::NotFound);
+        assert_eq!(route("POST", "/v1/power/explode"), Route::NotFound);
         assert_eq!(
-            route(&Method::Post, "/v1/guests/web/migrate?to=blade2&max-bandwidth-mbps=0.5"),
+            route("POST", "/v1/guests/web/migrate?to=blade2&max-bandwidth-mbps=0.5"),
             Route::Do(Request::Migrate { guest: "web".into(), to: "blade2".into(), bandwidth_mbps: Some(0.5) })
         );
-        assert!(matches!(route(&Method::Post, "/v1/guests/web/migrate"), Route::BadRequest(_)));
+        assert!(matches!(route("POST", "/v1/guests/web/migrate"), Route::BadRequest(_)));
         assert_eq!(
-            route(&Method::Post, "/v1/guests/web/start?force=1"),
+            route("POST", "/v1/guests/web/start?force=1"),
             Route::Do(Request::Guest { name: "web".into(), action: ServiceAction::Start, force: true })
         );
         assert_eq!(
-            route(&Method::Post, "/v1/incoming/web?from=blade1&caps=events,x-ignore-shared"),
+            route("POST", "/v1/incoming/web?from=blade1&caps=events,x-ignore-shared"),
             Route::Do(Request::Incoming {
                 guest: "web".into(),
                 from: "blade1".into(),
@@ -410,22 +465,19 @@ mod tests {
             })
         );
         assert_eq!(
-            route(&Method::Post, "/v1/nodes/blade1/drained"),
+            route("POST", "/v1/nodes/blade1/drained"),
             Route::Do(Request::PeerDrained { node: "blade1".into(), drained: true })
         );
-        assert_eq!(route(&Method::Post, "/v1/evacuate?parallel=2"), Route::Do(Request::Evacuate { parallel: Some(2) }));
-        assert_eq!(route(&Method::Get, "/v1/evacuate"), Route::MethodNotAllowed);
-        assert_eq!(route(&Method::Post, "/v1/guests/web/resolve"), Route::Do(Request::Resolve("web".into())));
-        assert_eq!(route(&Method::Post, "/v1/guests/web/qmp"), Route::Qmp { guest: "web".into() });
-        assert_eq!(
-            route(&Method::Get, "/v1/luns/vm1/read?offset=8192"),
-            Route::ReadLun { alias: "vm1".into(), offset: 8192 }
-        );
-        assert_eq!(route(&Method::Get, "/v1/luns/vm1/read"), Route::ReadLun { alias: "vm1".into(), offset: 0 });
-        assert!(matches!(route(&Method::Post, "/v1/storage/reload"), Route::Do(Request::StorageReload)));
-        assert_eq!(route(&Method::Get, "/v1/power/reboot"), Route::MethodNotAllowed);
-        assert_eq!(route(&Method::Post, "/v1/status"), Route::MethodNotAllowed);
-        assert_eq!(route(&Method::Get, "/"), Route::NotFound);
+        assert_eq!(route("POST", "/v1/evacuate?parallel=2"), Route::Do(Request::Evacuate { parallel: Some(2) }));
+        assert_eq!(route("GET", "/v1/evacuate"), Route::MethodNotAllowed);
+        assert_eq!(route("POST", "/v1/guests/web/resolve"), Route::Do(Request::Resolve("web".into())));
+        assert_eq!(route("POST", "/v1/guests/web/qmp"), Route::Qmp { guest: "web".into() });
+        assert_eq!(route("GET", "/v1/luns/vm1/read?offset=8192"), Route::ReadLun { alias: "vm1".into(), offset: 8192 });
+        assert_eq!(route("GET", "/v1/luns/vm1/read"), Route::ReadLun { alias: "vm1".into(), offset: 0 });
+        assert!(matches!(route("POST", "/v1/storage/reload"), Route::Do(Request::StorageReload)));
+        assert_eq!(route("GET", "/v1/power/reboot"), Route::MethodNotAllowed);
+        assert_eq!(route("POST", "/v1/status"), Route::MethodNotAllowed);
+        assert_eq!(route("GET", "/"), Route::NotFound);
     }
 
     #[test]

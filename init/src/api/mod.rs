@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod http;
+pub mod server;
 
 use std::path::Path;
 use std::sync::mpsc::Sender;
@@ -204,18 +205,19 @@ pub fn serve_control(run_dir: &Path, tx: Sender<Event>) -> Result<(), String> {
     std::fs::create_dir_all(run_dir).map_err(|e| format!("cannot create {}: {e}", run_dir.display()))?;
     let sock = run_dir.join("control.sock");
     let _ = std::fs::remove_file(&sock);
-    let server =
-        tiny_http::Server::http_unix(&sock).map_err(|e| format!("cannot listen on {}: {e}", sock.display()))?;
+    let listener = std::os::unix::net::UnixListener::bind(&sock)
+        .map_err(|e| format!("cannot listen on {}: {e}", sock.display()))?;
     use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
-    http::serve(server, tx, Auth::Local, "control");
-    Ok(())
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot make {} root-only: {e}", sock.display()))?;
+    let api = std::sync::Arc::new(http::Api::new(tx, Auth::Local, "control"));
+    server::serve(server::Listener::Unix(listener), api, server::Limits::default(), "control")
 }
 
 /// Starts the API on TCP `port` of every address (the management network's included).
 pub fn serve_tcp(port: u16, auth: Auth, tx: Sender<Event>) -> Result<(), String> {
-    let server =
-        tiny_http::Server::http(("0.0.0.0", port)).map_err(|e| format!("cannot listen on TCP port {port}: {e}"))?;
-    http::serve(server, tx, auth, "tcp");
-    Ok(())
+    let listener =
+        std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("cannot listen on TCP port {port}: {e}"))?;
+    let api = std::sync::Arc::new(http::Api::new(tx, auth, "tcp"));
+    server::serve(server::Listener::Tcp(listener), api, server::Limits::default(), "tcp")
 }

@@ -139,6 +139,14 @@ pub fn parse_cluster(file: &Path, text: &str) -> Result<ClusterConfig, ConfigErr
             format!("cluster name {:?} must be 1-64 of [A-Za-z0-9._-]", cfg.cluster.name),
         ));
     }
+    if let Some(t) = &cfg.cluster.token {
+        if let Some(why) = super::values::token_problem(t) {
+            return Err(at("cluster", "token", format!("cluster token: {why}")));
+        }
+    }
+    if !(1..=64).contains(&cfg.storage.default_paths) {
+        return Err(at("storage", "default-paths", "storage: default-paths must be 1-64".into()));
+    }
     if !cfg.aliases_table.is_empty() {
         let table = std::mem::take(&mut cfg.aliases_table);
         cfg.aliases = Some(crate::storage::aliases::from_toml_table(file, text, table)?);
@@ -234,7 +242,7 @@ mod tests {
     const GOOD: &str = r#"
 [cluster]
 name = "lab"
-token = "s3cret"
+token = "s3cret-s3cret-s3cret"
 
 [nodes.blade1]
 macs = ["52:54:00:00:00:01"]
@@ -248,7 +256,7 @@ management = { interface = "eth0", address = "10.0.0.12/24", gateway = "10.0.0.1
     fn a_cluster_file_parses_and_normalises_macs() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.cluster.name, "lab");
-        assert_eq!(c.cluster.token.as_deref(), Some("s3cret"));
+        assert_eq!(c.cluster.token.as_deref(), Some("s3cret-s3cret-s3cret"));
         assert_eq!(c.nodes["blade2"].macs, vec!["52:54:00:00:00:0a"]);
         assert_eq!(c.nodes["blade1"].management.address, "dhcp");
         assert_eq!(c.nodes["blade2"].name, "blade2");
@@ -274,7 +282,7 @@ management = { interface = "eth0", address = "10.0.0.12/24", gateway = "10.0.0.1
     #[test]
     fn the_token_is_never_serialised() {
         let c = parse(GOOD).unwrap();
-        assert!(!serde_json::to_string(&c).unwrap().contains("s3cret"));
+        assert!(!serde_json::to_string(&c).unwrap().contains("s3cret-s3cret-s3cret"));
     }
 
     #[test]

@@ -33,12 +33,49 @@ impl ConfigError {
     pub fn from_toml(file: &Path, text: &str, err: &toml::de::Error) -> Self {
         // toml's message repeats the position as a multi-line snippet; the first line is the
         // reason, which is all that fits one log line on a serial console.
-        let message = err.message().lines().next().unwrap_or("invalid TOML").to_string();
+        let mut message = err.message().lines().next().unwrap_or("invalid TOML").to_string();
         match err.span() {
-            Some(span) => ConfigError::at_offset(file, text, span.start, message),
+            Some(span) => {
+                // A value refused by its type (a number out of range): name the key it was given to.
+                if let Some(key) = key_before(text, span.start).filter(|k| !message.starts_with(k.as_str())) {
+                    message = format!("{key}: {message}");
+                }
+                ConfigError::at_offset(file, text, span.start, message)
+            }
             None => ConfigError::new(file, message),
         }
     }
+}
+
+/// Input a client or a file chose, made safe for one log line or message: at most `max`
+/// characters, control characters escaped, and how long it really was when cut.
+pub fn shorten(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).flat_map(char::escape_debug).collect();
+    if s.chars().nth(max).is_some() {
+        out.push_str(&format!("... ({} bytes)", s.len()));
+    }
+    out
+}
+
+/// The key assigned on the same line just before `offset` (`key = <offset>`), if any.
+fn key_before(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..floor_char_boundary(text, offset.min(text.len()))];
+    let line = before.rsplit('\n').next()?;
+    let (lhs, rest) = line.rsplit_once('=')?;
+    if !rest.trim().is_empty() {
+        return None;
+    }
+    let key: String = lhs
+        .trim_end()
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '"' | '.'))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let key = key.trim_matches('"').to_string();
+    (!key.is_empty()).then_some(key)
 }
 
 /// 1-based line and column of a byte offset.

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod error;
 pub mod fetch;
 pub mod services;
+pub mod values;
 
 pub use cluster::{ClusterConfig, Node};
 pub use error::ConfigError;

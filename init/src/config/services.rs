@@ -33,7 +33,7 @@ pub struct Readiness {
     /// Ready once a TCP connection to this `host:port` succeeds.
     pub tcp: Option<String>,
     /// Give up waiting after this many seconds and treat the start as failed.
-    #[serde(default = "default_ready_timeout")]
+    #[serde(default = "default_ready_timeout", deserialize_with = "crate::config::values::seconds")]
     pub timeout_s: f64,
 }
 
@@ -52,16 +52,16 @@ impl Default for Readiness {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Backoff {
     /// Delay before the first restart.
-    #[serde(default = "default_initial")]
+    #[serde(default = "default_initial", deserialize_with = "crate::config::values::seconds")]
     pub initial_s: f64,
     /// Each further restart waits this many times longer...
-    #[serde(default = "default_factor")]
+    #[serde(default = "default_factor", deserialize_with = "crate::config::values::factor")]
     pub factor: f64,
     /// ...up to this cap.
-    #[serde(default = "default_max")]
+    #[serde(default = "default_max", deserialize_with = "crate::config::values::seconds")]
     pub max_s: f64,
     /// A service that ran this long counts as healthy again: its backoff starts over.
-    #[serde(default = "default_reset")]
+    #[serde(default = "default_reset", deserialize_with = "crate::config::values::seconds")]
     pub reset_after_s: f64,
     /// After this many restarts without a healthy run in between, the service is marked failed
     /// and left alone until an operator starts it. 0 means never give up.
@@ -102,7 +102,7 @@ impl Backoff {
     pub fn delay(&self, n: u32) -> Duration {
         let exp = self.factor.powi(n.saturating_sub(1).min(64) as i32);
         let secs = (self.initial_s * exp).min(self.max_s);
-        Duration::from_secs_f64(secs.max(0.0))
+        super::values::secs(secs)
     }
 }
 
@@ -127,7 +127,7 @@ pub struct ServiceSpec {
     #[serde(default)]
     pub backoff: Backoff,
     /// On stop: SIGTERM, then SIGKILL after this many seconds.
-    #[serde(default = "default_stop_timeout")]
+    #[serde(default = "default_stop_timeout", deserialize_with = "crate::config::values::seconds")]
     pub stop_timeout_s: f64,
     /// Start at boot. A service with `enabled = false` is started only on request.
     #[serde(default = "default_true")]
@@ -163,10 +163,10 @@ impl ServiceSpec {
     }
 
     pub fn stop_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.stop_timeout_s.max(0.0))
+        super::values::secs(self.stop_timeout_s)
     }
     pub fn ready_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.ready.timeout_s.max(0.0))
+        super::values::secs(self.ready.timeout_s)
     }
 }
 
@@ -179,10 +179,10 @@ pub struct BootSettings {
     #[serde(default)]
     pub network: bool,
     /// How long to wait for the management address.
-    #[serde(default = "default_net_timeout")]
+    #[serde(default = "default_net_timeout", deserialize_with = "crate::config::values::seconds")]
     pub network_timeout_s: f64,
     /// How long to keep retrying `bladevisor.config=<url>` before falling back to the baked copy.
-    #[serde(default = "default_config_timeout")]
+    #[serde(default = "default_config_timeout", deserialize_with = "crate::config::values::seconds")]
     pub config_timeout_s: f64,
     /// Bring up storage: HBAs, SCSI scans, multipathd with the alias table (off where the
     /// storage is not ours).
@@ -461,9 +461,14 @@ stop-timeout-s = 5
         let e = parse("[services.a]\nargv = [\"/bin/true\"]\nbackoff = { initial-s = 5, max-s = 1 }\n").unwrap_err();
         assert!(e.starts_with("image.toml:3: service a: backoff"), "{e}");
         let e = parse("[services.a]\nargv = [\"/bin/true\"]\nbackoff = { factor = 0.5 }\n").unwrap_err();
-        assert!(e.contains("factor >= 1"), "{e}");
+        assert!(e.starts_with("image.toml:3:22: factor: 0.5 is not a factor between 1 and 100"), "{e}");
         let e = parse("[services.a]\nargv = [\"/bin/true\"]\nstop-timeout-s = -1\n").unwrap_err();
-        assert!(e.starts_with("image.toml:3: service a: stop-timeout-s"), "{e}");
+        assert!(e.starts_with("image.toml:3:18: stop-timeout-s: -1 is not a number of seconds"), "{e}");
+        for bad in ["inf", "nan", "-inf", "1e300"] {
+            let e =
+                parse(&format!("[services.a]\nargv = [\"/bin/true\"]\nready = {{ timeout-s = {bad} }}\n")).unwrap_err();
+            assert!(e.starts_with("image.toml:3:") && e.contains("timeout-s: "), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -488,7 +493,10 @@ stop-timeout-s = 5
         assert_eq!(c.boot.api_port, Some(7480));
         assert_eq!(c.boot.config_timeout_s, 5.0);
         let e = parse_image(Path::new("image.toml"), "[boot]\nconfig-timeout-s = -5\n").unwrap_err();
-        assert_eq!(e.to_string(), "image.toml:2: boot: timeouts must be non-negative numbers of seconds");
+        assert_eq!(
+            e.to_string(),
+            "image.toml:2:20: config-timeout-s: -5 is not a number of seconds between 0 and 604800 (a week)"
+        );
         let e = parse_image(Path::new("image.toml"), "[boot]\nnetwrk = true\n").unwrap_err();
         assert!(e.to_string().starts_with("image.toml:2:1: unknown field `netwrk`"), "{e}");
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::error::{find_key_line, ConfigError};
+use crate::config::error::{find_key_line, shorten, ConfigError};
 use crate::config::services::{is_safe_name, Backoff, RestartPolicy};
 use crate::config::ServiceSpec;
 use crate::supervisor::ServiceState;
@@ -81,7 +81,7 @@ pub struct GuestSpec {
     #[serde(default = "yes")]
     pub autostart: bool,
     /// Seconds an ACPI power-off gets before QEMU is told to quit, then killed.
-    #[serde(default = "stop_timeout")]
+    #[serde(default = "stop_timeout", deserialize_with = "crate::config::values::seconds")]
     pub stop_timeout_s: f64,
 }
 
@@ -104,6 +104,11 @@ fn yes() -> bool {
 fn stop_timeout() -> f64 {
     30.0
 }
+
+/// Bounds of one guest's virtual hardware (what QEMU x86 accepts, and then some sanity).
+pub const MAX_MEMORY_MIB: u64 = 16 << 20;
+pub const MAX_VCPUS: u32 = 1024;
+pub const MAX_DEVICES: usize = 32;
 
 /// Checks a guest table against the cluster: names, nodes, aliases, MACs.
 pub fn validate(
@@ -136,10 +141,27 @@ pub fn validate(
                 ));
             }
         }
-        if g.memory_mib < 16 || g.vcpus == 0 {
-            return Err(at("memory-mib", format!("guest {name}: needs memory-mib >= 16 and vcpus >= 1")));
+        if !(16..=MAX_MEMORY_MIB).contains(&g.memory_mib) {
+            return Err(at("memory-mib", format!("guest {name}: memory-mib must be 16-{MAX_MEMORY_MIB}")));
+        }
+        if !(1..=MAX_VCPUS).contains(&g.vcpus) {
+            return Err(at("vcpus", format!("guest {name}: vcpus must be 1-{MAX_VCPUS}")));
+        }
+        for (key, v) in [("cpu", &g.cpu), ("machine", &g.machine)] {
+            if !crate::config::values::is_qemu_word(v) {
+                return Err(at(
+                    key,
+                    format!("guest {name}: {key} {:?} must be one QEMU name, 1-64 of [A-Za-z0-9._-]", shorten(v, 80)),
+                ));
+            }
+        }
+        if g.disks.len() > MAX_DEVICES || g.nics.len() > MAX_DEVICES {
+            return Err(at("disks", format!("guest {name}: at most {MAX_DEVICES} disks and {MAX_DEVICES} NICs")));
         }
         for d in &g.disks {
+            if !crate::storage::aliases::valid_alias(&d.alias) {
+                return Err(at("disks", format!("guest {name}: {:?} is not an alias name", shorten(&d.alias, 80))));
+            }
             if let Some(known) = aliases {
                 if !known.contains(&d.alias) {
                     return Err(at(
@@ -159,6 +181,16 @@ pub fn validate(
             }
         }
         for n in g.nics.iter_mut() {
+            if !crate::config::values::NIC_MODELS.contains(&n.model.as_str()) {
+                return Err(at(
+                    "nics",
+                    format!(
+                        "guest {name}: NIC model {:?} is not one of {}",
+                        shorten(&n.model, 80),
+                        crate::config::values::NIC_MODELS.join(", ")
+                    ),
+                ));
+            }
             let mac = crate::config::cluster::normalise_mac(&n.mac)
                 .ok_or_else(|| at("nics", format!("guest {name}: {:?} is not a MAC address", n.mac)))?;
             if let Some(other) = macs.insert(mac.clone(), name.clone()) {
@@ -305,7 +337,8 @@ mod tests {
         struct F {
             guests: BTreeMap<String, GuestSpec>,
         }
-        let mut f: F = toml::from_str(text).map_err(|e| e.to_string())?;
+        let file = Path::new("cluster.toml");
+        let mut f: F = toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e).to_string())?;
         validate(Path::new("cluster.toml"), text, &mut f.guests, &["blade1".into()], Some(&["vm1".into()]))
             .map_err(|e| e.to_string())?;
         Ok(f.guests)
@@ -354,7 +387,20 @@ mod tests {
         let e = guest(&GOOD.replace("{ alias = \"vm1\" }", "{ alias = \"vm1\", cache = \"writeback\" }")).unwrap_err();
         assert!(e.contains("cache \"writeback\" is unsafe on a shared LUN"), "{e}");
         let e = guest(&GOOD.replace("memory-mib = 512", "memory-mib = 1")).unwrap_err();
-        assert!(e.contains("needs memory-mib >= 16"), "{e}");
+        assert!(e.contains("memory-mib must be 16-"), "{e}");
+        // Values that would reach QEMU's argv or a Duration unchecked.
+        let e = guest(&GOOD.replace("memory-mib = 512", "memory-mib = 512\nstop-timeout-s = inf")).unwrap_err();
+        assert!(
+            e.starts_with("cluster.toml:4:") && e.contains("stop-timeout-s: inf is not a number of seconds"),
+            "{e}"
+        );
+        let e = guest(&GOOD.replace("memory-mib = 512", "memory-mib = 512\ncpu = \"qemu64,+vmx\"")).unwrap_err();
+        assert!(e.starts_with("cluster.toml:4: guest web: cpu \"qemu64,+vmx\""), "{e}");
+        let e = guest(&GOOD.replace("memory-mib = 512", "memory-mib = 512\nmachine = \"pc,accel=xen\"")).unwrap_err();
+        assert!(e.contains("guest web: machine"), "{e}");
+        let evil = "\"52:54:00:AA:00:01\", model = \"virtio-net-pci,romfile=/run/bladevisor/cluster.toml\"";
+        let e = guest(&GOOD.replace("\"52:54:00:AA:00:01\"", evil)).unwrap_err();
+        assert!(e.starts_with("cluster.toml:5: guest web: NIC model \"virtio-net-pci,romfile="), "{e}");
         assert!(guest(&GOOD.replace("node =", "nod =")).unwrap_err().contains("unknown field `nod`"));
     }
 

@@ -8,6 +8,30 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+/// The QMP commands the API passes on to a guest's QEMU: queries that change nothing and read
+/// nothing of the host's. Everything else QMP offers is, to a QEMU running on the blade, a way
+/// to act as it (`human-monitor-command`, `migrate` to `exec:`, `blockdev-add`, `pmemsave`).
+pub const READ_ONLY: &[&str] = &[
+    "query-status",
+    "query-name",
+    "query-version",
+    "query-kvm",
+    "query-uuid",
+    "query-migrate",
+    "query-migrate-capabilities",
+    "query-migrate-parameters",
+    "query-block",
+    "query-blockstats",
+    "query-cpus-fast",
+    "query-memory-size-summary",
+    "query-balloon",
+    "query-chardev",
+];
+
+pub fn is_read_only(command: &str) -> bool {
+    READ_ONLY.contains(&command)
+}
+
 /// A guest's run state (`query-status`), with anything unknown kept as text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunState {
@@ -72,6 +96,10 @@ pub fn parse_line(line: &str) -> Result<Message, String> {
     })
 }
 
+/// The longest line taken from QMP, and the most events kept between two reads of them.
+const MAX_LINE: u64 = 1 << 20;
+const MAX_EVENTS: usize = 1024;
+
 pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
@@ -96,10 +124,15 @@ impl Qmp {
     }
 
     fn next(&mut self) -> Result<Message, String> {
+        use std::io::Read;
         let mut line = String::new();
-        let n = self.reader.read_line(&mut line).map_err(|e| format!("QMP read: {e}"))?;
+        // QEMU runs the guest's code paths: a line from it is bounded like any other input.
+        let n = (&mut self.reader).take(MAX_LINE).read_line(&mut line).map_err(|e| format!("QMP read: {e}"))?;
         if n == 0 {
             return Err("QMP connection closed".into());
+        }
+        if !line.ends_with('\n') && n as u64 == MAX_LINE {
+            return Err(format!("QMP sent a line longer than {MAX_LINE} bytes"));
         }
         parse_line(&line)
     }
@@ -115,7 +148,12 @@ impl Qmp {
             match self.next()? {
                 Message::Return(v) => return Ok(v),
                 Message::Error { class, desc } => return Err(format!("QMP {cmd}: {class}: {desc}")),
-                Message::Event { name, data } => self.events.push((name, data)),
+                Message::Event { name, data } => {
+                    if self.events.len() >= MAX_EVENTS {
+                        self.events.remove(0);
+                    }
+                    self.events.push((name, data))
+                }
                 Message::Greeting { .. } | Message::Unknown(_) => {}
             }
         }

@@ -35,13 +35,13 @@ pub struct Settings {
     #[serde(default = "max_downtime")]
     pub max_downtime_ms: u64,
     /// Bandwidth cap for one migration stream, in Mbit/s.
-    #[serde(default = "bandwidth")]
+    #[serde(default = "bandwidth", deserialize_with = "crate::config::values::bandwidth")]
     pub max_bandwidth_mbps: f64,
     /// Not converged after this long: the downtime limit is doubled (and again after as long).
-    #[serde(default = "converge_after")]
+    #[serde(default = "converge_after", deserialize_with = "crate::config::values::seconds")]
     pub converge_after_s: f64,
     /// Not completed after this long: cancelled, the guest stays on the source.
-    #[serde(default = "timeout")]
+    #[serde(default = "timeout", deserialize_with = "crate::config::values::seconds")]
     pub timeout_s: f64,
     /// Migrations an evacuation runs at once.
     #[serde(default = "one")]
@@ -111,20 +111,38 @@ impl Settings {
         if self.port_range().is_none() {
             return Err(at("ports", format!("migration ports {:?} must be first-last, e.g. 49152-49215", self.ports)));
         }
-        if self.downtime_limit_ms == 0 || self.max_downtime_ms < self.downtime_limit_ms {
-            return Err(at("max-downtime-ms", "migration: need 0 < downtime-limit-ms <= max-downtime-ms".into()));
+        if self.downtime_limit_ms == 0
+            || self.max_downtime_ms < self.downtime_limit_ms
+            || self.max_downtime_ms > 600_000
+        {
+            return Err(at(
+                "max-downtime-ms",
+                "migration: need 0 < downtime-limit-ms <= max-downtime-ms <= 600000 (ten minutes)".into(),
+            ));
         }
-        if self.max_bandwidth_mbps <= 0.0 || self.timeout_s <= 0.0 || self.converge_after_s <= 0.0 {
-            return Err(at("timeout-s", "migration: bandwidth, converge-after-s and timeout-s must be > 0".into()));
+        if self.timeout_s <= 0.0 || self.converge_after_s <= 0.0 {
+            return Err(at("timeout-s", "migration: converge-after-s and timeout-s must be > 0".into()));
         }
-        if self.parallel == 0 {
-            return Err(at("parallel", "migration: parallel must be at least 1".into()));
+        if !(1..=MAX_PARALLEL).contains(&self.parallel) {
+            return Err(at("parallel", format!("migration: parallel must be 1-{MAX_PARALLEL}")));
+        }
+        if self.capabilities.len() > 32 {
+            return Err(at("capabilities", "migration: at most 32 capabilities".into()));
         }
         if let Some(c) = self.capabilities.iter().find(|c| !is_capability_name(c)) {
             return Err(at("capabilities", format!("migration: {c:?} is not a QEMU capability name")));
         }
         Ok(())
     }
+}
+
+/// Migrations an evacuation may run at once.
+pub const MAX_PARALLEL: usize = 64;
+/// What a bandwidth cap may be (Mbit/s): finite, above zero, at most 1 Tbit/s.
+pub const BANDWIDTH_RANGE: &str = "a bandwidth cap must be a number of Mbit/s above 0 and at most 1000000";
+
+pub fn valid_bandwidth(mbps: f64) -> bool {
+    mbps.is_finite() && mbps > 0.0 && mbps <= 1_000_000.0
 }
 
 /// Whether `c` has the shape of a QEMU migration capability name (what a peer may ask for).

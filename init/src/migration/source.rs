@@ -38,8 +38,8 @@ impl Plan {
             downtime_limit_ms: s.downtime_limit_ms,
             max_downtime_ms: s.max_downtime_ms,
             bandwidth_bytes: bytes_per_s(bandwidth_mbps.unwrap_or(s.max_bandwidth_mbps)),
-            converge_after: Duration::from_secs_f64(s.converge_after_s),
-            timeout: Duration::from_secs_f64(s.timeout_s),
+            converge_after: crate::config::values::secs(s.converge_after_s),
+            timeout: crate::config::values::secs(s.timeout_s),
             poll: Duration::from_millis(250),
             cancel: Arc::new(AtomicBool::new(false)),
         }

@@ -103,7 +103,7 @@ fn wait_oneshot(tx: &Sender<Event>, name: &str, limit: Duration) -> Result<(), S
 }
 
 fn bring_up_network(plan: &BootPlan, tx: &Sender<Event>, mgmt: &Management) -> Result<String, String> {
-    let limit = Duration::from_secs_f64(plan.settings.network_timeout_s);
+    let limit = crate::config::values::secs(plan.settings.network_timeout_s);
     let end = Instant::now() + limit;
     let iface = loop {
         match crate::net::choose_interface(&plan.class_net, mgmt) {
@@ -151,7 +151,7 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     let baked = load_baked(&baked_path);
     // NICs (whose MACs say who this blade is) exist once udev has replayed the kernel's events
     // and loaded their drivers.
-    if let Err(e) = wait_oneshot(tx, "udev-trigger", Duration::from_secs_f64(plan.settings.network_timeout_s)) {
+    if let Err(e) = wait_oneshot(tx, "udev-trigger", crate::config::values::secs(plan.settings.network_timeout_s)) {
         warn!("{e}; looking for NICs anyway");
     }
     let macs = super::blade_macs(&plan.class_net);
@@ -182,7 +182,7 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     // 2. The shared configuration.
     let url = plan.cmdline.config_url.as_deref();
     let fetched = url.map(|u| {
-        let limit = Duration::from_secs_f64(plan.settings.config_timeout_s);
+        let limit = crate::config::values::secs(plan.settings.config_timeout_s);
         info!(url = %u, timeout_s = limit.as_secs_f64(), "fetching the cluster configuration");
         get_with_retries(u, limit, Duration::from_secs(1), |n, e| {
             warn!(attempt = n, "cannot fetch configuration yet: {e}")
@@ -243,7 +243,7 @@ fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&Cluste
         url: plan.cmdline.aliases_url.clone().or(cfg.aliases_url.clone()),
         inline: cluster.and_then(|c| c.aliases.clone()),
         baked: plan.etc.join("aliases"),
-        fetch_timeout: Duration::from_secs_f64(plan.settings.config_timeout_s),
+        fetch_timeout: crate::config::values::secs(plan.settings.config_timeout_s),
     };
     {
         let mut s = crate::storage::lock(&plan.storage);
@@ -257,7 +257,7 @@ fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&Cluste
         out.problems.push(format!("aliases: {p}"));
     }
     let sys = Sysfs::new(&plan.sys);
-    let b = hba::bring_up(&sys, Duration::from_secs_f64(cfg.lip_timeout_s), || {
+    let b = hba::bring_up(&sys, crate::config::values::secs(cfg.lip_timeout_s), || {
         std::thread::sleep(Duration::from_millis(500))
     });
     out.problems.extend(b.problems);
@@ -279,7 +279,7 @@ fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&Cluste
     crate::storage::lock(&plan.storage).settling = true;
     storage::watch(plan.storage.clone(), sys);
     // Wait, with a deadline, until every alias has its expected paths.
-    let limit = Duration::from_secs_f64(cfg.wait_s);
+    let limit = crate::config::values::secs(cfg.wait_s);
     let end = Instant::now() + limit;
     loop {
         let luns = crate::storage::lock(&plan.storage).luns.clone();

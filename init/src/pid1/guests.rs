@@ -548,6 +548,13 @@ impl Init {
         let Some(g) = self.spec(&guest) else {
             return Reply::Error(404, format!("guest {guest} may not run on {}", self.node));
         };
+        // Only a blade of this cluster that may itself run the guest can hand it over.
+        if from == self.node || !g.may_run_on(&from) {
+            return Reply::Error(
+                403,
+                format!("{from:?} is not a blade guest {guest} may migrate from (its blades: {})", blade_list(&g)),
+            );
+        }
         if let Some(c) = caps.iter().find(|c| !mig::is_capability_name(c)) {
             return Reply::Error(400, format!("{c:?} is not a QEMU migration capability name"));
         }
@@ -708,7 +715,7 @@ impl Init {
         if !self.places.values().any(|p| matches!(p, Place::Incoming { .. })) {
             return;
         }
-        let limit = Duration::from_secs_f64(self.settings().timeout_s) + Duration::from_secs(60);
+        let limit = crate::config::values::secs(self.settings().timeout_s) + Duration::from_secs(60);
         let ended: Vec<(String, String)> = self
             .places
             .iter()
@@ -813,8 +820,21 @@ impl Init {
         Reply::Ok(if was.is_some() { "undrained".into() } else { "was not drained".into() })
     }
 
-    /// An operator's raw QMP command to a guest's QEMU, logged; the answer comes from a worker.
+    /// An operator's read-only QMP query to a guest's QEMU, logged; the answer comes from a
+    /// worker. Anything that changes QEMU (or reads host files: `human-monitor-command`,
+    /// `migrate` to `exec:`, `blockdev-add`, `pmemsave`) is refused: it would be root on the blade.
     pub(super) fn guest_qmp(&mut self, guest: String, command: serde_json::Value, reply: &Sender<Reply>) -> Reply {
+        let name = command["execute"].as_str().unwrap_or("");
+        if !crate::guests::qmp::is_read_only(name) {
+            return Reply::Error(
+                403,
+                format!(
+                    "QMP command {:?} is not one of the read-only queries the API passes on ({})",
+                    crate::config::error::shorten(name, 64),
+                    crate::guests::qmp::READ_ONLY.join(", ")
+                ),
+            );
+        }
         if self.sup.state(&service_name(&guest)).is_none() {
             return Reply::Error(404, format!("guest {guest} has no process on this blade"));
         }
@@ -998,4 +1018,9 @@ fn evacuate_worker(
     }
     evac.done = true;
     report(&evac);
+}
+
+/// A guest's blades, for messages: `blade1, blade2`.
+fn blade_list(g: &GuestSpec) -> String {
+    g.blades().cloned().collect::<Vec<_>>().join(", ")
 }

@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, Auth, Reply, Request, ServiceAction};
 use crate::config;
+use crate::config::error::shorten;
 use crate::supervisor::cgroup::Cgroups;
 use crate::supervisor::policy::Exit;
 use crate::supervisor::process::ProcessRuntime;
@@ -214,6 +215,11 @@ impl Init {
             Request::MigrationOutcome(id) => self.migration_outcome(id),
             Request::GuestQmp { guest, command } => self.guest_qmp(guest, command, reply),
             Request::PeerDrained { node, drained } => {
+                let known =
+                    self.boot.as_ref().and_then(|b| b.cluster.as_ref()).is_some_and(|c| c.nodes.contains_key(&node));
+                if !known || node == self.node {
+                    return Reply::Error(403, format!("{:?} is not another blade of this cluster", shorten(&node, 64)));
+                }
                 if drained {
                     info!(peer = %node, "peer says it is drained");
                     self.drained_nodes.insert(node);
@@ -410,6 +416,19 @@ fn start_signal_thread(tx: Sender<Event>) -> Result<(), String> {
 }
 
 /// The init's entry point: never returns.
+/// Every API connection costs a descriptor: take the kernel's hard limit (4096 for init) instead
+/// of its 1024 soft one, so the API's connection cap is reached before the descriptors run out.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            warn!("cannot raise the open files limit: {e}");
+        }
+    }
+}
+
 pub fn run() -> ! {
     crate::logging::init();
     std::panic::set_hook(Box::new(|info| {
@@ -427,6 +446,7 @@ pub fn run() -> ! {
         // Outside PID 1 (development), adopt orphans of our services so they are still reaped.
         let _ = nix::sys::prctl::set_child_subreaper(true);
     }
+    raise_open_files_limit();
     let cmdline = crate::cmdline::read(std::path::Path::new("/proc"));
     for u in &cmdline.unknown {
         warn!("unknown kernel command line key ignored: {u}");

@@ -35,10 +35,10 @@ pub struct StorageConfig {
     #[serde(default = "one")]
     pub default_paths: u32,
     /// How long boot waits for every alias to be healthy before going on, degraded.
-    #[serde(default = "sixty")]
+    #[serde(default = "sixty", deserialize_with = "crate::config::values::seconds")]
     pub wait_s: f64,
     /// How long an FC port that is not Online gets after its LIP.
-    #[serde(default = "twenty")]
+    #[serde(default = "twenty", deserialize_with = "crate::config::values::seconds")]
     pub lip_timeout_s: f64,
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bladevisor::api::client::{call_with_body, Endpoint};
 use bladevisor_lab::{ok, Blade, Image, TwoBlades};
 
-const TOKEN: &str = "lab-token-change-me";
+const TOKEN: &str = bladevisor_lab::LAB_TOKEN;
 
 fn post(b: &Blade, path: &str, body: &str) -> serde_json::Value {
     let ep = Endpoint::Tcp(format!("127.0.0.1:{}", b.api_port));

@@ -48,7 +48,7 @@ fn main() {
         if ready == [true, true] && !told {
             told = true;
             let cli = "target/release/bladevisor";
-            let t = "--token lab-token-change-me";
+            let t = format!("--token {}", bladevisor_lab::LAB_TOKEN);
             println!(
                 "\nlab: both blades are ready. Their APIs are forwarded to 127.0.0.1:{} and :{}:",
                 ports[0], ports[1]

@@ -1,0 +1,465 @@
+//! The API's HTTP server: hyper on a small tokio runtime of its own thread, bounded in every
+//! dimension a client chooses, because a client on the management network may be hostile and
+//! this server lives inside PID 1 (an allocation failure there aborts the blade with every
+//! guest on it).
+//!
+//! What a client cannot do, and what stops it:
+//! - make us allocate what it announces: the request head is read into a buffer of at most
+//!   [`Limits::max_head_bytes`] (hyper answers 431 beyond), and a body's `Content-Length` is
+//!   checked against the route's cap before a byte of it is read (413 beyond); a chunked body
+//!   is read through a counting limit too;
+//! - hold a connection: the head must arrive within [`Limits::head_timeout`], the body within
+//!   [`Limits::body_timeout`], and the whole exchange, answer included, within
+//!   [`Limits::connection_timeout`]; connections are not kept alive;
+//! - exhaust threads or sockets: idle connections cost a task, not a thread; at most
+//!   [`Limits::max_connections`] are open at once and the excess is answered 503 and closed;
+//! - delay others: every handler runs on its own blocking thread (a slow LUN read or a main
+//!   loop that takes its time holds only its own request).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tracing::warn;
+
+/// What the server accepts from one client.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Request line plus headers.
+    pub max_head_bytes: usize,
+    /// Connections open at once (idle ones included); the excess is refused with 503.
+    pub max_connections: usize,
+    /// From accept to the end of the request head.
+    pub head_timeout: Duration,
+    /// From the end of the head to the end of the body.
+    pub body_timeout: Duration,
+    /// From accept to the last byte of the answer (covers a client that never reads it).
+    pub connection_timeout: Duration,
+    /// Threads running handlers at once; more requests wait for one.
+    pub max_handler_threads: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 16 * 1024,
+            // Each costs a descriptor; PID 1 raises its own limit to the kernel's hard one.
+            max_connections: 768,
+            head_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            // The main loop may take up to its own 30 s to answer (api::ask).
+            connection_timeout: Duration::from_secs(45),
+            max_handler_threads: 64,
+        }
+    }
+}
+
+/// A request as handlers see it: everything already read and bounded.
+#[derive(Debug)]
+pub struct ApiRequest {
+    pub method: String,
+    /// Path and query, as sent.
+    pub target: String,
+    pub authorization: Option<String>,
+    /// None on the unix control socket.
+    pub remote: Option<SocketAddr>,
+    pub body: Vec<u8>,
+}
+
+/// A handler's answer.
+#[derive(Debug, PartialEq)]
+pub struct ApiResponse {
+    pub code: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl ApiResponse {
+    pub fn json(code: u16, body: String) -> Self {
+        ApiResponse { code, content_type: "application/json", body }
+    }
+    /// `{"error": msg}` with `code`.
+    pub fn error(code: u16, msg: &str) -> Self {
+        Self::json(code, serde_json::json!({ "error": msg }).to_string())
+    }
+}
+
+/// What the server hands requests to. Both calls run on blocking threads, never on the
+/// runtime that reads sockets.
+pub trait Handler: Send + Sync + 'static {
+    /// The largest body this request may carry, decided from its method and target alone
+    /// (before any of the body is read).
+    fn body_limit(&self, method: &str, target: &str) -> usize;
+    fn handle(&self, req: ApiRequest) -> ApiResponse;
+}
+
+/// Where the server listens.
+pub enum Listener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// Serves `listener` on a thread of its own until the process ends. Errors only when the
+/// runtime cannot be built (no threads left).
+pub fn serve(listener: Listener, handler: Arc<dyn Handler>, limits: Limits, name: &str) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .max_blocking_threads(limits.max_handler_threads.max(1))
+        .thread_name(format!("api-{name}-handler"))
+        .build()
+        .map_err(|e| format!("cannot start the {name} API's runtime: {e}"))?;
+    let name = name.to_string();
+    crate::spawn_worker(&format!("api-{name}"), move || {
+        rt.block_on(async move {
+            if let Err(e) = accept_loop(listener, handler, limits, &name).await {
+                tracing::error!(api = %name, "the API stopped accepting connections: {e}");
+            }
+        })
+    });
+    Ok(())
+}
+
+async fn accept_loop(listener: Listener, handler: Arc<dyn Handler>, limits: Limits, name: &str) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let limits = Arc::new(limits);
+    let mut refused = Throttle::new(Duration::from_secs(10));
+    match listener {
+        Listener::Tcp(l) => {
+            l.set_nonblocking(true)?;
+            let l = tokio::net::TcpListener::from_std(l)?;
+            loop {
+                let (stream, peer) = match l.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        warn!(api = %name, "accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                spawn_connection(stream, Some(peer), &slots, &handler, &limits, name, &mut refused);
+            }
+        }
+        Listener::Unix(l) => {
+            l.set_nonblocking(true)?;
+            let l = tokio::net::UnixListener::from_std(l)?;
+            loop {
+                match l.accept().await {
+                    Ok((stream, _)) => spawn_connection(stream, None, &slots, &handler, &limits, name, &mut refused),
+                    Err(e) => {
+                        warn!(api = %name, "accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 51\r\nConnection: close\r\n\r\n{\"error\":\"too many connections: try again shortly\"}";
+
+fn spawn_connection<S>(
+    stream: S,
+    peer: Option<SocketAddr>,
+    slots: &Arc<tokio::sync::Semaphore>,
+    handler: &Arc<dyn Handler>,
+    limits: &Arc<Limits>,
+    name: &str,
+    refused: &mut Throttle,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        if let Some(suppressed) = refused.allow() {
+            warn!(api = %name, remote = ?peer, suppressed, "refusing a connection: {} already open", limits.max_connections);
+        }
+        let mut stream = stream;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+        });
+        return;
+    };
+    let handler = handler.clone();
+    let limits = limits.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let service_limits = limits.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let handler = handler.clone();
+            let limits = service_limits.clone();
+            async move { Ok::<_, std::convert::Infallible>(answer(req, peer, handler, &limits).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.head_timeout)
+            .max_buf_size(limits.max_head_bytes.max(8192))
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(stream), service);
+        // Dropping the connection at the deadline closes the socket, whatever it waited for.
+        let _ = tokio::time::timeout(limits.connection_timeout, conn).await;
+    });
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    remote: Option<SocketAddr>,
+    handler: Arc<dyn Handler>,
+    limits: &Limits,
+) -> Response<Full<Bytes>> {
+    let method = req.method().as_str().to_string();
+    let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let authorization = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(String::from);
+    let h = handler.clone();
+    let (m, t) = (method.clone(), target.clone());
+    let cap = match blocking(move || h.body_limit(&m, &t)).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let announced = req.headers().get(CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
+    match announced {
+        Some(None) => return to_hyper(ApiResponse::error(400, "Content-Length is not a number")),
+        Some(Some(n)) if n > cap as u64 => {
+            return to_hyper(ApiResponse::error(
+                413,
+                &format!("this request's body may be at most {cap} bytes; it announced {n}"),
+            ))
+        }
+        _ => {}
+    }
+    let body = match tokio::time::timeout(limits.body_timeout, Limited::new(req.into_body(), cap).collect()).await {
+        Err(_) => return to_hyper(ApiResponse::error(408, "the request body did not arrive in time")),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return to_hyper(ApiResponse::error(413, &format!("this request's body may be at most {cap} bytes")))
+        }
+        Ok(Err(e)) => return to_hyper(ApiResponse::error(400, &format!("reading the request body: {e}"))),
+        Ok(Ok(b)) => b.to_bytes().to_vec(),
+    };
+    let req = ApiRequest { method, target, authorization, remote, body };
+    match blocking(move || handler.handle(req)).await {
+        Ok(r) => to_hyper(r),
+        Err(r) => r,
+    }
+}
+
+/// Runs `f` on a blocking thread; a panic in it becomes a 500 for this request only.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response<Full<Bytes>>> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        let why = if e.is_panic() { crate::panic_message(&e.into_panic()) } else { e.to_string() };
+        tracing::error!("API handler failed: {why}");
+        to_hyper(ApiResponse::error(500, "internal error (logged on the blade)"))
+    })
+}
+
+fn to_hyper(r: ApiResponse) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(r.body)));
+    *resp.status_mut() = StatusCode::from_u16(r.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(r.content_type));
+    resp
+}
+
+/// Lets one log line through per `period`, counting the ones it held back, so a flood of
+/// hostile calls cannot flood the console.
+#[derive(Debug)]
+pub struct Throttle {
+    period: Duration,
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    pub fn new(period: Duration) -> Self {
+        Throttle { period, last: None, held_back: 0 }
+    }
+
+    /// Some(lines held back since the last one) when a line may be logged now.
+    pub fn allow(&mut self) -> Option<u64> {
+        self.allow_at(std::time::Instant::now())
+    }
+
+    pub fn allow_at(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self.last.is_some_and(|l| now.saturating_duration_since(l) < self.period) {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Echoes the body's length; `/slow` takes two seconds.
+    struct Echo {
+        handled: AtomicUsize,
+    }
+
+    impl Handler for Echo {
+        fn body_limit(&self, _method: &str, target: &str) -> usize {
+            if target == "/upload" {
+                1024
+            } else {
+                0
+            }
+        }
+        fn handle(&self, req: ApiRequest) -> ApiResponse {
+            self.handled.fetch_add(1, Ordering::SeqCst);
+            if req.target == "/slow" {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            if req.target == "/panic" {
+                panic!("handler bug");
+            }
+            ApiResponse::json(200, format!("{{\"len\":{}}}", req.body.len()))
+        }
+    }
+
+    fn server(limits: Limits) -> (SocketAddr, Arc<Echo>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let echo = Arc::new(Echo { handled: AtomicUsize::new(0) });
+        serve(Listener::Tcp(l), echo.clone(), limits, "test").unwrap();
+        (addr, echo)
+    }
+
+    fn quick() -> Limits {
+        Limits {
+            head_timeout: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(1),
+            connection_timeout: Duration::from_secs(5),
+            ..Limits::default()
+        }
+    }
+
+    /// Sends raw bytes and returns whatever the server answers before closing (or 10 s).
+    fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(bytes);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn get(addr: SocketAddr, path: &str) -> String {
+        raw(addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+    }
+
+    #[test]
+    fn an_enormous_content_length_is_refused_before_anything_is_read_or_allocated() {
+        let (addr, echo) = server(quick());
+        let r = raw(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 4611686018427387904\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+        let r = raw(addr, b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1025\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 413") && r.contains("at most 1024 bytes"), "{r}");
+        assert_eq!(echo.handled.load(Ordering::SeqCst), 0, "no handler ran");
+        assert!(get(addr, "/v1/status").starts_with("HTTP/1.1 200"), "the server still serves");
+    }
+
+    #[test]
+    fn a_chunked_body_is_counted_as_it_arrives() {
+        let (addr, _) = server(quick());
+        let big = format!(
+            "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n{}\r\n0\r\n\r\n",
+            "a".repeat(2048)
+        );
+        let r = raw(addr, big.as_bytes());
+        assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+        let small = "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let r = raw(addr, small.as_bytes());
+        assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("{\"len\":3}"), "{r}");
+    }
+
+    #[test]
+    fn a_body_promised_and_never_sent_times_out_without_holding_up_others() {
+        let (addr, _) = server(quick());
+        let mut lying = TcpStream::connect(addr).unwrap();
+        lying.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc").unwrap();
+        // Meanwhile others are served at once.
+        assert!(get(addr, "/v1/status").starts_with("HTTP/1.1 200"));
+        lying.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut out = String::new();
+        let _ = lying.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 408"), "the liar is answered and closed: {out:?}");
+    }
+
+    #[test]
+    fn an_oversized_head_is_refused_and_idle_connections_are_closed() {
+        let (addr, echo) = server(quick());
+        let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Junk: {}\r\n\r\n", "j".repeat(4 << 20));
+        let r = raw(addr, huge.as_bytes());
+        assert!(r.is_empty() || r.starts_with("HTTP/1.1 431"), "{r}");
+        let long_line = format!("GET /{} HTTP/1.1\r\n\r\n", "p".repeat(64 << 10));
+        let r = raw(addr, long_line.as_bytes());
+        assert!(r.is_empty() || r.starts_with("HTTP/1.1 4"), "{r}");
+        // Someone connects and says nothing: closed after the head timeout.
+        let mut idle = TcpStream::connect(addr).unwrap();
+        idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let t = std::time::Instant::now();
+        let mut out = Vec::new();
+        let _ = idle.read_to_end(&mut out);
+        assert!(t.elapsed() < Duration::from_secs(8), "closed after the head timeout, not held");
+        assert_eq!(echo.handled.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn hundreds_of_idle_connections_do_not_stop_a_status_call_and_the_excess_is_refused() {
+        // Kept under a 1024-descriptor limit with both ends in this process.
+        let (addr, _) = server(Limits { max_connections: 200, head_timeout: Duration::from_secs(20), ..quick() });
+        let idle: Vec<TcpStream> = (0..260).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+        assert!(idle.len() >= 250, "{} connections", idle.len());
+        // All slots are taken by idle clients: a new one gets a clear 503 ...
+        let r = get(addr, "/v1/status");
+        assert!(r.starts_with("HTTP/1.1 503") && r.contains("too many connections"), "{r}");
+        drop(idle);
+        // ... and once they are gone (or timed out), service resumes.
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = get(addr, "/v1/status");
+            if r.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(std::time::Instant::now() < end, "{r}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let idle: Vec<TcpStream> = (0..150).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+        assert!(get(addr, "/v1/status").starts_with("HTTP/1.1 200"), "150 idle connections, under the cap");
+        drop(idle);
+    }
+
+    #[test]
+    fn a_slow_handler_holds_only_its_own_request_and_a_panicking_one_answers_500() {
+        let (addr, _) = server(quick());
+        let slow = std::thread::spawn(move || get(addr, "/slow"));
+        std::thread::sleep(Duration::from_millis(200));
+        let t = std::time::Instant::now();
+        assert!(get(addr, "/v1/status").starts_with("HTTP/1.1 200"));
+        assert!(t.elapsed() < Duration::from_millis(1500), "not queued behind the slow one");
+        assert!(slow.join().unwrap().starts_with("HTTP/1.1 200"));
+        let r = get(addr, "/panic");
+        assert!(r.starts_with("HTTP/1.1 500"), "{r}");
+        assert!(get(addr, "/v1/status").starts_with("HTTP/1.1 200"), "the server survives");
+    }
+
+    #[test]
+    fn the_throttle_lets_one_line_through_per_period_and_counts_the_rest() {
+        let mut t = Throttle::new(Duration::from_secs(10));
+        let t0 = std::time::Instant::now();
+        assert_eq!(t.allow_at(t0), Some(0));
+        assert_eq!(t.allow_at(t0 + Duration::from_secs(1)), None);
+        assert_eq!(t.allow_at(t0 + Duration::from_secs(2)), None);
+        assert_eq!(t.allow_at(t0 + Duration::from_secs(11)), Some(2));
+    }
+}
