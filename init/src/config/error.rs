@@ -3,6 +3,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// The longest message an error carries.
+const MAX_MESSAGE: usize = 400;
+
 /// A problem with one configuration file, located as precisely as the parser allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -16,7 +19,12 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(file: &Path, message: impl Into<String>) -> Self {
-        ConfigError { file: file.to_path_buf(), line: None, column: None, message: message.into() }
+        let mut message: String = message.into();
+        // Messages quote what the file says, and a file may say a lot: one console line.
+        if message.chars().count() > MAX_MESSAGE {
+            message = format!("{}... (cut)", message.chars().take(MAX_MESSAGE).collect::<String>());
+        }
+        ConfigError { file: file.to_path_buf(), line: None, column: None, message }
     }
 
     pub fn at_line(file: &Path, line: usize, message: impl Into<String>) -> Self {

@@ -1,9 +1,14 @@
 //! Fetching configuration at boot: plain HTTP (what PXE deployments serve), retried until a
-//! deadline, because the network or the server may come up after the blade.
+//! deadline, because the network or the server may come up after the blade. The server is not
+//! trusted to be well-behaved: every fetch has an overall deadline and a size cap, and a reply
+//! cut short is refused rather than parsed (a truncated file can still parse).
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::api::client::{call, Endpoint};
+use super::error::shorten;
+use crate::api::client::Endpoint;
 
 /// `http://host[:port]/path` split into an endpoint and a path.
 pub fn parse_http_url(url: &str) -> Result<(Endpoint, String), String> {
@@ -19,33 +24,209 @@ pub fn parse_http_url(url: &str) -> Result<(Endpoint, String), String> {
     Ok((Endpoint::Tcp(hostport), path.to_string()))
 }
 
-/// One GET; a non-200 answer is an error that names the URL and the status.
-pub fn get(url: &str, timeout: Duration) -> Result<String, String> {
+/// The most a configuration may be: far beyond any real cluster, far below what hurts a blade.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+/// The most an alias file may be (tens of thousands of LUNs).
+pub const MAX_ALIASES_BYTES: usize = 4 << 20;
+/// The most a response's status line and headers may be.
+const MAX_HEAD_BYTES: usize = 16 << 10;
+/// The longest one try may take, even with time left overall (a server that trickles).
+const MAX_TRY: Duration = Duration::from_secs(30);
+
+/// One GET that must complete by `deadline` and may bring at most `max_bytes`: a non-200
+/// answer, a redirect, a reply cut short of its `Content-Length`, an oversized one and a slow
+/// one are errors that name the URL. Chunked replies are decoded.
+pub fn get(url: &str, deadline: Instant, max_bytes: usize) -> Result<String, String> {
     let (ep, path) = parse_http_url(url)?;
-    let r = call(&ep, "GET", &path, None, timeout).map_err(|e| format!("{url}: {e}"))?;
-    if r.code != 200 {
-        return Err(format!("{url}: HTTP {}", r.code));
+    let Endpoint::Tcp(hostport) = &ep else { return Err(format!("{url}: not a TCP URL")) };
+    let fail = |e: String| format!("{url}: {e}");
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(hostport.as_str())
+        .map_err(|e| fail(e.to_string()))?
+        .next()
+        .ok_or_else(|| fail("no address".into()))?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(fail("no time left".into()));
     }
-    if r.chunked {
-        return Err(format!("{url}: chunked transfer encoding is not supported; serve the file with a length"));
+    let mut stream = TcpStream::connect_timeout(&addr, left).map_err(|e| fail(e.to_string()))?;
+    stream.set_write_timeout(Some(left)).map_err(|e| fail(e.to_string()))?;
+    let host = hostport.strip_suffix(":80").unwrap_or(hostport);
+    // One write: a request in several segments may meet a server that reads only the first.
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept-Encoding: identity\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(|e| fail(e.to_string()))?;
+    let mut r = Bounded { stream, deadline, buf: Vec::new() };
+    r.response(max_bytes).map_err(fail)
+}
+
+/// A response read from a stream with a deadline on every read.
+struct Bounded {
+    stream: TcpStream,
+    deadline: Instant,
+    /// Bytes read and not yet consumed.
+    buf: Vec<u8>,
+}
+
+impl Bounded {
+    /// Reads more into `buf`; Ok(0) at EOF.
+    fn fill(&mut self) -> Result<usize, String> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("the reply did not complete in time".into());
+        }
+        self.stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        let mut chunk = [0u8; 16 << 10];
+        match self.stream.read(&mut chunk) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(n)
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err("the reply did not complete in time".into())
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
-    Ok(r.body)
+
+    fn response(&mut self, max_bytes: usize) -> Result<String, String> {
+        // The head: status line and headers, bounded.
+        let (code, reason, head_len, length, chunked, location) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&self.buf) {
+                Ok(httparse::Status::Complete(n)) if n > MAX_HEAD_BYTES => {
+                    return Err(format!("response head larger than {MAX_HEAD_BYTES} bytes"))
+                }
+                Ok(httparse::Status::Complete(n)) => {
+                    let header = |name: &str| {
+                        resp.headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case(name))
+                            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+                    };
+                    let te = header("transfer-encoding");
+                    if te.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("chunked")) {
+                        return Err(format!(
+                            "transfer encoding {:?} is not supported",
+                            shorten(&te.unwrap_or_default(), 40)
+                        ));
+                    }
+                    let length = match header("content-length") {
+                        Some(l) => {
+                            Some(l.parse::<u64>().map_err(|_| format!("bad Content-Length {:?}", shorten(&l, 40)))?)
+                        }
+                        None => None,
+                    };
+                    break (
+                        resp.code.unwrap_or(0),
+                        resp.reason.unwrap_or("").to_string(),
+                        n,
+                        length,
+                        te.is_some(),
+                        header("location"),
+                    );
+                }
+                Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD_BYTES => {
+                    if self.fill()? == 0 {
+                        return Err("the connection closed before a complete HTTP response head".into());
+                    }
+                }
+                Ok(httparse::Status::Partial) => {
+                    return Err(format!("response head larger than {MAX_HEAD_BYTES} bytes"))
+                }
+                Err(e) => return Err(format!("malformed HTTP response: {e}")),
+            }
+        };
+        if (300..400).contains(&code) {
+            return Err(format!(
+                "HTTP {code} redirect to {:?}: redirects are not followed; give the blade the final URL",
+                shorten(&location.unwrap_or_default(), 200)
+            ));
+        }
+        if code != 200 {
+            return Err(format!("HTTP {code} {}", shorten(&reason, 60)).trim_end().to_string());
+        }
+        self.buf.drain(..head_len);
+        let too_big = |n: u64| format!("the reply is {n} bytes; at most {max_bytes} are accepted here");
+        let body = if chunked {
+            self.chunked(max_bytes)?
+        } else if let Some(n) = length {
+            if n > max_bytes as u64 {
+                return Err(too_big(n));
+            }
+            while (self.buf.len() as u64) < n {
+                if self.fill()? == 0 {
+                    return Err(format!("the reply ended after {} of its {n} bytes", self.buf.len()));
+                }
+            }
+            self.buf.truncate(n as usize);
+            std::mem::take(&mut self.buf)
+        } else {
+            while self.buf.len() <= max_bytes && self.fill()? > 0 {}
+            if self.buf.len() > max_bytes {
+                return Err(format!("the reply is more than the {max_bytes} bytes accepted here"));
+            }
+            std::mem::take(&mut self.buf)
+        };
+        String::from_utf8(body).map_err(|_| "the reply is not UTF-8 text".into())
+    }
+
+    /// Decodes a chunked body of at most `max_bytes`.
+    fn chunked(&mut self, max_bytes: usize) -> Result<Vec<u8>, String> {
+        let mut body = Vec::new();
+        loop {
+            let (size, used) = loop {
+                match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((used, size))) => break (size, used),
+                    Ok(httparse::Status::Partial) if self.buf.len() < 1024 => {
+                        if self.fill()? == 0 {
+                            return Err("the reply ended inside a chunk header".into());
+                        }
+                    }
+                    _ => return Err("malformed chunked encoding".into()),
+                }
+            };
+            if size > (max_bytes - body.len()) as u64 {
+                return Err(format!("the reply is more than the {max_bytes} bytes accepted here"));
+            }
+            let size = size as usize;
+            self.buf.drain(..used);
+            // The chunk's data and its CRLF.
+            while self.buf.len() < size + 2 {
+                if self.fill()? == 0 {
+                    return Err("the reply ended inside a chunk".into());
+                }
+            }
+            if &self.buf[size..size + 2] != b"\r\n" {
+                return Err("malformed chunked encoding".into());
+            }
+            if size == 0 {
+                // The last chunk (trailers, if any, are not read).
+                return Ok(body);
+            }
+            body.extend_from_slice(&self.buf[..size]);
+            self.buf.drain(..size + 2);
+        }
+    }
 }
 
 /// GETs `url` until it answers 200 or `limit` is over, waiting `pause` between tries (with a
-/// note of each failure via `on_retry`). Returns the body, or the last error and the tries made.
+/// note of each failure via `on_retry`); no try outlives `limit`, whatever the server does.
+/// Returns the body, or the last error and the tries made.
 pub fn get_with_retries(
     url: &str,
     limit: Duration,
     pause: Duration,
+    max_bytes: usize,
     mut on_retry: impl FnMut(u32, &str),
 ) -> Result<String, (String, u32)> {
     let end = Instant::now() + limit;
     let mut tries = 0;
     loop {
         tries += 1;
-        let left = end.saturating_duration_since(Instant::now());
-        match get(url, left.clamp(Duration::from_millis(200), Duration::from_secs(5))) {
+        // At least a moment for a try, even when the limit is zero.
+        let try_end = (Instant::now() + MAX_TRY).min(end).max(Instant::now() + Duration::from_millis(200));
+        match get(url, try_end, max_bytes) {
             Ok(body) => return Ok(body),
             Err(e) => {
                 if Instant::now() + pause >= end {
@@ -99,13 +280,13 @@ mod tests {
     fn a_server_that_comes_up_late_is_waited_for() {
         let url = flaky_server(2, "[cluster]\nname = \"x\"\n");
         let mut retries = vec![];
-        let body = get_with_retries(&url, Duration::from_secs(10), Duration::from_millis(10), |n, e| {
+        let body = get_with_retries(&url, Duration::from_secs(10), Duration::from_millis(10), 4096, |n, e| {
             retries.push((n, e.to_string()))
         })
         .unwrap();
         assert_eq!(body, "[cluster]\nname = \"x\"\n");
         assert_eq!(retries.len(), 2);
-        assert!(retries[0].1.ends_with("HTTP 503"), "{retries:?}");
+        assert!(retries[0].1.ends_with("HTTP 503 Busy"), "{retries:?}");
     }
 
     #[test]
@@ -114,8 +295,78 @@ mod tests {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("http://127.0.0.1:{port}/c.toml");
         let (err, tries) =
-            get_with_retries(&url, Duration::from_millis(300), Duration::from_millis(50), |_, _| {}).unwrap_err();
+            get_with_retries(&url, Duration::from_millis(300), Duration::from_millis(50), 4096, |_, _| {}).unwrap_err();
         assert!(err.starts_with(&url) && err.contains("refused"), "{err}");
         assert!(tries >= 2, "{tries}");
+    }
+
+    /// A server that answers every connection with `reply` (written in pieces `delay` apart).
+    fn serving(reply: Vec<Vec<u8>>, delay: Duration) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                let reply = reply.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf);
+                    for piece in reply {
+                        if s.write_all(&piece).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(delay);
+                    }
+                });
+            }
+        });
+        format!("http://{addr}/aliases")
+    }
+
+    fn once(reply: &str) -> Result<String, String> {
+        let url = serving(vec![reply.as_bytes().to_vec()], Duration::ZERO);
+        get(&url, Instant::now() + Duration::from_secs(5), 64)
+    }
+
+    #[test]
+    fn a_reply_is_taken_only_whole_within_its_size_cap() {
+        assert_eq!(once("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc").unwrap(), "abc");
+        assert_eq!(once("HTTP/1.1 200 OK\r\n\r\nto the end").unwrap(), "to the end");
+        let e = once("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").unwrap_err();
+        assert!(e.ends_with("the reply ended after 3 of its 10 bytes"), "a truncated file is not used: {e}");
+        let e = once("HTTP/1.1 200 OK\r\nContent-Length: 4611686018427387904\r\n\r\n").unwrap_err();
+        assert!(e.ends_with("the reply is 4611686018427387904 bytes; at most 64 are accepted here"), "{e}");
+        let e = once(&format!("HTTP/1.1 200 OK\r\n\r\n{}", "x".repeat(100))).unwrap_err();
+        assert!(e.contains("more than the 64 bytes accepted here"), "{e}");
+        let e = once("HTTP/1.1 302 Found\r\nLocation: http://elsewhere/a\r\n\r\n").unwrap_err();
+        assert!(e.contains("redirect to \"http://elsewhere/a\": redirects are not followed"), "{e}");
+        let e = once(&format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "h".repeat(20 << 10))).unwrap_err();
+        assert!(e.contains("response head larger than"), "{e}");
+        let url = serving(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n\xff\xfe".to_vec()], Duration::ZERO);
+        let e = get(&url, Instant::now() + Duration::from_secs(5), 64).unwrap_err();
+        assert!(e.contains("not UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn chunked_replies_are_decoded_and_bounded() {
+        let ok = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(once(ok).unwrap(), "abcde");
+        let big = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n50\r\n{}\r\n0\r\n\r\n", "y".repeat(80));
+        assert!(once(&big).unwrap_err().contains("more than the 64 bytes"));
+        let cut = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc";
+        assert!(once(cut).unwrap_err().contains("ended inside a chunk"));
+    }
+
+    #[test]
+    fn a_server_that_trickles_is_given_up_on_at_the_deadline() {
+        // One byte every 200 ms, for ever (as far as the client can tell).
+        let mut pieces = vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec()];
+        pieces.extend(std::iter::repeat_n(b"a".to_vec(), 1000));
+        let url = serving(pieces, Duration::from_millis(200));
+        let t = Instant::now();
+        let (e, _) =
+            get_with_retries(&url, Duration::from_secs(2), Duration::from_millis(100), 4096, |_, _| {}).unwrap_err();
+        assert!(e.ends_with("the reply did not complete in time"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(4), "the overall deadline holds: {:?}", t.elapsed());
     }
 }

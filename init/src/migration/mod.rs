@@ -120,8 +120,10 @@ impl Settings {
                 "migration: need 0 < downtime-limit-ms <= max-downtime-ms <= 600000 (ten minutes)".into(),
             ));
         }
-        if self.timeout_s <= 0.0 || self.converge_after_s <= 0.0 {
-            return Err(at("timeout-s", "migration: converge-after-s and timeout-s must be > 0".into()));
+        for (key, v) in [("timeout-s", self.timeout_s), ("converge-after-s", self.converge_after_s)] {
+            if v <= 0.0 {
+                return Err(at(key, format!("migration: {key} must be > 0")));
+            }
         }
         if !(1..=MAX_PARALLEL).contains(&self.parallel) {
             return Err(at("parallel", format!("migration: parallel must be 1-{MAX_PARALLEL}")));

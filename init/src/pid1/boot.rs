@@ -184,7 +184,7 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     let fetched = url.map(|u| {
         let limit = crate::config::values::secs(plan.settings.config_timeout_s);
         info!(url = %u, timeout_s = limit.as_secs_f64(), "fetching the cluster configuration");
-        get_with_retries(u, limit, Duration::from_secs(1), |n, e| {
+        get_with_retries(u, limit, Duration::from_secs(1), crate::config::fetch::MAX_CONFIG_BYTES, |n, e| {
             warn!(attempt = n, "cannot fetch configuration yet: {e}")
         })
         .map_err(|(e, tries)| format!("cannot fetch {u} after {tries} tries within {:.0} s: {e}", limit.as_secs_f64()))

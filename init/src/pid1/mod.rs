@@ -494,7 +494,20 @@ pub fn run() -> ! {
     }
     let boot_tx = tx.clone();
     crate::spawn_worker("boot", move || {
-        let outcome = boot::run(&plan, &boot_tx);
+        // A bug in a boot step must still leave a blade that is ready (degraded) and can be
+        // managed: its panic becomes a reason, not a boot that never ends.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| boot::run(&plan, &boot_tx)))
+            .unwrap_or_else(|p| {
+                let why = format!("the boot sequence failed: {}", crate::panic_message(&p));
+                error!("{why}");
+                boot::BootOutcome {
+                    node: "bladevisor".into(),
+                    cluster: None,
+                    config_source: "none (boot failed)".into(),
+                    management: None,
+                    problems: vec![why],
+                }
+            });
         let _ = api::ask(&boot_tx, Request::BootDone(Box::new(outcome)));
     });
     let mut init = Init {

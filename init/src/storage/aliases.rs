@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::error::{find_key_line, ConfigError};
+use crate::config::error::{find_key_line, shorten, ConfigError};
 
 /// One alias: the name every blade gives the LUN, its WWID, and its expected path count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,7 +133,7 @@ fn parse_bindings(file: &Path, text: &str) -> Result<Vec<Alias>, ConfigError> {
 fn parse_multipath_conf(file: &Path, text: &str) -> Result<Vec<Alias>, ConfigError> {
     let mut out = vec![];
     // Section nesting: names of the open sections.
-    let mut stack: Vec<String> = vec![];
+    let mut stack: Vec<(String, usize)> = vec![];
     let mut cur: Option<(usize, Option<String>, Option<String>)> = None;
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
@@ -143,17 +143,20 @@ fn parse_multipath_conf(file: &Path, text: &str) -> Result<Vec<Alias>, ConfigErr
         }
         if let Some(name) = line.strip_suffix('{') {
             let name = name.trim().to_string();
-            if stack.last().map(String::as_str) == Some("multipaths") && name == "multipath" {
+            if stack.last().map(|(s, _)| s.as_str()) == Some("multipaths") && name == "multipath" {
                 cur = Some((n, None, None));
             }
-            stack.push(name);
+            if stack.len() >= 16 {
+                return Err(ConfigError::at_line(file, n, "sections nested more than 16 deep"));
+            }
+            stack.push((name, n));
             continue;
         }
         if line == "}" {
             if stack.pop().is_none() {
                 return Err(ConfigError::at_line(file, n, "unbalanced '}'"));
             }
-            if stack.last().map(String::as_str) == Some("multipaths") {
+            if stack.last().map(|(s, _)| s.as_str()) == Some("multipaths") {
                 if let Some((start, wwid, alias)) = cur.take() {
                     match (wwid, alias) {
                         (Some(w), Some(a)) => out.push(Alias { alias: a, wwid: w, paths: None, line: start }),
@@ -188,11 +191,8 @@ fn parse_multipath_conf(file: &Path, text: &str) -> Result<Vec<Alias>, ConfigErr
             }
         }
     }
-    if !stack.is_empty() {
-        return Err(ConfigError::new(
-            file,
-            format!("section {:?} is not closed", stack.last().cloned().unwrap_or_default()),
-        ));
+    if let Some((name, opened)) = stack.last() {
+        return Err(ConfigError::at_line(file, *opened, format!("section {:?} is not closed", shorten(name, 40))));
     }
     Ok(out)
 }

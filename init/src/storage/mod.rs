@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use crate::config::fetch::get_with_retries;
+use crate::config::fetch::{get_with_retries, MAX_ALIASES_BYTES};
 pub use aliases::Alias;
 pub use health::{LunState, LunStatus};
 use sysfs::{FcHost, Sysfs};
@@ -76,7 +76,7 @@ pub struct AliasSources {
 pub fn resolve(src: &AliasSources) -> (Option<Vec<Alias>>, String, Vec<String>) {
     let mut problems = vec![];
     if let Some(url) = &src.url {
-        let fetched = get_with_retries(url, src.fetch_timeout, Duration::from_secs(1), |n, e| {
+        let fetched = get_with_retries(url, src.fetch_timeout, Duration::from_secs(1), MAX_ALIASES_BYTES, |n, e| {
             warn!(attempt = n, "cannot fetch the alias file yet: {e}")
         });
         match fetched {
