@@ -98,6 +98,56 @@ pub fn ipv4_of(iface: &str) -> Vec<Ipv4Addr> {
     addrs.filter(|a| a.interface_name == iface).filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip())).collect()
 }
 
+/// Creates (or takes over) a persistent tap device owned by `uid`/`gid`, so that a QEMU running
+/// as that user can open it without privileges, and attaches it to `bridge`, up.
+pub fn tap_for(tap: &str, uid: u32, gid: u32, bridge: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    const TUNSETIFF: u64 = 0x4004_54ca;
+    const TUNSETPERSIST: u64 = 0x4004_54cb;
+    const TUNSETOWNER: u64 = 0x4004_54cc;
+    const TUNSETGROUP: u64 = 0x4004_54ce;
+    const IFF_TAP: i16 = 0x0002;
+    const IFF_NO_PI: i16 = 0x1000;
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: i16,
+        _pad: [u8; 22],
+    }
+    if tap.is_empty() || tap.len() > 15 {
+        return Err(format!("tap name {tap:?} must be 1-15 characters"));
+    }
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| format!("/dev/net/tun: {e}"))?;
+    let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
+    req.name[..tap.len()].copy_from_slice(tap.as_bytes());
+    let fd = tun.as_raw_fd();
+    // SAFETY: TUNSETIFF reads and writes an ifreq we own; the other three take an integer.
+    let calls = unsafe {
+        [
+            ("TUNSETIFF", nix::libc::ioctl(fd, TUNSETIFF as _, &mut req as *mut IfReq)),
+            ("TUNSETOWNER", nix::libc::ioctl(fd, TUNSETOWNER as _, uid as nix::libc::c_ulong)),
+            ("TUNSETGROUP", nix::libc::ioctl(fd, TUNSETGROUP as _, gid as nix::libc::c_ulong)),
+            ("TUNSETPERSIST", nix::libc::ioctl(fd, TUNSETPERSIST as _, 1 as nix::libc::c_ulong)),
+        ]
+    };
+    if let Some((what, _)) = calls.iter().find(|(_, r)| *r < 0) {
+        return Err(format!("tap {tap}: {what}: {}", std::io::Error::last_os_error()));
+    }
+    drop(tun);
+    for args in [vec!["link", "set", "dev", tap, "master", bridge], vec!["link", "set", "dev", tap, "up"]] {
+        let out =
+            std::process::Command::new("ip").args(&args).output().map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+        if !out.status.success() {
+            return Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

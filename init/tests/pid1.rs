@@ -166,6 +166,9 @@ migrate-to = ["blade2"]
 memory-mib = 32
 "#
     );
+    // The namespace shares the host's /dev: where the host has a usable /dev/kvm, the init hands
+    // it to the guests' group as on a blade. Put it back afterwards, whatever happens.
+    let _kvm = RestoreOnDrop::new("/dev/kvm");
     let ns = Ns::start_with("owner", "", Some(&cluster));
     let demo = |ns: &Ns| ns.status().guests.into_iter().find(|g| g.name == "demo").expect("demo in status");
     ns.wait_for("the owner check's verdict", Duration::from_secs(30), |ns| demo(ns).reason.is_some());
@@ -185,6 +188,28 @@ memory-mib = 32
 
     // Evacuating: blade2 cannot take it, the result says why, the blade is drained.
     ns.wait_for("the guest to run", Duration::from_secs(20), |ns| demo(ns).state == "running");
+    // Its QEMU is not root and is confined by QEMU's own seccomp filter (-sandbox on).
+    // (Its pid in status is the namespace's: find it among the init's children as the host sees
+    // them. QEMU applies its filter early in its start: wait for that.)
+    let init = ns.init_pid();
+    let qemu_status = || {
+        let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap_or_default();
+        children
+            .split_whitespace()
+            .map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default())
+            .find(|st| st.starts_with("Name:\tqemu-system"))
+            .unwrap_or_default()
+    };
+    ns.wait_for("QEMU's seccomp filter", Duration::from_secs(20), |_| qemu_status().contains("\nSeccomp:\t2\n"));
+    let proc_status = qemu_status();
+    let field = |k: &str| {
+        proc_status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    let qemu = bladevisor::guests::QEMU_UID.to_string();
+    assert_eq!(field("Uid:"), Some(format!("{qemu} {qemu} {qemu} {qemu}")), "{proc_status}");
+    assert_eq!(field("Gid:"), Some(format!("{qemu} {qemu} {qemu} {qemu}")), "{proc_status}");
+    assert_eq!(field("Groups:"), Some(String::new()), "no supplementary groups: {proc_status}");
+    assert_eq!(field("NoNewPrivs:"), Some("1".into()), "{proc_status}");
     assert_eq!(ns.post("/v1/evacuate"), 200);
     ns.wait_for("the evacuation to end", Duration::from_secs(30), |ns| ns.status().evacuation.is_some_and(|e| e.done));
     let st = ns.status();
@@ -195,4 +220,25 @@ memory-mib = 32
     assert_eq!(demo(&ns).state, "running", "a guest that cannot leave keeps running");
     assert_eq!(ns.post("/v1/undrain"), 200);
     assert_eq!(ns.status().drained, None);
+}
+
+/// Puts a file's owner, group and mode back when dropped.
+struct RestoreOnDrop(std::path::PathBuf, Option<(u32, u32, u32)>);
+
+impl RestoreOnDrop {
+    fn new(path: &str) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok().map(|m| (m.uid(), m.gid(), m.mode() & 0o7777));
+        RestoreOnDrop(path.into(), m)
+    }
+}
+
+impl Drop for RestoreOnDrop {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some((uid, gid, mode)) = self.1 {
+            let _ = std::os::unix::fs::chown(&self.0, Some(uid), Some(gid));
+            let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(mode));
+        }
+    }
 }

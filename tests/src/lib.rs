@@ -2,6 +2,7 @@
 //! console captured to a file, QMP, the API port forwarded to the host, optional SAN disks and
 //! optional PXE. The integration tests, the benchmarks and `tests/lab` all use it.
 
+pub mod hostile;
 pub mod http;
 pub mod qmp;
 

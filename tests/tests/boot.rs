@@ -134,3 +134,67 @@ fn an_unreachable_configuration_url_falls_back_to_the_baked_copy_and_says_so() {
         blade.report()
     );
 }
+
+/// A deployment server that misbehaves: the configuration it serves has a value that would
+/// hang or panic a blade (`stop-timeout-s = inf`), and its alias file trickles one byte every
+/// two seconds, for ever. The blade refuses the one with the file, line and key, gives up on
+/// the other at its deadline (`config-timeout-s`), and is ready, degraded, saying why.
+#[test]
+fn a_bad_value_and_a_trickling_alias_server_leave_a_ready_degraded_blade_that_says_why() {
+    let img = Image::built();
+    let dir = work_dir("boot-hostile-server");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(
+        www.join("cluster.toml"),
+        "[cluster]\nname = \"lab\"\ntoken = \"a-token-that-is-long-enough\"\n\n[nodes.blade1]\nmacs = [\"52:54:00:b1:ad:01\"]\n\n[guests.web]\nnode = \"blade1\"\nmemory-mib = 32\nstop-timeout-s = inf\n",
+    )
+    .unwrap();
+    let http = HttpDir::serve(&www);
+    let config_url = format!("http://10.0.2.2:{}/cluster.toml", http.port);
+    let trickle = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let trickle_port = trickle.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in trickle.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nlab-vm1 ");
+                while s.write_all(b"3").is_ok() {
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            });
+        }
+    });
+    let aliases_url = format!("http://10.0.2.2:{trickle_port}/bindings");
+    let spec = BladeSpec::new(
+        "boot-hostile-server",
+        "52:54:00:b1:ad:01",
+        Boot::Direct { cmdline: format!("bladevisor.config={config_url} bladevisor.aliases={aliases_url}") },
+    );
+    let mut blade = Blade::start_with_san(spec, &img, 16);
+    ok(blade.wait_console("bladevisor ready", READY));
+    let status = ok(blade.status());
+    assert!(status.ready);
+    assert_eq!(
+        status.config_source.as_deref(),
+        Some(format!("baked /etc/bladevisor/cluster.toml (fallback: {config_url} failed)").as_str())
+    );
+    let bad_value = format!("{config_url}:11:18: stop-timeout-s: inf is not a number of seconds");
+    assert!(
+        status.degraded.iter().any(|d| d.starts_with(&bad_value)),
+        "the refusal names the file, line and key: {:?}\n{}",
+        status.degraded,
+        blade.report()
+    );
+    assert!(
+        status.degraded.iter().any(|d| d.starts_with(&format!("cannot fetch {aliases_url} after"))
+            && d.contains("the reply did not complete in time")),
+        "the trickling alias server is given up on at its deadline: {:?}",
+        status.degraded
+    );
+    assert_eq!(status.aliases_source.as_deref(), Some("the cluster configuration's [aliases]"), "{status:?}");
+    assert!(status.luns.iter().any(|l| l.alias == "lab-vm1"), "the baked table is in force: {:?}", status.luns);
+}

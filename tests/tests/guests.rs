@@ -1,7 +1,8 @@
 //! Guests in the QEMU lab: the demo guest (a boot sector printing a counter) autostarts from
 //! its LUN once the map is up; it shows in status and metrics with its console; a killed QEMU
 //! comes back with the restart counted; a stop powers it off and it stays off; mutating calls
-//! without the token are refused. Needs the image built (`image/build`).
+//! without the token are refused; hostile clients on the management network neither take the
+//! blade down nor reach the guest through QMP. Needs the image built (`image/build`).
 
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,8 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
     let metrics = ok(blade.call("GET", "/metrics", None)).body;
     assert!(metrics.contains("bladevisor_guest_running{guest=\"demo\"} 1"), "{metrics}");
 
+    hostile_clients_do_not_reach_the_guest(&blade);
+
     // Without the token nothing changes.
     assert_eq!(ok(blade.call("POST", "/v1/guests/demo/stop", None)).code, 401);
     assert_eq!(ok(blade.call("POST", "/v1/guests/demo/kill", Some("wrong"))).code, 401);
@@ -87,4 +90,76 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
     let g = guest(&blade);
     assert_eq!((g.state.as_str(), g.restarts, g.pid), ("stopped", 1, None), "a stopped guest stays off");
     assert!(blade.console().contains("stopping (ACPI power-off) service=guest-demo"), "{}", blade.report());
+}
+
+/// An attacker on the management network, while the guest runs: hundreds of idle connections,
+/// an enormous and a lying `Content-Length`, a multi-megabyte header, QMP commands that would
+/// be root on the blade, peer calls from blades that do not exist. Meanwhile status answers,
+/// an authorised call works, and the guest keeps its process.
+fn hostile_clients_do_not_reach_the_guest(blade: &Blade) {
+    use bladevisor_lab::hostile::{code, exchange, idle_connections, status_once};
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", blade.api_port).parse().unwrap();
+    let pid = guest(blade).pid.expect("the guest runs");
+    let idle = idle_connections(addr, 300);
+    assert!(idle.len() >= 250, "only {} connections opened", idle.len());
+
+    let (a, _) = exchange(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: b\r\nContent-Length: 4611686018427387904\r\n\r\n",
+        Duration::from_secs(30),
+    );
+    assert_eq!(code(&a), 413, "an enormous Content-Length is refused, not allocated: {a:?}\n{}", blade.report());
+    // A body promised and never sent: the request waits for it in vain, alone.
+    let liar = std::thread::spawn(move || {
+        exchange(
+            addr,
+            b"POST /v1/guests/demo/qmp HTTP/1.1\r\nHost: b\r\nContent-Length: 2000\r\n\r\n{",
+            Duration::from_secs(60),
+        )
+    });
+    let huge = format!("GET /v1/status HTTP/1.1\r\nHost: b\r\nX-Junk: {}\r\n\r\n", "j".repeat(4 << 20));
+    let (a, _) = exchange(addr, huge.as_bytes(), Duration::from_secs(60));
+    assert!(a.is_empty() || code(&a) == 431, "a 4 MiB header is refused: {:?}", a.lines().next());
+
+    let (c, took) = status_once(addr);
+    assert_eq!(c, 200, "status answers with {} hostile connections open\n{}", idle.len(), blade.report());
+    println!("GET /v1/status with {} idle hostile connections open: {took:?}", idle.len());
+    let qmp = |cmd: &str| {
+        let r = ok(bladevisor::api::client::call_with_body(
+            &blade.api(),
+            "POST",
+            "/v1/guests/demo/qmp",
+            Some(TOKEN),
+            cmd,
+            Duration::from_secs(30),
+        ));
+        (r.code, r.body)
+    };
+    let (c, body) = qmp(r#"{"execute": "query-status"}"#);
+    assert_eq!(c, 200, "an authorised read-only query works: {body}");
+    assert!(body.contains("running"), "{body}");
+
+    // QMP that would be root on the blade is refused, token or not.
+    for escape in [
+        r#"{"execute": "human-monitor-command", "arguments": {"command-line": "info version"}}"#,
+        r#"{"execute": "migrate", "arguments": {"uri": "exec:cat /run/bladevisor/cluster.toml"}}"#,
+        r#"{"execute": "blockdev-add", "arguments": {"driver": "host_device", "node-name": "x", "filename": "/dev/mapper/lab-vm2"}}"#,
+        r#"{"execute": "pmemsave", "arguments": {"val": 0, "size": 4096, "filename": "/tmp/guest-memory"}}"#,
+    ] {
+        let (c, body) = qmp(escape);
+        assert_eq!(c, 403, "{escape}: {body}");
+        assert!(body.contains("not one of the read-only queries"), "{body}");
+    }
+    // Peer calls name a blade of this cluster.
+    let r = ok(blade.call("POST", "/v1/incoming/demo?from=mallory", Some(TOKEN)));
+    assert_eq!(r.code, 403, "{}", r.body);
+    let r = ok(blade.call("POST", "/v1/nodes/mallory/drained", Some(TOKEN)));
+    assert_eq!(r.code, 403, "{}", r.body);
+
+    let (a, _) = liar.join().unwrap();
+    assert_eq!(code(&a), 408, "the unsent body times out: {a:?}");
+    drop(idle);
+    let g = guest(blade);
+    assert_eq!((g.state.as_str(), g.pid), ("running", Some(pid)), "the guest kept its process");
+    assert!(ok(blade.status()).ready);
 }

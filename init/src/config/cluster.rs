@@ -336,4 +336,13 @@ management = { interface = "eth0", address = "10.0.0.12/24", gateway = "10.0.0.1
         let e = parse("[nodes.b1]\n").unwrap_err();
         assert!(e.contains("missing field `cluster`"), "{e}");
     }
+
+    #[test]
+    fn the_baked_configuration_is_valid_and_carries_no_credentials() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlay/etc/bladevisor/cluster.toml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let c = parse_cluster(&file, &text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.cluster.token, None, "anyone can read an image: a baked token is everyone's");
+        assert!(c.guests.contains_key("demo"));
+    }
 }

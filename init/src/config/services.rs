@@ -135,6 +135,26 @@ pub struct ServiceSpec {
     /// A guest's QMP socket: stopping it is an ACPI power-off over QMP, not SIGTERM.
     #[serde(skip)]
     pub qmp: Option<std::path::PathBuf>,
+    /// Run without root (a guest's QEMU): decided in code, never in a file.
+    #[serde(skip)]
+    pub unprivileged: Option<Unprivileged>,
+}
+
+/// How a service runs without root, the way libvirt runs QEMU: as its own user and group with
+/// no supplementary groups, after root has handed it exactly the files and devices it uses.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Unprivileged {
+    pub uid: u32,
+    pub gid: u32,
+    /// Handed to the user before each start (chown, following links): its run folder, its
+    /// LUNs' device nodes.
+    pub owns: Vec<std::path::PathBuf>,
+    /// Device nodes every such service uses (`/dev/kvm`): given to its group, mode 0660, where
+    /// they exist. (Never a supplementary group: `/dev/kvm` may belong to root's.)
+    pub shared: Vec<std::path::PathBuf>,
+    /// Persistent tap devices created for it (owned by the user) and attached to a bridge:
+    /// `(tap, bridge)`.
+    pub taps: Vec<(String, String)>,
 }
 
 fn default_stop_timeout() -> f64 {
@@ -159,6 +179,7 @@ impl ServiceSpec {
             stop_timeout_s: default_stop_timeout(),
             enabled: true,
             qmp: None,
+            unprivileged: None,
         }
     }
 

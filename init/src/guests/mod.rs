@@ -259,6 +259,10 @@ pub fn argv(g: &GuestSpec, run: &Path, kvm: bool) -> Vec<String> {
         format!("socket,id=console,path={},server=on,wait=off", dir.join("console.sock").display()),
         "-serial".into(),
         "chardev:console".into(),
+        // A QEMU taken over by its guest may not exec, raise privileges, change its scheduling
+        // or use obsolete syscalls (QEMU's own seccomp filter).
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
     ];
     for (i, d) in g.disks.iter().enumerate() {
         let direct = if d.cache == "none" || d.cache == "directsync" { "on" } else { "off" };
@@ -270,18 +274,44 @@ pub fn argv(g: &GuestSpec, run: &Path, kvm: bool) -> Vec<String> {
         a.push("-device".into());
         a.push(format!("virtio-blk-pci,drive=disk{i},id=disk{i}{}", if i == 0 { ",bootindex=1" } else { "" }));
     }
+    // QEMU runs unprivileged: its taps are created for it (see `service`), never by a helper
+    // it would spawn.
     for (i, n) in g.nics.iter().enumerate() {
         a.push("-netdev".into());
-        a.push(format!("bridge,id=net{i},br={}", n.bridge));
+        a.push(format!("tap,id=net{i},ifname={},script=no,downscript=no", tap_name(&g.name, i)));
         a.push("-device".into());
         a.push(format!("{},netdev=net{i},mac={}", n.model, n.mac));
     }
     a
 }
 
-/// The supervised service that runs a guest.
+/// The user and group guests' QEMU runs as (numeric: the image needs no passwd entry; the
+/// number is the one Debian gives libvirt's QEMU user).
+pub const QEMU_UID: u32 = 64055;
+pub const QEMU_GID: u32 = 64055;
+
+/// The tap device of a guest's NIC: stable for the guest, unique on the blade, and within the
+/// kernel's 15 characters whatever the guest's name (`bv` + a hash of the name + `n` + index).
+pub fn tap_name(guest: &str, index: usize) -> String {
+    // FNV-1a: stable across releases (std's hasher is not).
+    let h = guest.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+    format!("bv{h:08x}n{index}")
+}
+
+/// The supervised service that runs a guest, as [`QEMU_UID`] with only its own disks, run
+/// folder, taps and `/dev/kvm`.
 pub fn service(g: &GuestSpec, run: &Path, kvm: bool) -> ServiceSpec {
+    let mut owns = vec![run_dir(run, &g.name)];
+    owns.extend(g.disks.iter().map(|d| Path::new("/dev/mapper").join(&d.alias)));
+    let unprivileged = crate::config::services::Unprivileged {
+        uid: QEMU_UID,
+        gid: QEMU_GID,
+        owns,
+        shared: if kvm { vec!["/dev/kvm".into()] } else { vec![] },
+        taps: g.nics.iter().enumerate().map(|(i, n)| (tap_name(&g.name, i), n.bridge.clone())).collect(),
+    };
     ServiceSpec {
+        unprivileged: Some(unprivileged),
         backoff: Backoff { initial_s: 1.0, max_s: 60.0, give_up_after: 10, ..Backoff::default() },
         stop_timeout_s: g.stop_timeout_s,
         enabled: g.autostart,
@@ -363,11 +393,25 @@ mod tests {
         );
         assert!(joined.contains("virtio-blk-pci,drive=disk0,id=disk0,bootindex=1"), "{joined}");
         assert!(joined.contains("-qmp unix:/run/bladevisor/guests/web/qmp.sock,server=on,wait=off"), "{joined}");
+        let tap = tap_name("web", 0);
+        assert!(tap.len() <= 15 && tap != tap_name("web2", 0) && tap != tap_name("web", 1), "{tap}");
         assert!(
-            joined.contains("-netdev bridge,id=net0,br=br0 -device virtio-net-pci,netdev=net0,mac=52:54:00:aa:00:01"),
+            joined.contains(&format!(
+                "-netdev tap,id=net0,ifname={tap},script=no,downscript=no -device virtio-net-pci,netdev=net0,mac=52:54:00:aa:00:01"
+            )),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"),
             "{joined}"
         );
         assert!(argv(&g, Path::new("/run"), true).contains(&"kvm".to_string()));
+        // It runs as its own user, owning only its run folder, its LUN, its tap (and /dev/kvm's group).
+        let u = service(&g, Path::new("/run/bladevisor"), true).unprivileged.expect("unprivileged");
+        assert_eq!((u.uid, u.gid), (QEMU_UID, QEMU_GID));
+        assert_eq!(u.owns, vec![PathBuf::from("/run/bladevisor/guests/web"), PathBuf::from("/dev/mapper/vm1")]);
+        assert_eq!(u.shared, vec![PathBuf::from("/dev/kvm")]);
+        assert_eq!(u.taps, vec![(tap, "br0".to_string())]);
         // No shell anywhere: a name with spaces or quotes could not inject anything anyway.
         assert!(!a.iter().any(|x| x == "sh" || x == "-c"));
     }

@@ -47,6 +47,29 @@ fn capture(name: String, out: std::io::PipeReader) {
     });
 }
 
+/// Hands an unprivileged service what it needs before it starts: its files and devices
+/// (chowned to it), the shared devices (to its group), its taps.
+fn hand_over(u: &crate::config::services::Unprivileged) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    for p in u.shared.iter().filter(|p| p.exists()) {
+        std::os::unix::fs::chown(p, None, Some(u.gid))
+            .and_then(|_| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o660)))
+            .map_err(|e| format!("cannot give {} to gid {}: {e}", p.display(), u.gid))?;
+    }
+    for p in &u.owns {
+        // The run folder is ours to create; a device node must already be there.
+        if !p.starts_with("/dev") {
+            std::fs::create_dir_all(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        std::os::unix::fs::chown(p, Some(u.uid), Some(u.gid))
+            .map_err(|e| format!("cannot hand {} to uid {}: {e}", p.display(), u.uid))?;
+    }
+    for (tap, bridge) in &u.taps {
+        crate::net::tap_for(tap, u.uid, u.gid, bridge)?;
+    }
+    Ok(())
+}
+
 impl Runtime for ProcessRuntime {
     fn spawn(&mut self, spec: &ServiceSpec) -> std::io::Result<u32> {
         if let Some(qmp) = &spec.qmp {
@@ -55,6 +78,10 @@ impl Runtime for ProcessRuntime {
             }
             self.qmp.insert(spec.name.clone(), qmp.clone());
         }
+        if let Some(u) = &spec.unprivileged {
+            hand_over(u).map_err(std::io::Error::other)?;
+        }
+        let ids = spec.unprivileged.as_ref().map(|u| (u.uid, u.gid));
         let (reader, writer) = std::io::pipe()?;
         let mut cmd = Command::new(&spec.argv[0]);
         cmd.args(&spec.argv[1..])
@@ -72,14 +99,25 @@ impl Runtime for ProcessRuntime {
             }
         };
         let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
-        // SAFETY: between fork and exec only async-signal-safe calls: setsid(2) and write(2) on
-        // an fd opened before the fork. No allocation, no locks.
+        // SAFETY: between fork and exec only async-signal-safe calls: setsid(2), write(2) on an
+        // fd opened before the fork, prctl(2), setgroups(2), setgid(2), setuid(2) with values
+        // copied before the fork. No allocation, no locks.
         unsafe {
             cmd.pre_exec(move || {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
                 if let Some(fd) = procs_fd {
                     // "0" moves the writing process itself: the child joins before it can fork.
                     if nix::libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if let Some((uid, gid)) = ids {
+                    // Groups first, then the group, then the user: after setuid nothing can be dropped.
+                    if nix::libc::prctl(nix::libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
+                        || nix::libc::setgroups(0, std::ptr::null()) < 0
+                        || nix::libc::setgid(gid) < 0
+                        || nix::libc::setuid(uid) < 0
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
