@@ -75,14 +75,14 @@ pub fn call_with_body(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n{auth}\r\n{body}",
         body.len()
     );
-    let mut raw = Vec::new();
+    let deadline = std::time::Instant::now() + timeout;
     let io = |e: std::io::Error| format!("{ep}: {e}");
-    match ep {
+    let raw = match ep {
         Endpoint::Unix(p) => {
             let mut s = UnixStream::connect(p).map_err(io)?;
-            s.set_read_timeout(Some(timeout)).map_err(io)?;
+            s.set_write_timeout(Some(timeout)).map_err(io)?;
             s.write_all(req.as_bytes()).map_err(io)?;
-            s.read_to_end(&mut raw).map_err(io)?;
+            read_bounded(&mut s, deadline, |s, t| s.set_read_timeout(t)).map_err(|e| format!("{ep}: {e}"))?
         }
         Endpoint::Tcp(a) => {
             let addr = std::net::ToSocketAddrs::to_socket_addrs(a.as_str())
@@ -90,12 +90,40 @@ pub fn call_with_body(
                 .next()
                 .ok_or_else(|| format!("{ep}: no address"))?;
             let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-            s.set_read_timeout(Some(timeout)).map_err(io)?;
+            s.set_write_timeout(Some(timeout)).map_err(io)?;
             s.write_all(req.as_bytes()).map_err(io)?;
-            s.read_to_end(&mut raw).map_err(io)?;
+            read_bounded(&mut s, deadline, |s, t| s.set_read_timeout(t)).map_err(|e| format!("{ep}: {e}"))?
+        }
+    };
+    parse_response(&raw).map_err(|e| format!("{ep}: {e}"))
+}
+
+/// The largest answer taken from a blade: a status of thousands of LUNs and guests fits many
+/// times over; PID 1 calls its peers with this client, and a peer is not trusted with its memory.
+pub const MAX_RESPONSE: usize = 16 << 20;
+
+/// Reads to EOF, at most [`MAX_RESPONSE`] bytes, all of it by `deadline`.
+fn read_bounded<S: Read>(
+    s: &mut S,
+    deadline: std::time::Instant,
+    set_timeout: impl Fn(&S, Option<Duration>) -> std::io::Result<()>,
+) -> Result<Vec<u8>, String> {
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err("no complete answer in time".into());
+        }
+        set_timeout(s, Some(left)).map_err(|e| e.to_string())?;
+        match s.read(&mut chunk) {
+            Ok(0) => return Ok(raw),
+            Ok(n) if raw.len() + n > MAX_RESPONSE => return Err(format!("answer larger than {MAX_RESPONSE} bytes")),
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
         }
     }
-    parse_response(&raw).map_err(|e| format!("{ep}: {e}"))
 }
 
 #[cfg(test)]

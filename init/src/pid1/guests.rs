@@ -838,7 +838,7 @@ impl Init {
         if self.sup.state(&service_name(&guest)).is_none() {
             return Reply::Error(404, format!("guest {guest} has no process on this blade"));
         }
-        warn!(guest = %guest, command = %command, "raw QMP command from an operator");
+        warn!(guest = %guest, command = %crate::config::error::shorten(&command.to_string(), 200), "QMP query from an operator");
         let qmp = crate::guests::qmp_path(&crate::run_dir(), &guest);
         let reply = reply.clone();
         crate::spawn_worker(&format!("qmp-{guest}"), move || {

@@ -98,8 +98,8 @@ pub fn from_toml_table(file: &Path, text: &str, table: BTreeMap<String, TomlEntr
     let mut out = vec![];
     for (alias, e) in table {
         let line = find_key_line(text, "aliases", &alias).unwrap_or(0);
-        if e.paths == Some(0) {
-            return Err(ConfigError::at_line(file, line, format!("alias {alias}: paths must be at least 1")));
+        if e.paths.is_some_and(|p| !(1..=64).contains(&p)) {
+            return Err(ConfigError::at_line(file, line, format!("alias {alias}: paths must be 1-64")));
         }
         out.push(Alias { alias, wwid: e.wwid, paths: e.paths, line });
     }
@@ -325,7 +325,7 @@ multipaths {
         );
         assert_eq!(
             p("[aliases]\nvm1 = { wwid = \"3600a\", paths = 0 }\n").unwrap_err(),
-            "aliases:2: alias vm1: paths must be at least 1"
+            "aliases:2: alias vm1: paths must be 1-64"
         );
         assert!(p("[aliases]\nvm1 = { wwid = \"3600a\", path = 2 }\n").unwrap_err().contains("unknown field `path`"));
         assert!(p("[aliases]\nvm1 = { wwid = \"36 00\" }\n").unwrap_err().contains("is not a WWID"));
