@@ -89,7 +89,20 @@ pub fn peer_link_service(iface: &str, cidr: &str) -> ServiceSpec {
 pub fn bridge_service(bridge: &str, uplink: Option<&str>) -> ServiceSpec {
     let mut argv = vec!["/usr/lib/bladevisor/bridge-up".to_string(), bridge.to_string()];
     argv.extend(uplink.map(String::from));
-    ServiceSpec { stop_timeout_s: 3.0, ..ServiceSpec::new(format!("bridge-{bridge}"), argv, RestartPolicy::OnFailure) }
+    ServiceSpec {
+        stop_timeout_s: 3.0,
+        // Ready once the bridge exists (taps can be attached), whether or not the script is done.
+        ready: crate::config::services::Readiness {
+            path: Some(format!("/sys/class/net/{bridge}/bridge")),
+            ..Default::default()
+        },
+        ..ServiceSpec::new(bridge_service_name(bridge), argv, RestartPolicy::OnFailure)
+    }
+}
+
+/// The one-shot service that sets up a bridge (what guests with a NIC on it wait for).
+pub fn bridge_service_name(bridge: &str) -> String {
+    format!("bridge-{bridge}")
 }
 
 /// The IPv4 addresses an interface has now.
@@ -121,7 +134,7 @@ pub fn tap_for(tap: &str, uid: u32, gid: u32, bridge: &str) -> Result<(), String
         .read(true)
         .write(true)
         .open("/dev/net/tun")
-        .map_err(|e| format!("/dev/net/tun: {e}"))?;
+        .map_err(|e| format!("/dev/net/tun: {e} (is the tun module loaded?)"))?;
     let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
     req.name[..tap.len()].copy_from_slice(tap.as_bytes());
     let fd = tun.as_raw_fd();

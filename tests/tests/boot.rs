@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bladevisor_lab::http::HttpDir;
-use bladevisor_lab::{free_port, ok, work_dir, Blade, BladeSpec, Boot, Image};
+use bladevisor_lab::{free_port, lab_san, ok, work_dir, Blade, BladeSpec, Boot, Image};
 
 /// Under TCG on a shared 2-core machine a boot takes tens of seconds; these limits only catch
 /// a blade that will never get there.
@@ -169,12 +169,13 @@ fn a_bad_value_and_a_trickling_alias_server_leave_a_ready_degraded_blade_that_sa
         }
     });
     let aliases_url = format!("http://10.0.2.2:{trickle_port}/bindings");
-    let spec = BladeSpec::new(
+    let mut spec = BladeSpec::new(
         "boot-hostile-server",
         "52:54:00:b1:ad:01",
         Boot::Direct { cmdline: format!("bladevisor.config={config_url} bladevisor.aliases={aliases_url}") },
     );
-    let mut blade = Blade::start_with_san(spec, &img, 16);
+    spec.luns = lab_san(&dir, 16);
+    let mut blade = Blade::start_in(spec, &img, dir);
     ok(blade.wait_console("bladevisor ready", READY));
     let status = ok(blade.status());
     assert!(status.ready);
@@ -190,7 +191,7 @@ fn a_bad_value_and_a_trickling_alias_server_leave_a_ready_degraded_blade_that_sa
         blade.report()
     );
     assert!(
-        status.degraded.iter().any(|d| d.starts_with(&format!("cannot fetch {aliases_url} after"))
+        status.degraded.iter().any(|d| d.starts_with(&format!("aliases: cannot fetch {aliases_url} after"))
             && d.contains("the reply did not complete in time")),
         "the trickling alias server is given up on at its deadline: {:?}",
         status.degraded

@@ -310,8 +310,13 @@ pub fn service(g: &GuestSpec, run: &Path, kvm: bool) -> ServiceSpec {
         shared: if kvm { vec!["/dev/kvm".into()] } else { vec![] },
         taps: g.nics.iter().enumerate().map(|(i, n)| (tap_name(&g.name, i), n.bridge.clone())).collect(),
     };
+    // Its taps are attached to its bridges: it starts once they are set up.
+    let mut after: Vec<String> = g.nics.iter().map(|n| crate::net::bridge_service_name(&n.bridge)).collect();
+    after.sort();
+    after.dedup();
     ServiceSpec {
         unprivileged: Some(unprivileged),
+        after,
         backoff: Backoff { initial_s: 1.0, max_s: 60.0, give_up_after: 10, ..Backoff::default() },
         stop_timeout_s: g.stop_timeout_s,
         enabled: g.autostart,

@@ -204,8 +204,15 @@ impl Supervisor {
         self.units.get(name).map(|u| u.state)
     }
 
+    /// A dependency is ready when it runs, or when it was a one-shot that finished its job
+    /// (exited 0, and its policy says that was final: a bridge set up, a module loaded).
     fn deps_ready(&self, u: &Unit) -> bool {
-        u.spec.after.iter().all(|d| self.units.get(d).is_none_or(|d| d.state == ServiceState::Running))
+        u.spec.after.iter().all(|d| {
+            self.units.get(d).is_none_or(|d| {
+                d.state == ServiceState::Running
+                    || d.state == ServiceState::Exited && d.last_exit == Some(Exit::Code(0))
+            })
+        })
     }
 
     /// Names of running services that depend on `name` (they must stop first).

@@ -121,6 +121,30 @@ fn a_crashing_service_backs_off_longer_each_time_then_is_failed() {
 }
 
 #[test]
+fn a_service_after_a_one_shot_starts_once_the_one_shot_has_done_its_job() {
+    // A guest whose NIC is on a bridge that a one-shot sets up: it waits for the setup to
+    // finish (exit 0, final), not for it to "run"; a setup that fails holds it back.
+    let t0 = Instant::now();
+    let mut rt = Fake::default();
+    let text = "[services.bridge-br0]\nargv = [\"/bin/bridge-up\"]\nready = { path = \"br0\" }\nrestart = \"on-failure\"\n[services.guest]\nargv = [\"/bin/qemu\"]\nafter = [\"bridge-br0\"]\n";
+    let mut s = Supervisor::new(specs(text), t0);
+    s.tick(&mut rt, t0);
+    assert_eq!(rt.names(), vec!["bridge-br0"], "the guest waits while the bridge is being set up");
+    assert!(s.on_exit(rt.pid("bridge-br0"), Exit::Code(0), &mut rt, t0));
+    assert_eq!(s.state("bridge-br0"), Some(ServiceState::Exited));
+    s.tick(&mut rt, t0 + Duration::from_millis(10));
+    assert_eq!(rt.names(), vec!["bridge-br0", "guest"]);
+
+    let mut rt = Fake::default();
+    let text = text.replace("restart = \"on-failure\"", "restart = \"never\"");
+    let mut s = Supervisor::new(specs(&text), t0);
+    s.tick(&mut rt, t0);
+    assert!(s.on_exit(rt.pid("bridge-br0"), Exit::Code(1), &mut rt, t0));
+    s.tick(&mut rt, t0 + Duration::from_secs(5));
+    assert_eq!(rt.names(), vec!["bridge-br0"], "a failed setup holds the guest back: {:?}", s.state("bridge-br0"));
+}
+
+#[test]
 fn unknown_pids_are_orphans_not_services() {
     let t0 = Instant::now();
     let mut rt = Fake::default();
