@@ -166,7 +166,7 @@ fn an_alias_whose_lun_does_not_exist_is_missing_and_the_blade_is_still_ready() {
     .unwrap();
     std::fs::write(
         www.join("cluster.toml"),
-        "[cluster]\nname = \"lab\"\ntoken = \"{LAB_TOKEN}\"\n[storage]\nwait-s = 15\ndefault-paths = 2\n[nodes.blade1]\nmacs = [\"52:54:00:b1:ad:01\"]\n",
+        format!("[cluster]\nname = \"lab\"\ntoken = \"{LAB_TOKEN}\"\n[storage]\nwait-s = 15\ndefault-paths = 2\n[nodes.blade1]\nmacs = [\"52:54:00:b1:ad:01\"]\n"),
     )
     .unwrap();
     let http = HttpDir::serve(&www);
