@@ -240,7 +240,8 @@ pub fn render_status(s: &Status) -> String {
         ));
         for g in &s.guests {
             let pid = g.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-            let up = if g.state == "running" { format!("{:.0} s", g.uptime_s) } else { "-".into() };
+            let up =
+                if g.state == crate::guests::GuestState::Running { format!("{:.0} s", g.uptime_s) } else { "-".into() };
             let note = g.reason.clone().unwrap_or_else(|| g.disks.join(" "));
             out.push_str(&format!("{:<16} {:<18} {:>7} {:>8} {:>9}  {note}\n", g.name, g.state, pid, g.restarts, up));
         }

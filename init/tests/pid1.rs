@@ -6,6 +6,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
 
+use bladevisor::guests::GuestState;
 use bladevisor::supervisor::ServiceState;
 
 #[path = "support/ns.rs"]
@@ -187,7 +188,7 @@ memory-mib = 32
     assert!(ns.log().contains("OPERATOR OVERRIDE"), "console:\n{}", ns.log());
 
     // Evacuating: blade2 cannot take it, the result says why, the blade is drained.
-    ns.wait_for("the guest to run", Duration::from_secs(20), |ns| demo(ns).state == "running");
+    ns.wait_for("the guest to run", Duration::from_secs(20), |ns| demo(ns).state == GuestState::Running);
     // Its QEMU is not root and is confined by QEMU's own seccomp filter (-sandbox on).
     // (Its pid in status is the namespace's: find it among the init's children as the host sees
     // them. QEMU applies its filter early in its start: wait for that.)
@@ -217,7 +218,7 @@ memory-mib = 32
     assert_eq!(e.guests[0].moved, Some(false), "{e:?}");
     assert!(e.guests[0].result.as_deref().unwrap_or("").contains("no blade can take guest demo: blade2:"), "{e:?}");
     assert_eq!(st.drained.as_deref(), Some("evacuated"));
-    assert_eq!(demo(&ns).state, "running", "a guest that cannot leave keeps running");
+    assert_eq!(demo(&ns).state, GuestState::Running, "a guest that cannot leave keeps running");
     assert_eq!(ns.post("/v1/undrain"), 200);
     assert_eq!(ns.status().drained, None);
 }

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use bladevisor::guests::GuestState;
 use bladevisor_lab::{ok, serve_lab_config, work_dir, Blade, BladeSpec, Boot, Image, LAB_TOKEN};
 
 const TOKEN: &str = LAB_TOKEN;
@@ -50,7 +51,7 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
     ok(blade.wait_console("bladevisor ready", Duration::from_secs(300)));
 
     // It autostarts once lab-vm1's map is up, and its console shows the counter going up.
-    wait(&blade, "the guest to run", Duration::from_secs(120), || guest(&blade).state == "running");
+    wait(&blade, "the guest to run", Duration::from_secs(120), || guest(&blade).state == GuestState::Running);
     let status = ok(blade.status());
     assert!(!status.kvm, "no KVM inside a TCG lab blade: guests run under TCG");
     wait(&blade, "the counter on the guest's console", Duration::from_secs(400), || last_count(&console(&blade)) >= 3);
@@ -58,6 +59,8 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
     wait(&blade, "the counter to keep going", Duration::from_secs(60), || last_count(&console(&blade)) > before);
     let metrics = ok(blade.call("GET", "/metrics", None)).body;
     assert!(metrics.contains("bladevisor_guest_running{guest=\"demo\"} 1"), "{metrics}");
+    assert!(metrics.contains("bladevisor_guest_state{guest=\"demo\",state=\"running\"} 1"), "{metrics}");
+    assert!(metrics.contains("bladevisor_guest_state{guest=\"demo\",state=\"in-doubt\"} 0"), "{metrics}");
 
     hostile_clients_do_not_reach_the_guest(&blade);
 
@@ -66,7 +69,7 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
     assert_eq!(ok(blade.call("POST", "/v1/guests/demo/kill", Some("wrong"))).code, 401);
     assert_eq!(ok(blade.call("GET", "/v1/guests/demo/console", None)).code, 401);
     assert!(blade.console().contains("refused: this call needs the cluster's token"), "the refusal is logged");
-    assert_eq!(guest(&blade).state, "running");
+    assert_eq!(guest(&blade).state, GuestState::Running);
     // An unknown guest is a clear 404.
     let r = ok(blade.call("POST", "/v1/guests/nosuch/start", Some(TOKEN)));
     assert_eq!(r.code, 404, "{}", r.body);
@@ -77,7 +80,7 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
     assert_eq!(ok(blade.call("POST", "/v1/guests/demo/kill", Some(TOKEN))).code, 200);
     wait(&blade, "the guest to come back", Duration::from_secs(120), || {
         let g = guest(&blade);
-        g.state == "running" && g.restarts == 1 && g.pid.is_some_and(|p| p != pid)
+        g.state == GuestState::Running && g.restarts == 1 && g.pid.is_some_and(|p| p != pid)
     });
     wait(&blade, "the restarted guest to print again", Duration::from_secs(400), || {
         console(&blade).matches("bladevisor test guest").count() >= 2
@@ -85,10 +88,10 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
 
     // Stop: ACPI power-off (the boot sector ignores it), then quit after its 10 s timeout.
     assert_eq!(ok(blade.call("POST", "/v1/guests/demo/stop", Some(TOKEN))).code, 200);
-    wait(&blade, "the guest to stop", Duration::from_secs(60), || guest(&blade).state == "stopped");
+    wait(&blade, "the guest to stop", Duration::from_secs(60), || guest(&blade).state == GuestState::Stopped);
     std::thread::sleep(Duration::from_secs(5));
     let g = guest(&blade);
-    assert_eq!((g.state.as_str(), g.restarts, g.pid), ("stopped", 1, None), "a stopped guest stays off");
+    assert_eq!((g.state, g.restarts, g.pid), (GuestState::Stopped, 1, None), "a stopped guest stays off");
     assert!(blade.console().contains("stopping (ACPI power-off) service=guest-demo"), "{}", blade.report());
 }
 
@@ -160,6 +163,6 @@ fn hostile_clients_do_not_reach_the_guest(blade: &Blade) {
     assert_eq!(code(&a), 408, "the unsent body times out: {a:?}");
     drop(idle);
     let g = guest(blade);
-    assert_eq!((g.state.as_str(), g.pid), ("running", Some(pid)), "the guest kept its process");
+    assert_eq!((g.state, g.pid), (GuestState::Running, Some(pid)), "the guest kept its process");
     assert!(ok(blade.status()).ready);
 }

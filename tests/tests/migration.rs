@@ -20,7 +20,7 @@ fn demo(b: &Blade) -> Option<GuestStatus> {
 }
 
 fn state(b: &Blade) -> String {
-    demo(b).map(|g| g.state).unwrap_or_else(|| "absent".into())
+    demo(b).map(|g| g.state.to_string()).unwrap_or_else(|| "absent".into())
 }
 
 fn console(b: &Blade) -> String {

@@ -9,6 +9,7 @@ use tracing::warn;
 use super::server::{ApiRequest, ApiResponse, Handler, Throttle};
 use super::{ask, Auth, Reply, Request, ServiceAction, Status};
 use crate::config::error::shorten;
+use crate::guests::GuestState;
 use crate::pid1::shutdown::PowerAction;
 use crate::pid1::Event;
 use crate::supervisor::ServiceState;
@@ -409,7 +410,20 @@ pub fn metrics(s: &Status) -> String {
         "bladevisor_guest_running",
         "1 when the guest runs.",
         "gauge",
-        s.guests.iter().map(|x| (g(x), if x.state == "running" { 1.0 } else { 0.0 })).collect(),
+        s.guests.iter().map(|x| (g(x), if x.state == GuestState::Running { 1.0 } else { 0.0 })).collect(),
+    );
+    metric(
+        "bladevisor_guest_state",
+        "1 for the guest's current state on this blade (a state set: every state is listed).",
+        "gauge",
+        s.guests
+            .iter()
+            .flat_map(|x| {
+                GuestState::ALL.into_iter().map(move |st| {
+                    (format!("{{guest=\"{}\",state=\"{st}\"}}", esc(&x.name)), if x.state == st { 1.0 } else { 0.0 })
+                })
+            })
+            .collect(),
     );
     metric(
         "bladevisor_guest_restarts_total",
@@ -421,7 +435,7 @@ pub fn metrics(s: &Status) -> String {
         "bladevisor_guest_uptime_seconds",
         "Seconds the guest has been running.",
         "gauge",
-        s.guests.iter().filter(|x| x.state == "running").map(|x| (g(x), x.uptime_s)).collect(),
+        s.guests.iter().filter(|x| x.state == GuestState::Running).map(|x| (g(x), x.uptime_s)).collect(),
     );
     metric(
         "bladevisor_service_restarts_total",
@@ -518,7 +532,15 @@ mod tests {
             hbas: vec![],
             aliases_source: None,
             cpus: 2,
-            guests: vec![],
+            guests: vec![crate::guests::GuestStatus {
+                name: "web".into(),
+                state: GuestState::InDoubt,
+                pid: Some(9),
+                restarts: 0,
+                uptime_s: 1.0,
+                disks: vec![],
+                reason: None,
+            }],
             drained: None,
             drained_nodes: vec![],
             migrations: vec![],
@@ -539,6 +561,11 @@ mod tests {
         assert!(m.contains("bladevisor_info{node=\"blade1\",version=\"1.2\\\"3\"} 1\n"), "{m}");
         assert!(m.contains("bladevisor_service_up{service=\"udevd\"} 1\n"), "{m}");
         assert!(m.contains("bladevisor_drained 0\n"), "{m}");
+        // A guest in doubt is visible to alerting: its state set has every state, one at 1.
+        assert!(m.contains("bladevisor_guest_state{guest=\"web\",state=\"in-doubt\"} 1\n"), "{m}");
+        assert!(m.contains("bladevisor_guest_state{guest=\"web\",state=\"running\"} 0\n"), "{m}");
+        assert_eq!(m.matches("bladevisor_guest_state{guest=\"web\"").count(), GuestState::ALL.len());
+        assert!(m.contains("bladevisor_guest_running{guest=\"web\"} 0\n"), "{m}");
         assert!(m.contains("bladevisor_service_restarts_total{service=\"udevd\"} 3\n"), "{m}");
         assert!(m.contains("bladevisor_lun_paths_up{alias=\"vm1\",wwid=\"3600a\"} 1\n"), "{m}");
         assert!(m.contains("bladevisor_lun_state{alias=\"vm1\",state=\"degraded\"} 1\n"), "{m}");

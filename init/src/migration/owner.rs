@@ -3,11 +3,13 @@
 //! "not running" (the guest may run on the far side of a partition). Only an operator's
 //! explicit override, which is logged, starts it regardless.
 
+use crate::guests::GuestState;
+
 /// What one peer said about a guest.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    /// The guest is there in this state (see [`occupies`]).
-    State(String),
+    /// The guest is there in this state (see [`GuestState::occupies`]).
+    State(GuestState),
     /// The peer has no process for it.
     Absent,
     /// The peer could not be asked.
@@ -18,7 +20,7 @@ pub enum Answer {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Free,
-    RunsOn { node: String, state: String },
+    RunsOn { node: String, state: GuestState },
     Unknown { node: String, why: String },
 }
 
@@ -34,17 +36,12 @@ impl Verdict {
     }
 }
 
-/// Guest states on a blade that mean a QEMU for it exists there, or will again by itself.
-pub fn occupies(state: &str) -> bool {
-    matches!(state, "starting" | "running" | "crashed" | "stopping" | "incoming" | "migrating" | "in-doubt")
-}
-
 /// A definite "runs there" wins over an unanswered question, which wins over "free".
 pub fn decide(answers: &[(String, Answer)]) -> Verdict {
     for (node, a) in answers {
         if let Answer::State(s) = a {
-            if occupies(s) {
-                return Verdict::RunsOn { node: node.clone(), state: s.clone() };
+            if s.occupies() {
+                return Verdict::RunsOn { node: node.clone(), state: *s };
             }
         }
     }
@@ -72,7 +69,7 @@ pub enum Resolution {
 
 pub fn resolve_in_doubt(verdict: &Verdict) -> Resolution {
     match verdict {
-        Verdict::RunsOn { state, .. } if state == "incoming" => Resolution::AbortThereResumeHere,
+        Verdict::RunsOn { state: GuestState::Incoming, .. } => Resolution::AbortThereResumeHere,
         Verdict::RunsOn { .. } => Resolution::DestinationKeepsIt,
         Verdict::Free => Resolution::ResumeHere,
         Verdict::Unknown { why, .. } => Resolution::StillUnknown(why.clone()),
@@ -83,18 +80,23 @@ pub fn resolve_in_doubt(verdict: &Verdict) -> Resolution {
 mod tests {
     use super::*;
 
+    /// A state as a peer sends it.
+    fn st(s: &str) -> GuestState {
+        serde_json::from_value(serde_json::json!(s)).unwrap()
+    }
+
     fn ask(answers: &[(&str, Answer)]) -> Verdict {
         decide(&answers.iter().map(|(n, a)| (n.to_string(), a.clone())).collect::<Vec<_>>())
     }
 
     #[test]
     fn a_guest_that_runs_elsewhere_is_refused_naming_the_blade() {
-        let v = ask(&[("blade2", Answer::Absent), ("blade3", Answer::State("running".into()))]);
-        assert_eq!(v, Verdict::RunsOn { node: "blade3".into(), state: "running".into() });
+        let v = ask(&[("blade2", Answer::Absent), ("blade3", Answer::State(st("running")))]);
+        assert_eq!(v, Verdict::RunsOn { node: "blade3".into(), state: GuestState::Running });
         assert_eq!(v.explain("web"), "guest web runs on blade3 (running)");
         // Mid-migration, crashed-and-restarting and paused-in-doubt copies count as running.
-        for s in ["incoming", "migrating", "crashed", "in-doubt", "starting"] {
-            assert!(matches!(ask(&[("b", Answer::State(s.into()))]), Verdict::RunsOn { .. }), "{s}");
+        for s in ["incoming", "migrating", "crashed", "in-doubt", "starting", "a-state-from-a-newer-release"] {
+            assert!(matches!(ask(&[("b", Answer::State(st(s)))]), Verdict::RunsOn { .. }), "{s}");
         }
     }
 
@@ -104,27 +106,27 @@ mod tests {
         assert!(matches!(&v, Verdict::Unknown { node, .. } if node == "blade2"));
         assert!(v.explain("web").contains("cannot tell whether blade2 runs guest web (connection refused)"));
         // A definite answer elsewhere is the better reason.
-        let v = ask(&[("blade2", Answer::Unreachable("timeout".into())), ("blade3", Answer::State("running".into()))]);
+        let v = ask(&[("blade2", Answer::Unreachable("timeout".into())), ("blade3", Answer::State(st("running")))]);
         assert!(matches!(v, Verdict::RunsOn { .. }));
     }
 
     #[test]
     fn an_in_doubt_guest_is_resolved_only_on_a_clear_answer() {
         let r = |a: Answer| resolve_in_doubt(&ask(&[("blade2", a)]));
-        assert_eq!(r(Answer::State("running".into())), Resolution::DestinationKeepsIt);
+        assert_eq!(r(Answer::State(st("running"))), Resolution::DestinationKeepsIt);
         // Paused at the destination, waiting for a resume that never came: that copy goes.
-        assert_eq!(r(Answer::State("incoming".into())), Resolution::AbortThereResumeHere);
+        assert_eq!(r(Answer::State(st("incoming"))), Resolution::AbortThereResumeHere);
         assert_eq!(r(Answer::Absent), Resolution::ResumeHere);
-        assert_eq!(r(Answer::State("stopped".into())), Resolution::ResumeHere);
+        assert_eq!(r(Answer::State(st("stopped"))), Resolution::ResumeHere);
         assert_eq!(r(Answer::Unreachable("timeout".into())), Resolution::StillUnknown("timeout".into()));
     }
 
     #[test]
     fn stopped_failed_or_absent_copies_leave_the_guest_free() {
         let v = ask(&[
-            ("blade2", Answer::State("stopped".into())),
-            ("blade3", Answer::State("failed".into())),
-            ("blade4", Answer::State("elsewhere".into())),
+            ("blade2", Answer::State(st("stopped"))),
+            ("blade3", Answer::State(st("failed"))),
+            ("blade4", Answer::State(st("elsewhere"))),
             ("blade5", Answer::Absent),
         ]);
         assert_eq!(v, Verdict::Free);

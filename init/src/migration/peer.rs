@@ -60,7 +60,7 @@ impl HttpPeer {
     pub fn about(&self, guest: &str) -> Answer {
         match self.status() {
             Ok(s) => match s.guests.iter().find(|g| g.name == guest) {
-                Some(g) => Answer::State(g.state.clone()),
+                Some(g) => Answer::State(g.state),
                 None => Answer::Absent,
             },
             Err(e) => Answer::Unreachable(e),

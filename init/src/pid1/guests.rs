@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use super::{Event, Init};
 use crate::api::{Reply, Request, ServiceAction};
-use crate::guests::GuestSpec;
+use crate::guests::{GuestSpec, GuestState};
 use crate::migration::owner::{self, Answer, Verdict};
 use crate::migration::peer::HttpPeer;
 use crate::migration::{self as mig, Ending, MigrationStatus, Outcome, Phase, Progress};
@@ -899,23 +899,23 @@ impl Init {
                     return None;
                 }
                 let waiting = self.guest_waiting.get(&g.name).cloned();
-                let mut state = crate::guests::guest_state(s.map(|s| s.state), waiting.is_none()).to_string();
+                let mut state = crate::guests::guest_state(s.map(|s| s.state), waiting.is_none());
                 let mut reason = waiting.or_else(|| s.and_then(|s| s.reason.clone()));
                 match place {
                     Some(Place::Elsewhere { node, why }) if s.is_none() => {
-                        state = "elsewhere".into();
+                        state = GuestState::Elsewhere;
                         reason = Some(format!("runs on {node}: {why}"));
                     }
                     Some(Place::Incoming { from, .. }) => {
-                        state = "incoming".into();
+                        state = GuestState::Incoming;
                         reason = Some(format!("arriving from {from}"));
                     }
                     Some(Place::Outgoing { to, .. }) => {
-                        state = "migrating".into();
+                        state = GuestState::Migrating;
                         reason = Some(format!("migrating to {to}"));
                     }
                     Some(Place::InDoubt { to }) => {
-                        state = "in-doubt".into();
+                        state = GuestState::InDoubt;
                         reason = Some(format!("paused here after a migration to {to} that {to} did not confirm"));
                     }
                     _ => {}

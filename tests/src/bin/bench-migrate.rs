@@ -26,7 +26,7 @@ fn post(b: &Blade, path: &str, body: &str) -> serde_json::Value {
 }
 
 fn state(b: &Blade) -> String {
-    ok(b.status()).guests.into_iter().find(|g| g.name == "demo").map(|g| g.state).unwrap_or_default()
+    ok(b.status()).guests.into_iter().find(|g| g.name == "demo").map(|g| g.state.to_string()).unwrap_or_default()
 }
 
 fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
