@@ -125,8 +125,11 @@ fn get_status(cli: &Cli) -> Status {
 
 /// One line for a migration in progress or done.
 pub fn render_migration(m: &MigrationStatus) -> String {
-    let arrow =
-        if m.direction == "out" { format!("{} -> {}", m.guest, m.peer) } else { format!("{} <- {}", m.guest, m.peer) };
+    let arrow = if m.direction == crate::migration::Direction::Out {
+        format!("{} -> {}", m.guest, m.peer)
+    } else {
+        format!("{} <- {}", m.guest, m.peer)
+    };
     if let Some(o) = &m.outcome {
         return format!("{arrow}: {}", o.summary());
     }

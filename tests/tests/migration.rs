@@ -188,7 +188,13 @@ fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
     assert!(s2.drained.is_some(), "blade2 is drained after its evacuation");
     // The guest had arrived on blade2 by migration: the result must be this stream's, not the
     // arrival's status QEMU shows until the new stream is connected.
-    let o = s2.migrations.iter().rev().find(|m| m.direction == "out").and_then(|m| m.outcome.clone()).unwrap();
+    let o = s2
+        .migrations
+        .iter()
+        .rev()
+        .find(|m| m.direction == bladevisor::migration::Direction::Out)
+        .and_then(|m| m.outcome.clone())
+        .unwrap();
     assert!(o.result == Ending::Completed && o.qemu_total_ms > 0 && o.transferred_bytes > 0, "{o:?}");
     assert!(ok(b1.status()).drained_nodes.contains(&"blade2".to_string()), "blade1 remembers blade2 is drained");
     wait(&lab, "the counter on blade1 again", Duration::from_secs(300), || last_count(b1) > before + 2);

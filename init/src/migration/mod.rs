@@ -339,14 +339,23 @@ impl Outcome {
     }
 }
 
+/// Which way a migration goes, seen from this blade (`out` and `in` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// From this blade.
+    Out,
+    /// To this blade.
+    In,
+}
+
 /// One migration in `/v1/status`: from here (`out`) or to here (`in`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MigrationStatus {
     /// Unique on this blade since boot.
     pub id: u64,
     pub guest: String,
-    /// `out` or `in`.
-    pub direction: String,
+    pub direction: Direction,
     /// The other blade.
     pub peer: String,
     pub phase: Phase,

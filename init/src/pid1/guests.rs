@@ -367,7 +367,7 @@ impl Init {
 
     // ---- migration, source side ----
 
-    fn new_migration(&mut self, guest: &str, direction: &str, peer: &str) -> u64 {
+    fn new_migration(&mut self, guest: &str, direction: mig::Direction, peer: &str) -> u64 {
         self.next_migration += 1;
         let id = self.next_migration;
         self.migrations.push((
@@ -375,7 +375,7 @@ impl Init {
             MigrationStatus {
                 id,
                 guest: guest.into(),
-                direction: direction.into(),
+                direction,
                 peer: peer.into(),
                 phase: Phase::Preparing,
                 progress: None,
@@ -422,7 +422,7 @@ impl Init {
             None => return Reply::Error(409, format!("{to} has no peer address")),
         };
         let plan = mig::source::Plan::new(&guest, &to, to_ip, &self.settings(), bandwidth_mbps);
-        let id = self.new_migration(&guest, "out", &to);
+        let id = self.new_migration(&guest, mig::Direction::Out, &to);
         self.places
             .insert(guest.clone(), Place::Outgoing { to: to.clone(), cancel: plan.cancel.clone(), migration: id });
         let qmp = crate::guests::qmp_path(&crate::run_dir(), &guest);
@@ -599,7 +599,7 @@ impl Init {
         if let Err(e) = self.add_guest_service(&g, spec) {
             return Reply::Error(409, e);
         }
-        let id = self.new_migration(&guest, "in", &from);
+        let id = self.new_migration(&guest, mig::Direction::In, &from);
         let taken: Vec<u16> = self
             .places
             .values()
