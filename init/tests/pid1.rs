@@ -206,7 +206,7 @@ memory-mib = 32
     let field = |k: &str| {
         proc_status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
     };
-    let qemu = bladevisor::guests::QEMU_UID.to_string();
+    let qemu = bladevisor::guests::guest_id("demo").to_string();
     assert_eq!(field("Uid:"), Some(format!("{qemu} {qemu} {qemu} {qemu}")), "{proc_status}");
     assert_eq!(field("Gid:"), Some(format!("{qemu} {qemu} {qemu} {qemu}")), "{proc_status}");
     assert_eq!(field("Groups:"), Some(String::new()), "no supplementary groups: {proc_status}");

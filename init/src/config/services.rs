@@ -149,8 +149,9 @@ pub struct Unprivileged {
     /// Handed to the user before each start (chown, following links): its run folder, its
     /// LUNs' device nodes.
     pub owns: Vec<std::path::PathBuf>,
-    /// Device nodes every such service uses (`/dev/kvm`): given to its group, mode 0660, where
-    /// they exist. (Never a supplementary group: `/dev/kvm` may belong to root's.)
+    /// Device nodes every guest uses and that are safe to share (`/dev/kvm`: each opener gets
+    /// its own VMs): opened to all (0666), where they exist. Never through a supplementary group:
+    /// `/dev/kvm` may belong to root's.
     pub shared: Vec<std::path::PathBuf>,
     /// Persistent tap devices created for it (owned by the user) and attached to a bridge:
     /// `(tap, bridge)`.

@@ -119,6 +119,7 @@ pub fn validate(
     aliases: Option<&[String]>,
 ) -> Result<(), ConfigError> {
     let mut macs: BTreeMap<String, String> = BTreeMap::new();
+    let mut ids: BTreeMap<u32, String> = BTreeMap::new();
     for (name, g) in guests.iter_mut() {
         let at = |key: &str, msg: String| match find_key_line(text, &format!("guests.{name}"), key)
             .or_else(|| find_key_line(text, "guests", name))
@@ -130,6 +131,12 @@ pub fn validate(
             return Err(at("", format!("guest name {name:?} must be 1-64 of [A-Za-z0-9._-]")));
         }
         g.name = name.clone();
+        if let Some(other) = ids.insert(guest_id(name), name.clone()) {
+            return Err(at(
+                "",
+                format!("guests {other} and {name} would run as the same user id {}: rename one", guest_id(name)),
+            ));
+        }
         if !nodes.contains(&g.node) {
             return Err(at("node", format!("guest {name}: node {:?} is not in [nodes]", g.node)));
         }
@@ -285,27 +292,35 @@ pub fn argv(g: &GuestSpec, run: &Path, kvm: bool) -> Vec<String> {
     a
 }
 
-/// The user and group guests' QEMU runs as (numeric: the image needs no passwd entry; the
-/// number is the one Debian gives libvirt's QEMU user).
-pub const QEMU_UID: u32 = 64055;
-pub const QEMU_GID: u32 = 64055;
+/// FNV-1a of a guest's name: stable across blades and releases (std's hasher is not).
+fn name_hash(guest: &str) -> u32 {
+    guest.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+}
+
+/// First of the ids guests' QEMUs run as (far above any user an image has).
+pub const GUEST_ID_BASE: u32 = 0x1000_0000;
+
+/// The user and group id a guest's QEMU runs as: its own, so that a QEMU taken over by its
+/// guest cannot open another guest's LUN, sockets or taps. Derived from the name, so the same
+/// on every blade and across reboots; two guests whose ids collide are refused by `validate`.
+pub fn guest_id(guest: &str) -> u32 {
+    GUEST_ID_BASE + (name_hash(guest) & 0x0fff_ffff)
+}
 
 /// The tap device of a guest's NIC: stable for the guest, unique on the blade, and within the
 /// kernel's 15 characters whatever the guest's name (`bv` + a hash of the name + `n` + index).
 pub fn tap_name(guest: &str, index: usize) -> String {
-    // FNV-1a: stable across releases (std's hasher is not).
-    let h = guest.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193));
-    format!("bv{h:08x}n{index}")
+    format!("bv{:08x}n{index}", name_hash(guest))
 }
 
-/// The supervised service that runs a guest, as [`QEMU_UID`] with only its own disks, run
-/// folder, taps and `/dev/kvm`.
+/// The supervised service that runs a guest, as its own [`guest_id`] with only its own disks,
+/// run folder, taps and `/dev/kvm`.
 pub fn service(g: &GuestSpec, run: &Path, kvm: bool) -> ServiceSpec {
     let mut owns = vec![run_dir(run, &g.name)];
     owns.extend(g.disks.iter().map(|d| Path::new("/dev/mapper").join(&d.alias)));
     let unprivileged = crate::config::services::Unprivileged {
-        uid: QEMU_UID,
-        gid: QEMU_GID,
+        uid: guest_id(&g.name),
+        gid: guest_id(&g.name),
         owns,
         shared: if kvm { vec!["/dev/kvm".into()] } else { vec![] },
         taps: g.nics.iter().enumerate().map(|(i, n)| (tap_name(&g.name, i), n.bridge.clone())).collect(),
@@ -502,7 +517,8 @@ mod tests {
         assert!(argv(&g, Path::new("/run"), true).contains(&"kvm".to_string()));
         // It runs as its own user, owning only its run folder, its LUN, its tap (and /dev/kvm's group).
         let u = service(&g, Path::new("/run/bladevisor"), true).unprivileged.expect("unprivileged");
-        assert_eq!((u.uid, u.gid), (QEMU_UID, QEMU_GID));
+        assert_eq!((u.uid, u.gid), (guest_id("web"), guest_id("web")));
+        assert!(guest_id("web") >= GUEST_ID_BASE && guest_id("web") != guest_id("db"));
         assert_eq!(u.owns, vec![PathBuf::from("/run/bladevisor/guests/web"), PathBuf::from("/dev/mapper/vm1")]);
         assert_eq!(u.shared, vec![PathBuf::from("/dev/kvm")]);
         assert_eq!(u.taps, vec![(tap, "br0".to_string())]);

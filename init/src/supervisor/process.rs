@@ -48,13 +48,12 @@ fn capture(name: String, out: std::io::PipeReader) {
 }
 
 /// Hands an unprivileged service what it needs before it starts: its files and devices
-/// (chowned to it), the shared devices (to its group), its taps.
+/// (chowned to it), the shared devices, its taps.
 fn hand_over(u: &crate::config::services::Unprivileged) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     for p in u.shared.iter().filter(|p| p.exists()) {
-        std::os::unix::fs::chown(p, None, Some(u.gid))
-            .and_then(|_| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o660)))
-            .map_err(|e| format!("cannot give {} to gid {}: {e}", p.display(), u.gid))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o666))
+            .map_err(|e| format!("cannot open {} to guests: {e}", p.display()))?;
     }
     for p in &u.owns {
         // The run folder is ours to create; a device node must already be there.
