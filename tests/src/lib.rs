@@ -140,12 +140,33 @@ pub fn serve_lab_config(dir: &Path) -> (http::HttpDir, String) {
     let baked = std::fs::read_to_string(repo_root().join("overlay/etc/bladevisor/cluster.toml")).expect("baked config");
     let served = baked.replacen("[cluster]\n", &format!("[cluster]\ntoken = \"{LAB_TOKEN}\"\n"), 1);
     assert_ne!(served, baked, "the baked configuration has a [cluster] table");
+    let (server, url) = serve_files(dir, &[("cluster.toml", &served)]);
+    (server, format!("bladevisor.config={url}/cluster.toml"))
+}
+
+/// Serves `files` (name, content) from `dir/www` as a deployment server does. Returns the
+/// server (keep it while blades boot) and its URL as blades see it (`http://10.0.2.2:<port>`).
+pub fn serve_files(dir: &Path, files: &[(&str, &str)]) -> (http::HttpDir, String) {
     let www = dir.join("www");
     std::fs::create_dir_all(&www).expect("www");
-    std::fs::write(www.join("cluster.toml"), served).expect("cluster.toml");
+    for (name, content) in files {
+        std::fs::write(www.join(name), content).expect("a served file");
+    }
     let server = http::HttpDir::serve(&www);
-    let arg = format!("bladevisor.config=http://10.0.2.2:{}/cluster.toml", server.port);
-    (server, arg)
+    let url = format!("http://10.0.2.2:{}", server.port);
+    (server, url)
+}
+
+/// The lab's blade1 with the lab SAN (`lun_mib` each), booting with the lab configuration
+/// fetched from [`serve_lab_config`]: what single-blade tests that make authorised calls use.
+/// Returns the configuration's server too: keep it while the blade boots.
+pub fn start_lab_blade1(name: &str, img: &Image, lun_mib: u64) -> (Blade, http::HttpDir) {
+    let dir = work_dir(name);
+    let (server, config) = serve_lab_config(&dir);
+    let mut spec =
+        BladeSpec::new(name, "52:54:00:b1:ad:01", Boot::Direct { cmdline: format!("bladevisor.node=blade1 {config}") });
+    spec.luns = lab_san(&dir, lun_mib);
+    (Blade::start_in(spec, img, dir), server)
 }
 
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bladevisor_lab::http::HttpDir;
-use bladevisor_lab::{free_port, lab_san, ok, work_dir, Blade, BladeSpec, Boot, Image};
+use bladevisor_lab::{free_port, lab_san, ok, serve_files, work_dir, Blade, BladeSpec, Boot, Image};
 
 /// Under TCG on a shared 2-core machine a boot takes tens of seconds; these limits only catch
 /// a blade that will never get there.
@@ -143,15 +143,9 @@ fn an_unreachable_configuration_url_falls_back_to_the_baked_copy_and_says_so() {
 fn a_bad_value_and_a_trickling_alias_server_leave_a_ready_degraded_blade_that_says_why() {
     let img = Image::built();
     let dir = work_dir("boot-hostile-server");
-    let www = dir.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(
-        www.join("cluster.toml"),
-        "[cluster]\nname = \"lab\"\ntoken = \"a-token-that-is-long-enough\"\n\n[nodes.blade1]\nmacs = [\"52:54:00:b1:ad:01\"]\n\n[guests.web]\nnode = \"blade1\"\nmemory-mib = 32\nstop-timeout-s = inf\n",
-    )
-    .unwrap();
-    let http = HttpDir::serve(&www);
-    let config_url = format!("http://10.0.2.2:{}/cluster.toml", http.port);
+    let bad = "[cluster]\nname = \"lab\"\ntoken = \"a-token-that-is-long-enough\"\n\n[nodes.blade1]\nmacs = [\"52:54:00:b1:ad:01\"]\n\n[guests.web]\nnode = \"blade1\"\nmemory-mib = 32\nstop-timeout-s = inf\n";
+    let (_http, url) = serve_files(&dir, &[("cluster.toml", bad)]);
+    let config_url = format!("{url}/cluster.toml");
     let trickle = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let trickle_port = trickle.local_addr().unwrap().port();
     std::thread::spawn(move || {

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bladevisor::guests::GuestState;
-use bladevisor_lab::{ok, serve_lab_config, work_dir, Blade, BladeSpec, Boot, Image, LAB_TOKEN};
+use bladevisor_lab::{ok, start_lab_blade1, Blade, Image, LAB_TOKEN};
 
 const TOKEN: &str = LAB_TOKEN;
 
@@ -39,15 +39,7 @@ fn wait(blade: &Blade, what: &str, limit: Duration, mut cond: impl FnMut() -> bo
 #[test]
 fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request() {
     let img = Image::built();
-    let dir = work_dir("guest-demo");
-    let (_config_server, config) = serve_lab_config(&dir);
-    let mut spec = BladeSpec::new(
-        "guest-demo",
-        "52:54:00:b1:ad:01",
-        Boot::Direct { cmdline: format!("bladevisor.node=blade1 {config}") },
-    );
-    spec.luns = bladevisor_lab::lab_san(&dir, 32);
-    let mut blade = Blade::start_in(spec, &img, dir);
+    let (mut blade, _config_server) = start_lab_blade1("guest-demo", &img, 32);
     ok(blade.wait_console("bladevisor ready", Duration::from_secs(300)));
 
     // It autostarts once lab-vm1's map is up, and its console shows the counter going up.

@@ -6,10 +6,9 @@
 use std::time::{Duration, Instant};
 
 use bladevisor::storage::LunState;
-use bladevisor_lab::http::HttpDir;
 use bladevisor_lab::{
-    lab_san, lun_marker, ok, serve_lab_config, work_dir, wwid_of, Blade, BladeSpec, Boot, Image, LAB_LUNS, LAB_TOKEN,
-    MARKER_OFFSET,
+    lab_san, lun_marker, ok, serve_files, start_lab_blade1, work_dir, wwid_of, Blade, BladeSpec, Boot, Image, LAB_LUNS,
+    LAB_TOKEN, MARKER_OFFSET,
 };
 use serde_json::json;
 
@@ -57,16 +56,8 @@ fn wait_lun(
 #[test]
 fn a_path_fails_under_reads_and_returns_while_the_map_stays_up() {
     let img = Image::built();
-    let dir = work_dir("san-path");
-    let (_config_server, config) = serve_lab_config(&dir);
-    let mut spec = BladeSpec::new(
-        "san-path",
-        "52:54:00:b1:ad:01",
-        Boot::Direct { cmdline: format!("bladevisor.node=blade1 {config}") },
-    );
-    spec.luns = lab_san(&dir, 32);
-    let luns = spec.luns.clone();
-    let mut blade = Blade::start_in(spec, &img, dir);
+    let (mut blade, _config_server) = start_lab_blade1("san-path", &img, 32);
+    let luns = blade.spec.luns.clone();
     ok(blade.wait_console("bladevisor ready", READY));
 
     // Both aliases: their WWIDs, 2 of 2 paths, healthy; and each map is the right LUN.
@@ -155,22 +146,11 @@ fn a_path_fails_under_reads_and_returns_while_the_map_stays_up() {
 fn an_alias_whose_lun_does_not_exist_is_missing_and_the_blade_is_still_ready() {
     let img = Image::built();
     let dir = work_dir("san-missing");
-    let www = dir.join("www");
-    std::fs::create_dir_all(&www).unwrap();
     // The alias file operators already have: multipath's bindings format, fetched at boot.
     let ghost = "3600a0b800000000000000000000dead";
-    std::fs::write(
-        www.join("bindings"),
-        format!("# multipath bindings\nlab-vm1 {}\nghost {ghost}\n", wwid_of(LAB_LUNS[0].1)),
-    )
-    .unwrap();
-    std::fs::write(
-        www.join("cluster.toml"),
-        format!("[cluster]\nname = \"lab\"\ntoken = \"{LAB_TOKEN}\"\n[storage]\nwait-s = 15\ndefault-paths = 2\n[nodes.blade1]\nmacs = [\"52:54:00:b1:ad:01\"]\n"),
-    )
-    .unwrap();
-    let http = HttpDir::serve(&www);
-    let url = format!("http://10.0.2.2:{}", http.port);
+    let bindings = format!("# multipath bindings\nlab-vm1 {}\nghost {ghost}\n", wwid_of(LAB_LUNS[0].1));
+    let cluster = format!("[cluster]\nname = \"lab\"\ntoken = \"{LAB_TOKEN}\"\n[storage]\nwait-s = 15\ndefault-paths = 2\n[nodes.blade1]\nmacs = [\"52:54:00:b1:ad:01\"]\n");
+    let (_http, url) = serve_files(&dir, &[("bindings", &bindings), ("cluster.toml", &cluster)]);
     let mut spec = BladeSpec::new(
         "san-missing",
         "52:54:00:b1:ad:01",
