@@ -203,11 +203,14 @@ pub struct Status {
 /// Starts the control socket `<run_dir>/control.sock` (mode 0600: root only, no token).
 pub fn serve_control(run_dir: &Path, tx: Sender<Event>) -> Result<(), String> {
     std::fs::create_dir_all(run_dir).map_err(|e| format!("cannot create {}: {e}", run_dir.display()))?;
+    // Guests' QEMUs (other users) pass through to their own folders; they may not list it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| format!("cannot restrict {}: {e}", run_dir.display()))?;
     let sock = run_dir.join("control.sock");
     let _ = std::fs::remove_file(&sock);
     let listener = std::os::unix::net::UnixListener::bind(&sock)
         .map_err(|e| format!("cannot listen on {}: {e}", sock.display()))?;
-    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot make {} root-only: {e}", sock.display()))?;
     let api = std::sync::Arc::new(http::Api::new(tx, Auth::Local, "control"));

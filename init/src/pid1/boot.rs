@@ -190,7 +190,9 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
         .map_err(|(e, tries)| format!("cannot fetch {u} after {tries} tries within {:.0} s: {e}", limit.as_secs_f64()))
     });
     if let Some(Ok(text)) = &fetched {
-        let _ = std::fs::write(plan.run.join("cluster.toml"), text);
+        if let Err(e) = config::write_private(&plan.run.join("cluster.toml"), text) {
+            warn!("cannot keep a copy of the fetched configuration: {e}");
+        }
     }
     let (cluster, source, problems) = choose_config(url, fetched, baked, &baked_path);
     for p in &problems {
