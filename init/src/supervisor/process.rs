@@ -58,7 +58,9 @@ fn hand_over(u: &crate::config::services::Unprivileged) -> Result<(), String> {
     for p in &u.owns {
         // The run folder is ours to create; a device node must already be there.
         if !p.starts_with("/dev") {
-            std::fs::create_dir_all(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            std::fs::create_dir_all(p)
+                .and_then(|_| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)))
+                .map_err(|e| format!("{}: {e}", p.display()))?;
         }
         std::os::unix::fs::chown(p, Some(u.uid), Some(u.gid))
             .map_err(|e| format!("cannot hand {} to uid {}: {e}", p.display(), u.uid))?;
