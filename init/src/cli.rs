@@ -192,6 +192,17 @@ pub fn render_status(s: &Status) -> String {
     if let Some(m) = &s.management {
         out.push_str(&format!("mgmt     {m}\n"));
     }
+    if !s.boot_phases.is_empty() {
+        let phases: Vec<String> = s
+            .boot_phases
+            .iter()
+            .map(|p| {
+                let flag = if p.problems > 0 { " (!)" } else { "" };
+                format!("{} {:.1} s{flag}", p.name, p.ms as f64 / 1000.0)
+            })
+            .collect();
+        out.push_str(&format!("boot     {}\n", phases.join(", ")));
+    }
     if let Some(d) = &s.drained {
         out.push_str(&format!("drained  {d} (no guest is placed here until `bladevisor undrain`)\n"));
     }
@@ -424,5 +435,14 @@ mod tests {
         ] {
             assert!(out.contains(want), "{want:?} missing from:\n{out}");
         }
+        // (That status is the first release's shape: no boot phases, and it still reads.)
+        assert!(!out.contains("boot "), "{out}");
+        let mut s = s;
+        s.boot_phases = vec![
+            crate::pid1::boot::BootPhase { name: "network".into(), ms: 1200, problems: 0 },
+            crate::pid1::boot::BootPhase { name: "storage".into(), ms: 15040, problems: 1 },
+        ];
+        let out = render_status(&s);
+        assert!(out.contains("boot     network 1.2 s, storage 15.0 s (!)\n"), "{out}");
     }
 }

@@ -35,6 +35,15 @@ fn a_blade_boots_to_ready_answers_its_api_and_powers_off_in_order() {
     );
     assert!(status.management.as_deref().unwrap_or("").contains("10.0.2.15"), "DHCP from slirp: {status:?}");
     assert!(status.degraded.is_empty(), "a clean boot is not degraded: {:?}\n{}", status.degraded, blade.report());
+    // Where the time to ready went, phase by phase, in the boot table's order.
+    let phases: Vec<(&str, usize)> = status.boot_phases.iter().map(|p| (p.name.as_str(), p.problems)).collect();
+    assert_eq!(
+        phases,
+        [("udev", 0), ("network", 0), ("configuration", 0), ("identity", 0), ("storage", 0)],
+        "{:?}",
+        status.boot_phases
+    );
+    println!("boot phases: {:?}", status.boot_phases);
     let udevd = status.services.iter().find(|s| s.name == "udevd").expect("udevd listed");
     assert_eq!(udevd.state, bladevisor::supervisor::ServiceState::Running, "{status:?}");
     assert!(status.memory.total_mib > 1500 && status.cpus == 2, "{status:?}");

@@ -519,6 +519,7 @@ mod tests {
             cluster: Some("lab".into()),
             config_source: None,
             management: None,
+            boot_phases: vec![],
             luns: vec![crate::storage::LunStatus {
                 alias: "vm1".into(),
                 wwid: "3600a".into(),

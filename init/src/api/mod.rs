@@ -173,6 +173,9 @@ pub struct Status {
     pub config_source: Option<String>,
     /// The management interface and its address.
     pub management: Option<String>,
+    /// The boot's named phases in order, with how long each took (empty until boot is done).
+    #[serde(default)]
+    pub boot_phases: Vec<crate::pid1::boot::BootPhase>,
     /// Every alias of the alias table: its WWID, paths and state.
     pub luns: Vec<crate::storage::LunStatus>,
     /// The FC HBA ports (none in the QEMU lab, which has no FC).

@@ -45,6 +45,30 @@ pub struct BootOutcome {
     pub management: Option<String>,
     /// Why the blade is degraded, one line each.
     pub problems: Vec<String>,
+    /// The named steps of the boot as they ran, with how long each took.
+    pub phases: Vec<BootPhase>,
+}
+
+/// One named step of the boot, as `status` shows it: where the time to ready went.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BootPhase {
+    pub name: String,
+    pub ms: u64,
+    /// Reasons for degradation it added.
+    pub problems: usize,
+}
+
+impl BootOutcome {
+    /// Runs one named step, logging and recording how long it took and what went wrong in it.
+    pub fn phase<T>(&mut self, name: &str, step: impl FnOnce(&mut Self) -> T) -> T {
+        let (t, before) = (Instant::now(), self.problems.len());
+        let r = step(self);
+        let ms = t.elapsed().as_millis() as u64;
+        let problems = self.problems.len().saturating_sub(before);
+        info!(phase = name, ms, problems, "boot phase done");
+        self.phases.push(BootPhase { name: name.to_string(), ms, problems });
+        r
+    }
 }
 
 /// Which cluster configuration to use: the fetched one when it could be fetched and parsed,
@@ -144,86 +168,98 @@ fn bring_up_peer_link(
     wait_oneshot(tx, "peer-link", Duration::from_secs(10))
 }
 
-/// The boot sequence. Never fails: every problem ends up in the outcome's `problems`.
+/// The boot sequence, as the README's boot table tells it. Never fails: every problem ends up
+/// in the outcome's `problems`, and every phase in its `phases` with its duration.
 pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     let mut out = BootOutcome::default();
     let baked_path = plan.etc.join("cluster.toml");
     let baked = load_baked(&baked_path);
+    let named = plan.cmdline.node.as_deref();
     // NICs (whose MACs say who this blade is) exist once udev has replayed the kernel's events
     // and loaded their drivers.
-    if let Err(e) = wait_oneshot(tx, "udev-trigger", crate::config::values::secs(plan.settings.network_timeout_s)) {
-        warn!("{e}; looking for NICs anyway");
-    }
-    let macs = super::blade_macs(&plan.class_net);
-    let named = plan.cmdline.node.as_deref();
+    let macs = out.phase("udev", |_| {
+        if let Err(e) = wait_oneshot(tx, "udev-trigger", crate::config::values::secs(plan.settings.network_timeout_s)) {
+            warn!("{e}; looking for NICs anyway");
+        }
+        super::blade_macs(&plan.class_net)
+    });
 
     // 1. Management network, configured from the baked entry for this blade if there is one
     //    (the shared configuration may be behind the network).
     if plan.settings.network {
-        let mgmt = baked
-            .as_ref()
-            .ok()
-            .and_then(|b| b.as_ref())
-            .and_then(|b| find_node(b, named, &macs).ok())
-            .map(|n| n.management.clone())
-            .unwrap_or_default();
-        match bring_up_network(plan, tx, &mgmt) {
-            Ok(m) => {
-                info!(management = %m, "management network up");
-                out.management = Some(m);
+        out.phase("network", |out| {
+            let mgmt = baked
+                .as_ref()
+                .ok()
+                .and_then(|b| b.as_ref())
+                .and_then(|b| find_node(b, named, &macs).ok())
+                .map(|n| n.management.clone())
+                .unwrap_or_default();
+            match bring_up_network(plan, tx, &mgmt) {
+                Ok(m) => {
+                    info!(management = %m, "management network up");
+                    out.management = Some(m);
+                }
+                Err(e) => {
+                    error!("management network: {e}");
+                    out.problems.push(format!("management network: {e}"));
+                }
             }
-            Err(e) => {
-                error!("management network: {e}");
-                out.problems.push(format!("management network: {e}"));
-            }
-        }
+        });
     }
 
     // 2. The shared configuration.
-    let url = plan.cmdline.config_url.as_deref();
-    let fetched = url.map(|u| {
-        let limit = crate::config::values::secs(plan.settings.config_timeout_s);
-        info!(url = %u, timeout_s = limit.as_secs_f64(), "fetching the cluster configuration");
-        get_with_retries(u, limit, Duration::from_secs(1), crate::config::fetch::MAX_CONFIG_BYTES, |n, e| {
-            warn!(attempt = n, "cannot fetch configuration yet: {e}")
-        })
-        .map_err(|(e, tries)| format!("cannot fetch {u} after {tries} tries within {:.0} s: {e}", limit.as_secs_f64()))
-    });
-    if let Some(Ok(text)) = &fetched {
-        if let Err(e) = config::write_private(&plan.run.join("cluster.toml"), text) {
-            warn!("cannot keep a copy of the fetched configuration: {e}");
-        }
-    }
-    let (cluster, source, problems) = choose_config(url, fetched, baked, &baked_path);
-    for p in &problems {
-        error!("configuration: {p}");
-    }
-    out.problems.extend(problems);
-    info!("configuration: using {source}");
-    out.config_source = source;
-
-    // 3. Who this blade is.
-    out.node = match &cluster {
-        Some(c) => match find_node(c, named, &macs) {
-            Ok(n) => n.name.clone(),
-            Err(e) => {
-                error!("identity: {e}");
-                out.problems.push(format!("identity: {e}"));
-                named.unwrap_or("bladevisor").to_string()
+    let cluster = out.phase("configuration", |out| {
+        let url = plan.cmdline.config_url.as_deref();
+        let fetched = url.map(|u| {
+            let limit = crate::config::values::secs(plan.settings.config_timeout_s);
+            info!(url = %u, timeout_s = limit.as_secs_f64(), "fetching the cluster configuration");
+            get_with_retries(u, limit, Duration::from_secs(1), crate::config::fetch::MAX_CONFIG_BYTES, |n, e| {
+                warn!(attempt = n, "cannot fetch configuration yet: {e}")
+            })
+            .map_err(|(e, tries)| {
+                format!("cannot fetch {u} after {tries} tries within {:.0} s: {e}", limit.as_secs_f64())
+            })
+        });
+        if let Some(Ok(text)) = &fetched {
+            if let Err(e) = config::write_private(&plan.run.join("cluster.toml"), text) {
+                warn!("cannot keep a copy of the fetched configuration: {e}");
             }
-        },
-        None => named.unwrap_or("bladevisor").to_string(),
-    };
-    // 3b. The peer link, which the other blades' supervisors and migration streams use.
-    if let Some(link) = cluster.as_ref().and_then(|c| c.nodes.get(&out.node)).and_then(|n| n.peer_link.clone()) {
-        if let Err(e) = bring_up_peer_link(plan, tx, &link) {
-            error!("peer link: {e}");
-            out.problems.push(format!("peer link: {e}"));
         }
-    }
+        let (cluster, source, problems) = choose_config(url, fetched, baked, &baked_path);
+        for p in &problems {
+            error!("configuration: {p}");
+        }
+        out.problems.extend(problems);
+        info!("configuration: using {source}");
+        out.config_source = source;
+        cluster
+    });
+
+    // 3. Who this blade is, and the peer link the other blades' supervisors and migration
+    //    streams use.
+    out.phase("identity", |out| {
+        out.node = match &cluster {
+            Some(c) => match find_node(c, named, &macs) {
+                Ok(n) => n.name.clone(),
+                Err(e) => {
+                    error!("identity: {e}");
+                    out.problems.push(format!("identity: {e}"));
+                    named.unwrap_or("bladevisor").to_string()
+                }
+            },
+            None => named.unwrap_or("bladevisor").to_string(),
+        };
+        if let Some(link) = cluster.as_ref().and_then(|c| c.nodes.get(&out.node)).and_then(|n| n.peer_link.clone()) {
+            if let Err(e) = bring_up_peer_link(plan, tx, &link) {
+                error!("peer link: {e}");
+                out.problems.push(format!("peer link: {e}"));
+            }
+        }
+    });
     // 4. Storage: HBAs, scans, multipath from the alias table, and the wait for every alias.
     if plan.settings.storage {
-        bring_up_storage(plan, tx, cluster.as_ref(), &mut out);
+        out.phase("storage", |out| bring_up_storage(plan, tx, cluster.as_ref(), out));
     }
     out.cluster = cluster;
     out

@@ -127,6 +127,7 @@ impl Init {
             cluster: self.boot.as_ref().and_then(|b| b.cluster.as_ref()).map(|c| c.cluster.name.clone()),
             config_source: self.boot.as_ref().map(|b| b.config_source.clone()),
             management: self.boot.as_ref().and_then(|b| b.management.clone()),
+            boot_phases: self.boot.as_ref().map(|b| b.phases.clone()).unwrap_or_default(),
             luns,
             hbas,
             aliases_source: Some(aliases_source).filter(|s| !s.is_empty()),
@@ -506,6 +507,7 @@ pub fn run() -> ! {
                     config_source: "none (boot failed)".into(),
                     management: None,
                     problems: vec![why],
+                    phases: vec![],
                 }
             });
         let _ = api::ask(&boot_tx, Request::BootDone(Box::new(outcome)));
