@@ -16,8 +16,9 @@
 //! - delay others: every handler runs on its own blocking thread (a slow LUN read or a main
 //!   loop that takes its time holds only its own request).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -126,9 +127,57 @@ pub fn serve(listener: Listener, handler: Arc<dyn Handler>, limits: Limits, name
     Ok(())
 }
 
+/// What every connection of one listener shares: the slots, and the connections that have not
+/// yet sent a whole request head (the ones that may be closed to make room).
+struct Shared {
+    slots: Arc<tokio::sync::Semaphore>,
+    idle: Mutex<IdleQueue>,
+    handler: Arc<dyn Handler>,
+    limits: Limits,
+}
+
+/// Connections still waiting for their request head, oldest first, each with the means to
+/// close it.
+#[derive(Default)]
+struct IdleQueue {
+    next: u64,
+    queue: VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl Shared {
+    /// Closes the oldest connection that has not sent its request head yet, if there is one.
+    fn evict_oldest_idle(&self) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((_, close)) = idle.queue.pop_front() {
+            if close.send(()).is_ok() {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn forget(&self, id: u64) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.queue.retain(|(i, _)| *i != id);
+    }
+}
+
+/// Takes a connection off the idle queue when it goes, whichever way it goes.
+struct IdleGuard(Arc<Shared>, u64);
+
+impl Drop for IdleGuard {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
+    }
+}
+
 async fn accept_loop(listener: Listener, handler: Arc<dyn Handler>, limits: Limits, name: &str) -> std::io::Result<()> {
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let limits = Arc::new(limits);
+    let shared = Arc::new(Shared {
+        slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+        idle: Mutex::new(IdleQueue::default()),
+        handler,
+        limits,
+    });
     let mut refused = Throttle::new(Duration::from_secs(10));
     match listener {
         Listener::Tcp(l) => {
@@ -145,7 +194,7 @@ async fn accept_loop(listener: Listener, handler: Arc<dyn Handler>, limits: Limi
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                spawn_connection(stream, Some(peer), &slots, &handler, &limits, name, &mut refused);
+                spawn_connection(stream, Some(peer), &shared, name, &mut refused);
             }
         }
         Listener::Unix(l) => {
@@ -153,7 +202,7 @@ async fn accept_loop(listener: Listener, handler: Arc<dyn Handler>, limits: Limi
             let l = tokio::net::UnixListener::from_std(l)?;
             loop {
                 match l.accept().await {
-                    Ok((stream, _)) => spawn_connection(stream, None, &slots, &handler, &limits, name, &mut refused),
+                    Ok((stream, _)) => spawn_connection(stream, None, &shared, name, &mut refused),
                     Err(e) => {
                         warn!(api = %name, "accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -166,45 +215,81 @@ async fn accept_loop(listener: Listener, handler: Arc<dyn Handler>, limits: Limi
 
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 51\r\nConnection: close\r\n\r\n{\"error\":\"too many connections: try again shortly\"}";
 
-fn spawn_connection<S>(
-    stream: S,
-    peer: Option<SocketAddr>,
-    slots: &Arc<tokio::sync::Semaphore>,
-    handler: &Arc<dyn Handler>,
-    limits: &Arc<Limits>,
-    name: &str,
-    refused: &mut Throttle,
-) where
+fn spawn_connection<S>(stream: S, peer: Option<SocketAddr>, shared: &Arc<Shared>, name: &str, refused: &mut Throttle)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok(permit) = slots.clone().try_acquire_owned() else {
-        if let Some(suppressed) = refused.allow() {
-            warn!(api = %name, remote = ?peer, suppressed, "refusing a connection: {} already open", limits.max_connections);
+    let shared = shared.clone();
+    // Full: make room by closing the oldest connection that has not even sent its request
+    // head (an attacker's idle socket, most likely), so that clients who do send a request are
+    // served however many idle sockets are held open. Only when every slot carries a request
+    // is the newcomer refused.
+    let immediate = shared.slots.clone().try_acquire_owned().ok();
+    let evicted = immediate.is_none() && shared.evict_oldest_idle();
+    if immediate.is_none() {
+        if let Some(held_back) = refused.allow() {
+            let what = if evicted { "closing the oldest idle connection" } else { "refusing a connection" };
+            warn!(api = %name, remote = ?peer, held_back, "{what}: {} already open", shared.limits.max_connections);
         }
-        let mut stream = stream;
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
-        });
-        return;
-    };
-    let handler = handler.clone();
-    let limits = limits.clone();
+    }
     tokio::spawn(async move {
+        let permit = match immediate {
+            Some(p) => p,
+            None => match tokio::time::timeout(Duration::from_secs(1), shared.slots.clone().acquire_owned()).await {
+                Ok(Ok(p)) if evicted => p,
+                _ => {
+                    let mut stream = stream;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+                    return;
+                }
+            },
+        };
         let _permit = permit;
-        let service_limits = limits.clone();
+        let (close_tx, close_rx) = tokio::sync::oneshot::channel();
+        let id = {
+            let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.next += 1;
+            let id = idle.next;
+            idle.queue.push_back((id, close_tx));
+            id
+        };
+        let _guard = IdleGuard(shared.clone(), id);
+        let service_shared = shared.clone();
         let service = hyper::service::service_fn(move |req| {
-            let handler = handler.clone();
-            let limits = service_limits.clone();
-            async move { Ok::<_, std::convert::Infallible>(answer(req, peer, handler, &limits).await) }
+            let shared = service_shared.clone();
+            // A whole head has arrived: this connection is a request now, not an idle socket.
+            shared.forget(id);
+            async move { Ok::<_, std::convert::Infallible>(answer(req, peer, shared.handler.clone(), &shared.limits).await) }
         });
+        let limits = &shared.limits;
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.head_timeout)
             .max_buf_size(limits.max_head_bytes.max(8192))
             .keep_alive(false)
             .serve_connection(TokioIo::new(stream), service);
-        // Dropping the connection at the deadline closes the socket, whatever it waited for.
-        let _ = tokio::time::timeout(limits.connection_timeout, conn).await;
+        // Dropping the connection (at the deadline, or evicted while idle) closes the socket,
+        // whatever it waited for.
+        let mut conn = std::pin::pin!(conn);
+        // Some until the connection stops being idle (its sender is then dropped: Err) or is
+        // evicted (Ok).
+        let mut close_rx = Some(close_rx);
+        let either = std::future::poll_fn(|cx| {
+            use std::future::Future;
+            use std::task::Poll;
+            if conn.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if let Some(rx) = close_rx.as_mut() {
+                match std::pin::Pin::new(rx).poll(cx) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(()),
+                    Poll::Ready(Err(_)) => close_rx = None,
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        });
+        let _ = tokio::time::timeout(limits.connection_timeout, either).await;
     });
 }
 
@@ -304,10 +389,13 @@ mod tests {
     /// Echoes the body's length; `/slow` takes two seconds.
     struct Echo {
         handled: AtomicUsize,
+        /// Request heads seen (the server asks for the body's limit once a head is in).
+        heads: AtomicUsize,
     }
 
     impl Handler for Echo {
         fn body_limit(&self, _method: &str, target: &str) -> usize {
+            self.heads.fetch_add(1, Ordering::SeqCst);
             if target == "/upload" {
                 1024
             } else {
@@ -329,7 +417,7 @@ mod tests {
     fn server(limits: Limits) -> (SocketAddr, Arc<Echo>) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let echo = Arc::new(Echo { handled: AtomicUsize::new(0) });
+        let echo = Arc::new(Echo { handled: AtomicUsize::new(0), heads: AtomicUsize::new(0) });
         serve(Listener::Tcp(l), echo.clone(), limits, "test").unwrap();
         (addr, echo)
     }
@@ -415,28 +503,47 @@ mod tests {
     }
 
     #[test]
-    fn hundreds_of_idle_connections_do_not_stop_a_status_call_and_the_excess_is_refused() {
+    fn idle_connections_beyond_the_cap_make_room_for_requests_and_busy_ones_are_refused() {
         // Kept under a 1024-descriptor limit with both ends in this process.
-        let (addr, _) = server(Limits { max_connections: 200, head_timeout: Duration::from_secs(20), ..quick() });
+        let (addr, echo) = server(Limits { max_connections: 200, head_timeout: Duration::from_secs(20), ..quick() });
         let idle: Vec<TcpStream> = (0..260).filter_map(|_| TcpStream::connect(addr).ok()).collect();
         assert!(idle.len() >= 250, "{} connections", idle.len());
-        // All slots are taken by idle clients: a new one gets a clear 503 ...
+        // Every slot is taken by a client that sends nothing: each new request closes the
+        // oldest of them and is served.
+        for _ in 0..20 {
+            let r = get(addr, "/v1/status");
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        }
+        drop(idle);
+        // Slots taken by requests (their heads in, their bodies awaited) are not taken away:
+        // with all of them taken so, a newcomer is refused. (A fresh server: no idle leftovers.)
+        let (addr, echo) = server(Limits {
+            max_connections: 200,
+            body_timeout: Duration::from_secs(20),
+            connection_timeout: Duration::from_secs(30),
+            ..quick()
+        });
+        let busy: Vec<TcpStream> = (0..200)
+            .filter_map(|_| {
+                let mut s = TcpStream::connect(addr).ok()?;
+                s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n").ok()?;
+                Some(s)
+            })
+            .collect();
+        assert_eq!(busy.len(), 200);
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while echo.heads.load(Ordering::SeqCst) < 200 {
+            assert!(std::time::Instant::now() < end, "the busy requests' heads did not all arrive");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let r = get(addr, "/v1/status");
         assert!(r.starts_with("HTTP/1.1 503") && r.contains("too many connections"), "{r}");
-        drop(idle);
-        // ... and once they are gone (or timed out), service resumes.
-        let end = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let r = get(addr, "/v1/status");
-            if r.starts_with("HTTP/1.1 200") {
-                break;
-            }
-            assert!(std::time::Instant::now() < end, "{r}");
+        drop(busy);
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !get(addr, "/v1/status").starts_with("HTTP/1.1 200") {
+            assert!(std::time::Instant::now() < end, "service did not resume");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let idle: Vec<TcpStream> = (0..150).filter_map(|_| TcpStream::connect(addr).ok()).collect();
-        assert!(get(addr, "/v1/status").starts_with("HTTP/1.1 200"), "150 idle connections, under the cap");
-        drop(idle);
     }
 
     #[test]
