@@ -505,7 +505,7 @@ mod tests {
     #[test]
     fn idle_connections_beyond_the_cap_make_room_for_requests_and_busy_ones_are_refused() {
         // Kept under a 1024-descriptor limit with both ends in this process.
-        let (addr, echo) = server(Limits { max_connections: 200, head_timeout: Duration::from_secs(20), ..quick() });
+        let (addr, _) = server(Limits { max_connections: 200, head_timeout: Duration::from_secs(20), ..quick() });
         let idle: Vec<TcpStream> = (0..260).filter_map(|_| TcpStream::connect(addr).ok()).collect();
         assert!(idle.len() >= 250, "{} connections", idle.len());
         // Every slot is taken by a client that sends nothing: each new request closes the
