@@ -67,8 +67,10 @@ impl Crowd {
     pub fn start(addr: SocketAddr, n: usize) -> Crowd {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let s = stop.clone();
+        // The first batch is open when this returns.
+        let first = idle_connections(addr, n);
         let thread = std::thread::spawn(move || {
-            let mut previous = idle_connections(addr, n);
+            let mut previous = first;
             while !s.load(std::sync::atomic::Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_secs(4));
                 let fresh = idle_connections(addr, n);
@@ -76,8 +78,6 @@ impl Crowd {
             }
             drop(previous);
         });
-        // Give the first batch time to connect.
-        std::thread::sleep(Duration::from_secs(2));
         Crowd { stop, thread: Some(thread) }
     }
 }

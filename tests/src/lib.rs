@@ -163,10 +163,9 @@ pub fn serve_files(dir: &Path, files: &[(&str, &str)]) -> (http::HttpDir, String
 pub fn start_lab_blade1(name: &str, img: &Image, lun_mib: u64) -> (Blade, http::HttpDir) {
     let dir = work_dir(name);
     let (server, config) = serve_lab_config(&dir);
-    let mut spec =
+    let spec =
         BladeSpec::new(name, "52:54:00:b1:ad:01", Boot::Direct { cmdline: format!("bladevisor.node=blade1 {config}") });
-    spec.luns = lab_san(&dir, lun_mib);
-    (Blade::start_in(spec, img, dir), server)
+    (Blade::start_with_san_in(spec, img, dir, lun_mib), server)
 }
 
 #[derive(Debug, Clone)]
@@ -311,8 +310,13 @@ impl Blade {
     }
 
     /// A blade of the lab with the lab SAN attached (its LUN files in the blade's work folder).
-    pub fn start_with_san(mut spec: BladeSpec, img: &Image, lun_mib: u64) -> Blade {
+    pub fn start_with_san(spec: BladeSpec, img: &Image, lun_mib: u64) -> Blade {
         let dir = work_dir(&spec.name);
+        Self::start_with_san_in(spec, img, dir, lun_mib)
+    }
+
+    /// The same in a work folder the caller prepared (and may have put a deployment's files in).
+    pub fn start_with_san_in(mut spec: BladeSpec, img: &Image, dir: PathBuf, lun_mib: u64) -> Blade {
         spec.luns = lab_san(&dir, lun_mib);
         Self::start_in(spec, img, dir)
     }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bladevisor_lab::http::HttpDir;
-use bladevisor_lab::{free_port, lab_san, ok, serve_files, work_dir, Blade, BladeSpec, Boot, Image};
+use bladevisor_lab::{free_port, ok, serve_files, work_dir, Blade, BladeSpec, Boot, Image};
 
 /// Under TCG on a shared 2-core machine a boot takes tens of seconds; these limits only catch
 /// a blade that will never get there.
@@ -172,13 +172,12 @@ fn a_bad_value_and_a_trickling_alias_server_leave_a_ready_degraded_blade_that_sa
         }
     });
     let aliases_url = format!("http://10.0.2.2:{trickle_port}/bindings");
-    let mut spec = BladeSpec::new(
+    let spec = BladeSpec::new(
         "boot-hostile-server",
         "52:54:00:b1:ad:01",
         Boot::Direct { cmdline: format!("bladevisor.config={config_url} bladevisor.aliases={aliases_url}") },
     );
-    spec.luns = lab_san(&dir, 16);
-    let mut blade = Blade::start_in(spec, &img, dir);
+    let mut blade = Blade::start_with_san_in(spec, &img, dir, 16);
     ok(blade.wait_console("bladevisor ready", READY));
     let status = ok(blade.status());
     assert!(status.ready);

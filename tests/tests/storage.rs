@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bladevisor::storage::LunState;
 use bladevisor_lab::{
-    lab_san, lun_marker, ok, serve_files, start_lab_blade1, work_dir, wwid_of, Blade, BladeSpec, Boot, Image, LAB_LUNS,
+    lun_marker, ok, serve_files, start_lab_blade1, work_dir, wwid_of, Blade, BladeSpec, Boot, Image, LAB_LUNS,
     LAB_TOKEN, MARKER_OFFSET,
 };
 use serde_json::json;
@@ -151,13 +151,12 @@ fn an_alias_whose_lun_does_not_exist_is_missing_and_the_blade_is_still_ready() {
     let bindings = format!("# multipath bindings\nlab-vm1 {}\nghost {ghost}\n", wwid_of(LAB_LUNS[0].1));
     let cluster = format!("[cluster]\nname = \"lab\"\ntoken = \"{LAB_TOKEN}\"\n[storage]\nwait-s = 15\ndefault-paths = 2\n[nodes.blade1]\nmacs = [\"52:54:00:b1:ad:01\"]\n");
     let (_http, url) = serve_files(&dir, &[("bindings", &bindings), ("cluster.toml", &cluster)]);
-    let mut spec = BladeSpec::new(
+    let spec = BladeSpec::new(
         "san-missing",
         "52:54:00:b1:ad:01",
         Boot::Direct { cmdline: format!("bladevisor.config={url}/cluster.toml bladevisor.aliases={url}/bindings") },
     );
-    spec.luns = lab_san(&dir, 16);
-    let mut blade = Blade::start_in(spec, &img, dir);
+    let mut blade = Blade::start_with_san_in(spec, &img, dir, 16);
     ok(blade.wait_console("bladevisor ready", READY));
     let status = ok(blade.status());
     assert_eq!(status.aliases_source.as_deref(), Some(format!("fetched from {url}/bindings (Bindings)").as_str()));

@@ -109,18 +109,39 @@ fn read_bounded<S: Read>(
     set_timeout: impl Fn(&S, Option<Duration>) -> std::io::Result<()>,
 ) -> Result<Vec<u8>, String> {
     let mut raw = Vec::new();
+    while read_before(s, deadline, &set_timeout, &mut raw)? > 0 {
+        if raw.len() > MAX_RESPONSE {
+            return Err(format!("answer larger than {MAX_RESPONSE} bytes"));
+        }
+    }
+    Ok(raw)
+}
+
+/// One read of at most 16 KiB appended to `buf`, which must come before `deadline`; Ok(0) at
+/// EOF. What every reader of a peer or a server that may be slow on purpose builds on.
+pub fn read_before<S: Read>(
+    s: &mut S,
+    deadline: std::time::Instant,
+    set_timeout: impl Fn(&S, Option<Duration>) -> std::io::Result<()>,
+    buf: &mut Vec<u8>,
+) -> Result<usize, String> {
+    let late = || "the reply did not complete in time".to_string();
     let mut chunk = [0u8; 16 << 10];
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            return Err("no complete answer in time".into());
+            return Err(late());
         }
         set_timeout(s, Some(left)).map_err(|e| e.to_string())?;
         match s.read(&mut chunk) {
-            Ok(0) => return Ok(raw),
-            Ok(n) if raw.len() + n > MAX_RESPONSE => return Err(format!("answer larger than {MAX_RESPONSE} bytes")),
-            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(n);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(late())
+            }
             Err(e) => return Err(e.to_string()),
         }
     }

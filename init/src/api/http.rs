@@ -183,7 +183,7 @@ const MAX_LUN_READS: usize = 4;
 
 /// The API's request handler: routes, checks credentials and asks the main loop.
 pub struct Api {
-    tx: Mutex<Sender<Event>>,
+    tx: Sender<Event>,
     auth: Auth,
     name: String,
     refusals: Mutex<Throttle>,
@@ -193,7 +193,7 @@ pub struct Api {
 impl Api {
     pub fn new(tx: Sender<Event>, auth: Auth, name: &str) -> Self {
         Api {
-            tx: Mutex::new(tx),
+            tx,
             auth,
             name: name.to_string(),
             refusals: Mutex::new(Throttle::new(std::time::Duration::from_secs(10))),
@@ -202,8 +202,7 @@ impl Api {
     }
 
     fn ask(&self, r: Request) -> Reply {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        ask(&tx, r)
+        ask(&self.tx, r)
     }
 
     /// Logs a refused call, at most one line per ten seconds, with what the client sent cut short.
@@ -221,13 +220,18 @@ impl Api {
     }
 
     fn read_lun(&self, alias: &str, offset: u64) -> ApiResponse {
+        /// Gives the read's place back however the read ends.
+        struct Slot<'a>(&'a AtomicUsize);
+        impl Drop for Slot<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _slot = Slot(&self.lun_reads);
         if self.lun_reads.fetch_add(1, Ordering::SeqCst) >= MAX_LUN_READS {
-            self.lun_reads.fetch_sub(1, Ordering::SeqCst);
             return message(503, "error", "too many LUN reads in progress; try again shortly");
         }
-        let r = read_lun(alias, offset);
-        self.lun_reads.fetch_sub(1, Ordering::SeqCst);
-        match r {
+        match read_lun(alias, offset) {
             Ok(bytes) => ApiResponse::json(
                 200,
                 serde_json::json!({ "alias": alias, "offset": offset & !4095, "length": bytes.len(), "hex": hex(&bytes) })

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -91,12 +91,13 @@ impl ApiResponse {
     }
 }
 
-/// What the server hands requests to. Both calls run on blocking threads, never on the
-/// runtime that reads sockets.
+/// What the server hands requests to.
 pub trait Handler: Send + Sync + 'static {
     /// The largest body this request may carry, decided from its method and target alone
-    /// (before any of the body is read).
+    /// (before any of the body is read). Pure and quick: it runs on the runtime that reads
+    /// sockets.
     fn body_limit(&self, method: &str, target: &str) -> usize;
+    /// Runs on a blocking thread of its own: it may wait (for the main loop, a LUN).
     fn handle(&self, req: ApiRequest) -> ApiResponse;
 }
 
@@ -302,22 +303,13 @@ async fn answer(
     let method = req.method().as_str().to_string();
     let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let authorization = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(String::from);
-    let h = handler.clone();
-    let (m, t) = (method.clone(), target.clone());
-    let cap = match blocking(move || h.body_limit(&m, &t)).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let announced = req.headers().get(CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
-    match announced {
-        Some(None) => return to_hyper(ApiResponse::error(400, "Content-Length is not a number")),
-        Some(Some(n)) if n > cap as u64 => {
-            return to_hyper(ApiResponse::error(
-                413,
-                &format!("this request's body may be at most {cap} bytes; it announced {n}"),
-            ))
-        }
-        _ => {}
+    let cap = handler.body_limit(&method, &target);
+    // hyper has parsed and checked Content-Length: its value is the body's exact size hint.
+    if let Some(n) = hyper::body::Body::size_hint(req.body()).exact().filter(|n| *n > cap as u64) {
+        return to_hyper(ApiResponse::error(
+            413,
+            &format!("this request's body may be at most {cap} bytes; it announced {n}"),
+        ));
     }
     let body = match tokio::time::timeout(limits.body_timeout, Limited::new(req.into_body(), cap).collect()).await {
         Err(_) => return to_hyper(ApiResponse::error(408, "the request body did not arrive in time")),

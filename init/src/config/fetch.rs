@@ -3,12 +3,12 @@
 //! trusted to be well-behaved: every fetch has an overall deadline and a size cap, and a reply
 //! cut short is refused rather than parsed (a truncated file can still parse).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use super::error::shorten;
-use crate::api::client::Endpoint;
+use crate::api::client::{read_before, Endpoint};
 
 /// `http://host[:port]/path` split into an endpoint and a path.
 pub fn parse_http_url(url: &str) -> Result<(Endpoint, String), String> {
@@ -70,22 +70,7 @@ struct Bounded {
 impl Bounded {
     /// Reads more into `buf`; Ok(0) at EOF.
     fn fill(&mut self) -> Result<usize, String> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err("the reply did not complete in time".into());
-        }
-        self.stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
-        let mut chunk = [0u8; 16 << 10];
-        match self.stream.read(&mut chunk) {
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok(n)
-            }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                Err("the reply did not complete in time".into())
-            }
-            Err(e) => Err(e.to_string()),
-        }
+        read_before(&mut self.stream, self.deadline, |s, t| s.set_read_timeout(t), &mut self.buf)
     }
 
     fn response(&mut self, max_bytes: usize) -> Result<String, String> {
