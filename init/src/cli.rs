@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::api::client::{call, Endpoint};
-use crate::api::Status;
+use crate::httpc::{call, Endpoint};
 use crate::migration::{Ending, MigrationStatus};
+use crate::proto::Status;
 use crate::supervisor::ServiceState;
 
 #[derive(Parser, Debug)]
@@ -255,7 +255,7 @@ pub fn render_status(s: &Status) -> String {
         for g in &s.guests {
             let pid = g.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
             let up =
-                if g.state == crate::guests::GuestState::Running { format!("{:.0} s", g.uptime_s) } else { "-".into() };
+                if g.state == crate::proto::GuestState::Running { format!("{:.0} s", g.uptime_s) } else { "-".into() };
             let note = g.reason.clone().unwrap_or_else(|| g.disks.join(" "));
             out.push_str(&format!("{:<16} {:<18} {:>7} {:>8} {:>9}  {note}\n", g.name, g.state, pid, g.restarts, up));
         }
@@ -439,8 +439,8 @@ mod tests {
         assert!(!out.contains("boot "), "{out}");
         let mut s = s;
         s.boot_phases = vec![
-            crate::pid1::boot::BootPhase { name: "network".into(), ms: 1200, problems: 0 },
-            crate::pid1::boot::BootPhase { name: "storage".into(), ms: 15040, problems: 1 },
+            crate::proto::BootPhase { name: "network".into(), ms: 1200, problems: 0 },
+            crate::proto::BootPhase { name: "storage".into(), ms: 15040, problems: 1 },
         ];
         let out = render_status(&s);
         assert!(out.contains("boot     network 1.2 s, storage 15.0 s (!)\n"), "{out}");

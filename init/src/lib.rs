@@ -8,11 +8,14 @@ pub mod api;
 pub mod cli;
 pub mod cmdline;
 pub mod config;
-pub mod guests;
+pub mod coord;
+pub mod httpc;
 pub mod logging;
 pub mod migration;
 pub mod net;
 pub mod pid1;
+pub mod proto;
+pub mod qemu;
 pub mod storage;
 pub mod supervisor;
 

@@ -88,7 +88,7 @@ proptest! {
             // What was accepted is usable: no value that turns into a panic downstream.
             for g in c.guests.values() {
                 let _ = bladevisor::config::values::secs(g.stop_timeout_s);
-                let argv = bladevisor::guests::argv(g, Path::new("/run/bladevisor"), false);
+                let argv = bladevisor::qemu::argv(g, Path::new("/run/bladevisor"), false);
                 for a in &argv[1..] {
                     assert!(!a.contains("romfile"), "{a}");
                 }

@@ -6,7 +6,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
 
-use bladevisor::guests::GuestState;
+use bladevisor::proto::GuestState;
 use bladevisor::supervisor::ServiceState;
 
 #[path = "support/ns.rs"]
@@ -210,7 +210,7 @@ memory-mib = 32
     let field = |k: &str| {
         proc_status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
     };
-    let qemu = bladevisor::guests::guest_id("demo").to_string();
+    let qemu = bladevisor::qemu::guest_id("demo").to_string();
     assert_eq!(field("Uid:"), Some(format!("{qemu} {qemu} {qemu} {qemu}")), "{proc_status}");
     assert_eq!(field("Gid:"), Some(format!("{qemu} {qemu} {qemu} {qemu}")), "{proc_status}");
     assert_eq!(field("Groups:"), Some(String::new()), "no supplementary groups: {proc_status}");

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bladevisor::api::client::{call, Endpoint, Response};
-use bladevisor::api::Status;
+use bladevisor::httpc::{call, Endpoint, Response};
+use bladevisor::proto::Status;
 
 /// Unwraps a lab result, failing the test with its message (which carries the console).
 pub fn ok<T>(r: Result<T, String>) -> T {

@@ -6,12 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use bladevisor::guests::GuestState;
+use bladevisor::proto::GuestState;
 use bladevisor_lab::{ok, start_lab_blade1, Blade, Image, LAB_TOKEN};
 
 const TOKEN: &str = LAB_TOKEN;
 
-fn guest(blade: &Blade) -> bladevisor::guests::GuestStatus {
+fn guest(blade: &Blade) -> bladevisor::proto::GuestStatus {
     let st = ok(blade.status());
     st.guests.into_iter().find(|g| g.name == "demo").unwrap_or_else(|| panic!("demo not in status\n{}", blade.report()))
 }
@@ -120,7 +120,7 @@ fn hostile_clients_do_not_reach_the_guest(blade: &Blade) {
     assert_eq!(c, 200, "status answers with {} hostile connections open\n{}", idle.len(), blade.report());
     println!("GET /v1/status with {} idle hostile connections open: {took:?}", idle.len());
     let qmp = |cmd: &str| {
-        let r = ok(bladevisor::api::client::call_with_body(
+        let r = ok(bladevisor::httpc::call_with_body(
             &blade.api(),
             "POST",
             "/v1/guests/demo/qmp",

@@ -8,8 +8,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bladevisor::guests::GuestStatus;
 use bladevisor::migration::{Ending, MigrationStatus};
+use bladevisor::proto::GuestStatus;
 use bladevisor_lab::{ok, repo_root, Blade, Image, TwoBlades};
 
 const TOKEN: &str = bladevisor_lab::LAB_TOKEN;

@@ -9,9 +9,9 @@ use tracing::warn;
 use super::server::{ApiRequest, ApiResponse, Handler, Throttle};
 use super::{ask, Auth, Reply, Request, ServiceAction, Status};
 use crate::config::error::shorten;
-use crate::guests::GuestState;
-use crate::pid1::shutdown::PowerAction;
 use crate::pid1::Event;
+use crate::proto::GuestState;
+use crate::proto::PowerAction;
 use crate::supervisor::ServiceState;
 
 /// A parsed route: what to ask the main loop, whether it mutates, and how to render it.
@@ -150,7 +150,7 @@ fn render(reply: Reply) -> ApiResponse {
 pub fn read_lun(alias: &str, offset: u64) -> Result<Vec<u8>, (u16, String)> {
     use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::OpenOptionsExt;
-    if !crate::storage::aliases::valid_alias(alias) {
+    if !crate::config::aliases::valid_alias(alias) {
         return Err((404, format!("{alias:?} is not an alias")));
     }
     let dev = std::path::Path::new("/dev/mapper").join(alias);
@@ -409,7 +409,7 @@ pub fn metrics(s: &Status) -> String {
             })
             .collect(),
     );
-    let g = |x: &crate::guests::GuestStatus| format!("{{guest=\"{}\"}}", esc(&x.name));
+    let g = |x: &crate::proto::GuestStatus| format!("{{guest=\"{}\"}}", esc(&x.name));
     metric(
         "bladevisor_guest_running",
         "1 when the guest runs.",
@@ -537,7 +537,7 @@ mod tests {
             hbas: vec![],
             aliases_source: None,
             cpus: 2,
-            guests: vec![crate::guests::GuestStatus {
+            guests: vec![crate::proto::GuestStatus {
                 name: "web".into(),
                 state: GuestState::InDoubt,
                 pid: Some(9),

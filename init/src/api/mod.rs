@@ -2,40 +2,16 @@
 //! and, later in boot, on the management network. Handlers do no work themselves: they pass a
 //! [`Request`] to PID 1's main loop, which owns all state, and send back its [`Reply`].
 
-pub mod client;
 pub mod http;
+pub mod peer;
 pub mod server;
 
 use std::path::Path;
 use std::sync::mpsc::Sender;
 
-use serde::{Deserialize, Serialize};
-
-use crate::pid1::shutdown::PowerAction;
 use crate::pid1::Event;
-use crate::supervisor::ServiceStatus;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ServiceAction {
-    Start,
-    Stop,
-    Restart,
-    /// SIGKILL, with no stop requested: the supervisor sees a crash and applies the policy.
-    Kill,
-}
-
-impl ServiceAction {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "start" => Some(ServiceAction::Start),
-            "stop" => Some(ServiceAction::Stop),
-            "restart" => Some(ServiceAction::Restart),
-            "kill" => Some(ServiceAction::Kill),
-            _ => None,
-        }
-    }
-}
+use crate::proto::PowerAction;
+pub use crate::proto::{ServiceAction, Status};
 
 /// What the main loop is asked to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,14 +107,6 @@ pub enum Auth {
     ReadOnly,
 }
 
-/// Memory as the operator budgets it for guests.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct Memory {
-    pub total_mib: u64,
-    pub used_mib: u64,
-    pub available_mib: u64,
-}
-
 /// What it answers.
 #[derive(Debug, Clone)]
 pub enum Reply {
@@ -152,55 +120,6 @@ pub enum Reply {
     ServiceState(Option<crate::supervisor::ServiceState>),
     /// The answer will be sent later, by a worker (internal to the main loop).
     Deferred,
-}
-
-/// `GET /v1/status`: one JSON object describing the blade.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Status {
-    pub node: String,
-    pub version: String,
-    pub ready: bool,
-    /// Milliseconds from kernel start to ready.
-    pub ready_ms: Option<u64>,
-    pub uptime_s: f64,
-    pub shutting_down: Option<PowerAction>,
-    /// Why the blade is not fully healthy, one line per reason.
-    pub degraded: Vec<String>,
-    pub orphans_reaped: u64,
-    /// The cluster this blade belongs to, once its configuration is known.
-    pub cluster: Option<String>,
-    /// Which configuration is in use: fetched from a URL, or the baked copy.
-    pub config_source: Option<String>,
-    /// The management interface and its address.
-    pub management: Option<String>,
-    /// The boot's named phases in order, with how long each took (empty until boot is done).
-    #[serde(default)]
-    pub boot_phases: Vec<crate::pid1::boot::BootPhase>,
-    /// Every alias of the alias table: its WWID, paths and state.
-    pub luns: Vec<crate::storage::LunStatus>,
-    /// The FC HBA ports (none in the QEMU lab, which has no FC).
-    pub hbas: Vec<crate::storage::sysfs::FcHost>,
-    /// Where the alias table in force came from.
-    pub aliases_source: Option<String>,
-    /// The guests placed on this blade.
-    pub guests: Vec<crate::guests::GuestStatus>,
-    /// Why this blade takes no guests, when it is drained.
-    #[serde(default)]
-    pub drained: Option<String>,
-    /// Peers that said they are drained (remembered across their reboots).
-    #[serde(default)]
-    pub drained_nodes: Vec<String>,
-    /// Recent migrations from and to this blade, newest last.
-    #[serde(default)]
-    pub migrations: Vec<crate::migration::MigrationStatus>,
-    /// The last evacuation of this blade.
-    #[serde(default)]
-    pub evacuation: Option<crate::migration::Evacuation>,
-    /// Whether guests run with KVM (else TCG, much slower).
-    pub kvm: bool,
-    pub cpus: usize,
-    pub memory: Memory,
-    pub services: Vec<ServiceStatus>,
 }
 
 /// Starts the control socket `<run_dir>/control.sock` (mode 0600: root only, no token).

@@ -86,20 +86,20 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub nodes: BTreeMap<String, Node>,
     #[serde(default)]
-    pub storage: crate::storage::StorageConfig,
+    pub storage: StorageConfig,
     /// An alias table inside the configuration itself, as in an alias file's `[aliases]`.
     #[serde(default, rename = "aliases", skip_serializing)]
-    aliases_table: BTreeMap<String, crate::storage::aliases::TomlEntry>,
+    aliases_table: BTreeMap<String, super::aliases::TomlEntry>,
     /// The same table, validated (None when the configuration has none).
     #[serde(skip)]
-    pub aliases: Option<Vec<crate::storage::Alias>>,
+    pub aliases: Option<Vec<super::aliases::Alias>>,
     /// Bridges every blade creates for its guests' NICs: name -> uplink.
     #[serde(default)]
     pub bridges: BTreeMap<String, Bridge>,
     #[serde(default)]
-    pub guests: BTreeMap<String, crate::guests::GuestSpec>,
+    pub guests: BTreeMap<String, super::guest::GuestSpec>,
     #[serde(default)]
-    pub migration: crate::migration::Settings,
+    pub migration: super::migration::Settings,
 }
 
 /// A bridge for guests. Its uplink puts it on the same L2 segment on every blade; it must not
@@ -149,7 +149,7 @@ pub fn parse_cluster(file: &Path, text: &str) -> Result<ClusterConfig, ConfigErr
     }
     if !cfg.aliases_table.is_empty() {
         let table = std::mem::take(&mut cfg.aliases_table);
-        cfg.aliases = Some(crate::storage::aliases::from_toml_table(file, text, table)?);
+        cfg.aliases = Some(super::aliases::from_toml_table(file, text, table)?);
     }
     for name in cfg.bridges.keys() {
         if !is_safe_name(name) || name.len() > 15 {
@@ -158,7 +158,7 @@ pub fn parse_cluster(file: &Path, text: &str) -> Result<ClusterConfig, ConfigErr
     }
     let nodes: Vec<String> = cfg.nodes.keys().cloned().collect();
     let alias_names: Option<Vec<String>> = cfg.aliases.as_ref().map(|a| a.iter().map(|a| a.alias.clone()).collect());
-    crate::guests::validate(file, text, &mut cfg.guests, &nodes, alias_names.as_deref())?;
+    super::guest::validate(file, text, &mut cfg.guests, &nodes, alias_names.as_deref())?;
     for g in cfg.guests.values() {
         for n in &g.nics {
             if !cfg.bridges.contains_key(&n.bridge) {
@@ -229,6 +229,39 @@ pub fn find_node<'a>(cfg: &'a ClusterConfig, named: Option<&str>, blade_macs: &[
         .values()
         .find(|n| n.macs.iter().any(|m| macs.contains(m)))
         .ok_or_else(|| format!("no node in the configuration lists any of this blade's MACs ({})", macs.join(", ")))
+}
+
+/// `[storage]` in the cluster configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StorageConfig {
+    /// Where the alias file is served (any of the three formats); `bladevisor.aliases=` wins.
+    pub aliases_url: Option<String>,
+    /// Paths expected for aliases whose file gives no count (multipath's formats).
+    #[serde(default = "one")]
+    pub default_paths: u32,
+    /// How long boot waits for every alias to be healthy before going on, degraded.
+    #[serde(default = "sixty", deserialize_with = "crate::config::values::seconds")]
+    pub wait_s: f64,
+    /// How long an FC port that is not Online gets after its LIP.
+    #[serde(default = "twenty", deserialize_with = "crate::config::values::seconds")]
+    pub lip_timeout_s: f64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn sixty() -> f64 {
+    60.0
+}
+fn twenty() -> f64 {
+    20.0
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { aliases_url: None, default_paths: one(), wait_s: sixty(), lip_timeout_s: twenty() }
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use super::error::shorten;
-use crate::api::client::{read_before, Endpoint};
+use crate::httpc::{read_before, Endpoint};
 
 /// `http://host[:port]/path` split into an endpoint and a path.
 pub fn parse_http_url(url: &str) -> Result<(Endpoint, String), String> {

@@ -1,9 +1,12 @@
 //! Configuration: the types every part of bladevisor shares (supervisor, API, CLI), their
 //! parsers, and errors that name the file, line and key.
 
+pub mod aliases;
 pub mod cluster;
 pub mod error;
 pub mod fetch;
+pub mod guest;
+pub mod migration;
 pub mod services;
 pub mod values;
 

@@ -33,13 +33,13 @@ pub fn factor<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     }
 }
 
-/// serde: a bandwidth cap in Mbit/s (see [`crate::migration::valid_bandwidth`]).
+/// serde: a bandwidth cap in Mbit/s (see [`super::migration::valid_bandwidth`]).
 pub fn bandwidth<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     let v = f64::deserialize(d)?;
-    if crate::migration::valid_bandwidth(v) {
+    if super::migration::valid_bandwidth(v) {
         Ok(v)
     } else {
-        Err(serde::de::Error::custom(format!("{v}: {}", crate::migration::BANDWIDTH_RANGE)))
+        Err(serde::de::Error::custom(format!("{v}: {}", super::migration::BANDWIDTH_RANGE)))
     }
 }
 

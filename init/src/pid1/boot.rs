@@ -46,16 +46,7 @@ pub struct BootOutcome {
     /// Why the blade is degraded, one line each.
     pub problems: Vec<String>,
     /// The named steps of the boot as they ran, with how long each took.
-    pub phases: Vec<BootPhase>,
-}
-
-/// One named step of the boot, as `status` shows it: where the time to ready went.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct BootPhase {
-    pub name: String,
-    pub ms: u64,
-    /// Reasons for degradation it added.
-    pub problems: usize,
+    pub phases: Vec<crate::proto::BootPhase>,
 }
 
 impl BootOutcome {
@@ -66,7 +57,7 @@ impl BootOutcome {
         let ms = t.elapsed().as_millis() as u64;
         let problems = self.problems.len().saturating_sub(before);
         info!(phase = name, ms, problems, "boot phase done");
-        self.phases.push(BootPhase { name: name.to_string(), ms, problems });
+        self.phases.push(crate::proto::BootPhase { name: name.to_string(), ms, problems });
         r
     }
 }

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use super::{Event, Init};
+use crate::api::peer::HttpPeer;
 use crate::api::{Reply, Request, ServiceAction};
-use crate::guests::{GuestSpec, GuestState};
-use crate::migration::owner::{self, Answer, Verdict};
-use crate::migration::peer::HttpPeer;
+use crate::coord::owner::{self, Answer, Verdict};
 use crate::migration::{self as mig, Ending, MigrationStatus, Outcome, Phase, Progress};
+use crate::proto::GuestState;
+use crate::qemu::GuestSpec;
 use crate::supervisor::ServiceState;
 
 /// Where a guest stands beyond its service's state.
@@ -93,10 +94,10 @@ fn service_name(guest: &str) -> String {
 }
 
 /// Connects to a guest's QMP socket, waiting for its QEMU to create it.
-fn qmp_wait(path: &std::path::Path, limit: Duration) -> Result<crate::guests::qmp::Qmp, String> {
+fn qmp_wait(path: &std::path::Path, limit: Duration) -> Result<crate::qemu::qmp::Qmp, String> {
     let end = Instant::now() + limit;
     loop {
-        match crate::guests::qmp::Qmp::connect(path, Duration::from_secs(10)) {
+        match crate::qemu::qmp::Qmp::connect(path, Duration::from_secs(10)) {
             Ok(q) => return Ok(q),
             Err(e) if Instant::now() >= end => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
@@ -179,10 +180,10 @@ impl Init {
         }
         self.sup.add(spec, Instant::now())?;
         if self.followed.insert(g.name.clone()) {
-            crate::guests::console::follow(
+            crate::qemu::console::follow(
                 self.consoles.clone(),
                 g.name.clone(),
-                crate::guests::run_dir(&crate::run_dir(), &g.name).join("console.sock"),
+                crate::qemu::run_dir(&crate::run_dir(), &g.name).join("console.sock"),
             );
         }
         Ok(())
@@ -234,7 +235,7 @@ impl Init {
             if !g.autostart {
                 // Defined here, started only by an operator (who goes through the owner check).
                 self.set_waiting(&g.name, None);
-                let spec = crate::guests::service(&g, &crate::run_dir(), self.kvm);
+                let spec = crate::qemu::service(&g, &crate::run_dir(), self.kvm);
                 if let Err(e) = self.add_guest_service(&g, spec) {
                     error!(guest = %g.name, "{e}");
                 }
@@ -262,7 +263,7 @@ impl Init {
                 Err(e) => Reply::Error(409, e.to_string()),
             };
         }
-        let mut spec = crate::guests::service(g, &crate::run_dir(), self.kvm);
+        let mut spec = crate::qemu::service(g, &crate::run_dir(), self.kvm);
         spec.enabled = true;
         match self.add_guest_service(g, spec) {
             Ok(()) => {
@@ -425,7 +426,7 @@ impl Init {
         let id = self.new_migration(&guest, mig::Direction::Out, &to);
         self.places
             .insert(guest.clone(), Place::Outgoing { to: to.clone(), cancel: plan.cancel.clone(), migration: id });
-        let qmp = crate::guests::qmp_path(&crate::run_dir(), &guest);
+        let qmp = crate::qemu::qmp_path(&crate::run_dir(), &guest);
         let tx = self.tx.clone();
         info!(guest = %guest, to = %to, "live migration requested");
         crate::spawn_worker(&format!("migrate-{guest}"), move || {
@@ -435,7 +436,7 @@ impl Init {
                     progress_tx.send(Event::Internal(Internal::MigrationProgress { id, phase, progress: p.cloned() }));
             };
             let mut clock = mig::RealClock::start();
-            let outcome = match crate::guests::qmp::Qmp::connect(&qmp, Duration::from_secs(10)) {
+            let outcome = match crate::qemu::qmp::Qmp::connect(&qmp, Duration::from_secs(10)) {
                 Ok(mut vm) => mig::source::migrate(&mut vm, &mut peer, &plan, &mut clock, &mut report),
                 Err(e) => Outcome::failed(Phase::Preparing, format!("cannot reach the guest's QMP: {e}"), true),
             };
@@ -492,13 +493,13 @@ impl Init {
             Ok(p) => p,
             Err(e) => return Reply::Error(409, e),
         };
-        let qmp = crate::guests::qmp_path(&crate::run_dir(), &guest);
+        let qmp = crate::qemu::qmp_path(&crate::run_dir(), &guest);
         let (tx, reply) = (self.tx.clone(), reply.clone());
         info!(guest = %guest, to = %to, "resolving an in-doubt migration: asking {to} again");
         crate::spawn_worker(&format!("resolve-{guest}"), move || {
             let verdict = owner::decide(&[(to.clone(), peer.about(&guest))]);
             let resume_here = |vm_path: &std::path::Path| {
-                crate::guests::qmp::Qmp::connect(vm_path, Duration::from_secs(10))
+                crate::qemu::qmp::Qmp::connect(vm_path, Duration::from_secs(10))
                     .and_then(|mut q| q.execute("cont", serde_json::json!({})))
                     .map(|_| true)
             };
@@ -595,7 +596,7 @@ impl Init {
         let Some(ports) = settings.port_range() else {
             return Reply::Error(500, "no migration port range".into());
         };
-        let spec = crate::guests::incoming_service(&g, &crate::run_dir(), self.kvm);
+        let spec = crate::qemu::incoming_service(&g, &crate::run_dir(), self.kvm);
         if let Err(e) = self.add_guest_service(&g, spec) {
             return Reply::Error(409, e);
         }
@@ -614,7 +615,7 @@ impl Init {
         );
         self.set_waiting(&guest, None);
         info!(guest = %guest, from = %from, "incoming migration: guest started paused");
-        let qmp = crate::guests::qmp_path(&crate::run_dir(), &guest);
+        let qmp = crate::qemu::qmp_path(&crate::run_dir(), &guest);
         let (tx, reply) = (self.tx.clone(), reply.clone());
         crate::spawn_worker(&format!("incoming-{guest}"), move || {
             let result = qmp_wait(&qmp, Duration::from_secs(20))
@@ -670,7 +671,7 @@ impl Init {
         if self.incoming_id(&guest).is_none() {
             return Reply::Error(409, format!("guest {guest} is not arriving on {}", self.node));
         }
-        let qmp = crate::guests::qmp_path(&crate::run_dir(), &guest);
+        let qmp = crate::qemu::qmp_path(&crate::run_dir(), &guest);
         let (tx, reply) = (self.tx.clone(), reply.clone());
         crate::spawn_worker(&format!("resume-{guest}"), move || {
             let result = qmp_wait(&qmp, Duration::from_secs(5)).and_then(|mut vm| mig::dest::resume(&mut vm));
@@ -825,13 +826,13 @@ impl Init {
     /// `migrate` to `exec:`, `blockdev-add`, `pmemsave`) is refused: it would be root on the blade.
     pub(super) fn guest_qmp(&mut self, guest: String, command: serde_json::Value, reply: &Sender<Reply>) -> Reply {
         let name = command["execute"].as_str().unwrap_or("");
-        if !crate::guests::qmp::is_read_only(name) {
+        if !crate::qemu::qmp::is_read_only(name) {
             return Reply::Error(
                 403,
                 format!(
                     "QMP command {:?} is not one of the read-only queries the API passes on ({})",
                     crate::config::error::shorten(name, 64),
-                    crate::guests::qmp::READ_ONLY.join(", ")
+                    crate::qemu::qmp::READ_ONLY.join(", ")
                 ),
             );
         }
@@ -839,13 +840,13 @@ impl Init {
             return Reply::Error(404, format!("guest {guest} has no process on this blade"));
         }
         warn!(guest = %guest, command = %crate::config::error::shorten(&command.to_string(), 200), "QMP query from an operator");
-        let qmp = crate::guests::qmp_path(&crate::run_dir(), &guest);
+        let qmp = crate::qemu::qmp_path(&crate::run_dir(), &guest);
         let reply = reply.clone();
         crate::spawn_worker(&format!("qmp-{guest}"), move || {
             let cmd = command["execute"].as_str().unwrap_or("").to_string();
             let args = command.get("arguments").cloned().unwrap_or(serde_json::json!({}));
             let r =
-                crate::guests::qmp::Qmp::connect(&qmp, Duration::from_secs(10)).and_then(|mut q| q.execute(&cmd, args));
+                crate::qemu::qmp::Qmp::connect(&qmp, Duration::from_secs(10)).and_then(|mut q| q.execute(&cmd, args));
             let _ = reply.send(match r {
                 Ok(v) => Reply::Json(serde_json::json!({ "return": v })),
                 Err(e) => Reply::Error(422, e),
@@ -888,7 +889,7 @@ impl Init {
         }
     }
 
-    pub(super) fn guest_status(&self) -> Vec<crate::guests::GuestStatus> {
+    pub(super) fn guest_status(&self) -> Vec<crate::proto::GuestStatus> {
         let services = self.sup.status(Instant::now());
         self.guests
             .iter()
@@ -899,7 +900,7 @@ impl Init {
                     return None;
                 }
                 let waiting = self.guest_waiting.get(&g.name).cloned();
-                let mut state = crate::guests::guest_state(s.map(|s| s.state), waiting.is_none());
+                let mut state = crate::coord::guest_state(s.map(|s| s.state), waiting.is_none());
                 let mut reason = waiting.or_else(|| s.and_then(|s| s.reason.clone()));
                 match place {
                     Some(Place::Elsewhere { node, why }) if s.is_none() => {
@@ -920,7 +921,7 @@ impl Init {
                     }
                     _ => {}
                 }
-                Some(crate::guests::GuestStatus {
+                Some(crate::proto::GuestStatus {
                     name: g.name.clone(),
                     state,
                     pid: s.and_then(|s| s.pid),
@@ -954,10 +955,15 @@ fn evacuate_worker(
     parallel: usize,
     mut evac: mig::Evacuation,
 ) {
-    let answers: Vec<(String, Result<crate::api::Status, String>)> = peers
+    let answers: Vec<(String, Result<crate::proto::Capacity, String>)> = peers
         .into_iter()
         .map(|(n, p)| {
-            let s = p.and_then(|p| p.status());
+            let s = p.and_then(|p| p.status()).map(|s| crate::proto::Capacity {
+                node: s.node,
+                drained: s.drained,
+                shutting_down: s.shutting_down.is_some(),
+                memory: s.memory,
+            });
             (n, s)
         })
         .collect();
@@ -966,7 +972,7 @@ fn evacuate_worker(
     };
     let mut queue: Vec<usize> = vec![];
     for (i, g) in guests.iter().enumerate() {
-        match mig::choose_target(g, &me, &answers) {
+        match crate::coord::evacuation::choose_target(g, &me, &answers) {
             Ok(to) => {
                 evac.guests[i].to = Some(to);
                 queue.push(i);

@@ -18,9 +18,10 @@ use nix::unistd::Pid;
 use signal_hook::consts::*;
 use tracing::{error, info, warn};
 
-use crate::api::{self, Auth, Reply, Request, ServiceAction};
+use crate::api::{self, Auth, Reply, Request};
 use crate::config;
 use crate::config::error::shorten;
+use crate::proto::{self, ServiceAction};
 use crate::supervisor::cgroup::Cgroups;
 use crate::supervisor::policy::Exit;
 use crate::supervisor::process::ProcessRuntime;
@@ -62,7 +63,7 @@ pub struct Init {
     boot: Option<boot::BootOutcome>,
     storage: crate::storage::Shared,
     /// Guests that may run on this blade (its own, and those that may migrate here).
-    guests: Vec<crate::guests::GuestSpec>,
+    guests: Vec<crate::qemu::GuestSpec>,
     /// Where guests stand beyond their service (elsewhere, arriving, leaving).
     places: std::collections::BTreeMap<String, guests::Place>,
     /// Owner checks: in flight (None) or when to ask again.
@@ -80,7 +81,7 @@ pub struct Init {
     drain_known: Option<Option<String>>,
     /// Why a placed guest is not started yet, by name.
     guest_waiting: std::collections::BTreeMap<String, String>,
-    consoles: crate::guests::console::Consoles,
+    consoles: crate::qemu::console::Consoles,
     kvm: bool,
     /// Problems found during boot (configuration, mounts), kept for status.
     boot_problems: Vec<String>,
@@ -113,9 +114,9 @@ impl Init {
         self.sup.begin_shutdown(&mut self.rt, Instant::now());
     }
 
-    pub fn status(&self) -> api::Status {
+    pub fn status(&self) -> proto::Status {
         let (luns, hbas, aliases_source) = self.storage_snapshot();
-        api::Status {
+        proto::Status {
             node: self.node.clone(),
             version: self.version.clone(),
             ready: self.ready_ms.is_some(),
@@ -376,11 +377,11 @@ impl Init {
 }
 
 /// Memory from sysinfo, in MiB.
-fn memory() -> api::Memory {
+fn memory() -> proto::Memory {
     let mut sys = sysinfo::System::new();
     sys.refresh_memory();
     let mib = |b: u64| b / (1024 * 1024);
-    api::Memory {
+    proto::Memory {
         total_mib: mib(sys.total_memory()),
         used_mib: mib(sys.used_memory()),
         available_mib: mib(sys.available_memory()),
@@ -534,7 +535,7 @@ pub fn run() -> ! {
         drain_known: None,
         guest_waiting: Default::default(),
         consoles: Default::default(),
-        kvm: crate::guests::kvm_usable(std::path::Path::new("/dev/kvm")),
+        kvm: crate::qemu::kvm_usable(std::path::Path::new("/dev/kvm")),
         boot_problems: degraded,
         shutdown: None,
         ready_ms: None,

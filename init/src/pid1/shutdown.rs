@@ -6,36 +6,10 @@ use std::time::{Duration, Instant};
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use super::mounts::mount_points;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PowerAction {
-    Reboot,
-    Poweroff,
-    Halt,
-}
-
-impl PowerAction {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "reboot" => Some(PowerAction::Reboot),
-            "poweroff" => Some(PowerAction::Poweroff),
-            "halt" => Some(PowerAction::Halt),
-            _ => None,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PowerAction::Reboot => "reboot",
-            PowerAction::Poweroff => "poweroff",
-            PowerAction::Halt => "halt",
-        }
-    }
-}
+pub use crate::proto::PowerAction;
 
 /// The signals PID 1 answers, with the conventions of sysvinit, busybox init and systemd.
 pub fn action_for_signal(sig: i32) -> Option<PowerAction> {
@@ -130,13 +104,5 @@ mod tests {
 
     fn libc_sig(s: Signal) -> i32 {
         s as i32
-    }
-
-    #[test]
-    fn actions_round_trip_through_their_names() {
-        for a in [PowerAction::Reboot, PowerAction::Poweroff, PowerAction::Halt] {
-            assert_eq!(PowerAction::parse(a.as_str()), Some(a));
-        }
-        assert_eq!(PowerAction::parse("explode"), None);
     }
 }

@@ -1,13 +1,11 @@
 //! Storage bring-up and watch: the reason this appliance exists. On every blade,
 //! `/dev/mapper/<alias>` must be the same LUN over every path the fabric offers.
 //!
-//! - `aliases`: the shared alias file, in our TOML or multipath's own formats
 //! - `hba`: FC ports Online (LIP where needed), SCSI hosts scanned
 //! - `multipath`: the multipath.conf we write, multipathd's control socket
 //! - `sysfs`: what the kernel shows of HBAs, disks and maps, under any root
 //! - `health`: per alias, healthy / degraded / missing, and the log lines for each change
 
-pub mod aliases;
 pub mod hba;
 pub mod health;
 pub mod multipath;
@@ -17,46 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
+pub use crate::config::aliases::{self, Alias};
+pub use crate::config::cluster::StorageConfig;
 use crate::config::fetch::{get_with_retries, MAX_ALIASES_BYTES};
-pub use aliases::Alias;
 pub use health::{LunState, LunStatus};
 use sysfs::{FcHost, Sysfs};
-
-/// `[storage]` in the cluster configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct StorageConfig {
-    /// Where the alias file is served (any of the three formats); `bladevisor.aliases=` wins.
-    pub aliases_url: Option<String>,
-    /// Paths expected for aliases whose file gives no count (multipath's formats).
-    #[serde(default = "one")]
-    pub default_paths: u32,
-    /// How long boot waits for every alias to be healthy before going on, degraded.
-    #[serde(default = "sixty", deserialize_with = "crate::config::values::seconds")]
-    pub wait_s: f64,
-    /// How long an FC port that is not Online gets after its LIP.
-    #[serde(default = "twenty", deserialize_with = "crate::config::values::seconds")]
-    pub lip_timeout_s: f64,
-}
-
-fn one() -> u32 {
-    1
-}
-fn sixty() -> f64 {
-    60.0
-}
-fn twenty() -> f64 {
-    20.0
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig { aliases_url: None, default_paths: one(), wait_s: sixty(), lip_timeout_s: twenty() }
-    }
-}
 
 /// Where the alias table comes from, in order of precedence.
 #[derive(Debug, Clone, Default)]

@@ -140,7 +140,7 @@ impl Runtime for ProcessRuntime {
             match sig {
                 Signal::SIGTERM => {
                     crate::spawn_worker(&format!("powerdown-{name}"), move || {
-                        let r = crate::guests::qmp::Qmp::connect(&qmp, Duration::from_secs(5))
+                        let r = crate::qemu::qmp::Qmp::connect(&qmp, Duration::from_secs(5))
                             .and_then(|mut q| q.execute("system_powerdown", serde_json::json!({})));
                         if let Err(e) = r {
                             warn!("ACPI power-off via {}: {e}", qmp.display());
@@ -149,7 +149,7 @@ impl Runtime for ProcessRuntime {
                     return;
                 }
                 Signal::SIGKILL => {
-                    if let Ok(mut q) = crate::guests::qmp::Qmp::connect(&qmp, Duration::from_millis(500)) {
+                    if let Ok(mut q) = crate::qemu::qmp::Qmp::connect(&qmp, Duration::from_millis(500)) {
                         let _ = q.execute("quit", serde_json::json!({}));
                         std::thread::sleep(Duration::from_millis(200));
                     }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use bladevisor::api::client::{call, Endpoint};
-use bladevisor::api::Status;
+use bladevisor::httpc::{call, Endpoint};
+use bladevisor::proto::Status;
 
 /// One init in its own namespaces, with its own configuration and control socket.
 pub struct Ns {

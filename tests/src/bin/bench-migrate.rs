@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use bladevisor::api::client::{call_with_body, Endpoint};
+use bladevisor::httpc::{call_with_body, Endpoint};
 use bladevisor_lab::{ok, Blade, Image, TwoBlades};
 
 const TOKEN: &str = bladevisor_lab::LAB_TOKEN;

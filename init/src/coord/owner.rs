@@ -3,7 +3,7 @@
 //! "not running" (the guest may run on the far side of a partition). Only an operator's
 //! explicit override, which is logged, starts it regardless.
 
-use crate::guests::GuestState;
+use crate::proto::GuestState;
 
 /// What one peer said about a guest.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use super::owner::Answer;
-use super::{Peer, PeerError};
-use crate::api::client::{call, Endpoint};
-use crate::api::Status;
+use crate::coord::owner::Answer;
+use crate::httpc::{call, Endpoint};
+use crate::migration::{Peer, PeerError};
+use crate::proto::Status;
 
 /// Another blade's API: its name, `ip:port`, and the cluster's token.
 #[derive(Debug, Clone)]

@@ -1,0 +1,149 @@
+//! What the parts of bladevisor say to each other: the blade's status, a guest's state, the
+//! requests each audience may make (operators, peers), their answers and refusals, and the route
+//! table that turns a request into a URL and back. It sits below the API, the coordinator, PID 1
+//! and the CLI, and above the leaves whose types the status carries (supervisor, storage,
+//! migration); it does nothing itself.
+
+pub mod state;
+
+use serde::{Deserialize, Serialize};
+
+use crate::supervisor::ServiceStatus;
+pub use state::{GuestState, GuestStatus};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceAction {
+    Start,
+    Stop,
+    Restart,
+    /// SIGKILL, with no stop requested: the supervisor sees a crash and applies the policy.
+    Kill,
+}
+
+impl ServiceAction {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "start" => Some(ServiceAction::Start),
+            "stop" => Some(ServiceAction::Stop),
+            "restart" => Some(ServiceAction::Restart),
+            "kill" => Some(ServiceAction::Kill),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PowerAction {
+    Reboot,
+    Poweroff,
+    Halt,
+}
+
+impl PowerAction {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reboot" => Some(PowerAction::Reboot),
+            "poweroff" => Some(PowerAction::Poweroff),
+            "halt" => Some(PowerAction::Halt),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerAction::Reboot => "reboot",
+            PowerAction::Poweroff => "poweroff",
+            PowerAction::Halt => "halt",
+        }
+    }
+}
+
+/// One named step of the boot, as `status` shows it: where the time to ready went.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BootPhase {
+    pub name: String,
+    pub ms: u64,
+    /// Reasons for degradation it added.
+    pub problems: usize,
+}
+
+/// Memory as the operator budgets it for guests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Memory {
+    pub total_mib: u64,
+    pub used_mib: u64,
+    pub available_mib: u64,
+}
+
+/// `GET /v1/status`: one JSON object describing the blade.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub version: String,
+    pub ready: bool,
+    /// Milliseconds from kernel start to ready.
+    pub ready_ms: Option<u64>,
+    pub uptime_s: f64,
+    pub shutting_down: Option<PowerAction>,
+    /// Why the blade is not fully healthy, one line per reason.
+    pub degraded: Vec<String>,
+    pub orphans_reaped: u64,
+    /// The cluster this blade belongs to, once its configuration is known.
+    pub cluster: Option<String>,
+    /// Which configuration is in use: fetched from a URL, or the baked copy.
+    pub config_source: Option<String>,
+    /// The management interface and its address.
+    pub management: Option<String>,
+    /// The boot's named phases in order, with how long each took (empty until boot is done).
+    #[serde(default)]
+    pub boot_phases: Vec<BootPhase>,
+    /// Every alias of the alias table: its WWID, paths and state.
+    pub luns: Vec<crate::storage::LunStatus>,
+    /// The FC HBA ports (none in the QEMU lab, which has no FC).
+    pub hbas: Vec<crate::storage::sysfs::FcHost>,
+    /// Where the alias table in force came from.
+    pub aliases_source: Option<String>,
+    /// The guests placed on this blade.
+    pub guests: Vec<GuestStatus>,
+    /// Why this blade takes no guests, when it is drained.
+    #[serde(default)]
+    pub drained: Option<String>,
+    /// Peers that said they are drained (remembered across their reboots).
+    #[serde(default)]
+    pub drained_nodes: Vec<String>,
+    /// Recent migrations from and to this blade, newest last.
+    #[serde(default)]
+    pub migrations: Vec<crate::migration::MigrationStatus>,
+    /// The last evacuation of this blade.
+    #[serde(default)]
+    pub evacuation: Option<crate::migration::Evacuation>,
+    /// Whether guests run with KVM (else TCG, much slower).
+    pub kvm: bool,
+    pub cpus: usize,
+    pub memory: Memory,
+    pub services: Vec<ServiceStatus>,
+}
+
+/// `GET /v1/capacity`: what a blade choosing a migration target needs to know of this one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub node: String,
+    /// Why it takes no guests, when it is drained.
+    pub drained: Option<String>,
+    pub shutting_down: bool,
+    pub memory: Memory,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_round_trip_through_their_names() {
+        for a in [PowerAction::Reboot, PowerAction::Poweroff, PowerAction::Halt] {
+            assert_eq!(PowerAction::parse(a.as_str()), Some(a));
+        }
+        assert_eq!(PowerAction::parse("explode"), None);
+    }
+}
