@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::httpc::{call, Endpoint};
+use crate::api::client::send;
+use crate::httpc::Endpoint;
 use crate::migration::{Ending, MigrationStatus};
-use crate::proto::Status;
+use crate::proto::request::{ConsoleText, Done, EvacuationStarted, MigrationStarted, Operator, Read, Request};
+use crate::proto::{PowerAction, ServiceAction, Status};
 use crate::supervisor::ServiceState;
 
 #[derive(Parser, Debug)]
@@ -40,13 +42,18 @@ enum Cmd {
     /// Stop all services in order and halt.
     Halt,
     /// Start, stop or restart one service.
-    Service { name: String, action: String },
+    Service {
+        name: String,
+        #[arg(value_parser = action_of)]
+        action: ServiceAction,
+    },
     /// Re-read the alias table and apply it (maps in use stay up; a bad table is refused).
     ReloadAliases,
     /// Start, stop (ACPI power-off), restart or kill (as a crash would) a guest.
     Guest {
         name: String,
-        action: String,
+        #[arg(value_parser = action_of)]
+        action: ServiceAction,
         /// Start even though another blade may run it (it runs there, or cannot be asked).
         /// Logged as an operator override. Two copies of a guest corrupt its disks.
         #[arg(long)]
@@ -94,33 +101,28 @@ fn endpoint(cli: &Cli) -> Endpoint {
     }
 }
 
+fn action_of(s: &str) -> Result<ServiceAction, String> {
+    ServiceAction::parse(s).ok_or_else(|| format!("{s:?} is not one of start, stop, restart, kill"))
+}
+
 fn fail(msg: impl std::fmt::Display) -> ! {
     eprintln!("bladevisor: {msg}");
     std::process::exit(1);
 }
 
-/// POSTs and returns the answer's JSON; anything but 200 ends the command with its message.
-fn post_json(cli: &Cli, path: &str) -> serde_json::Value {
-    let r =
-        call(&endpoint(cli), "POST", path, cli.token.as_deref(), Duration::from_secs(30)).unwrap_or_else(|e| fail(e));
-    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or(serde_json::Value::String(r.body.clone()));
-    if r.code != 200 {
-        fail(format!("{} (HTTP {})", v.get("error").and_then(|m| m.as_str()).unwrap_or(&r.body), r.code));
-    }
-    v
+/// Sends an operator's request; anything but success ends the command with the blade's message.
+fn ask<T: serde::de::DeserializeOwned>(cli: &Cli, op: Operator) -> T {
+    let req = Request::Operator(op);
+    send(&endpoint(cli), &req, cli.token.as_deref(), Duration::from_secs(30)).unwrap_or_else(|e| fail(e))
 }
 
-fn post(cli: &Cli, path: &str) {
-    let v = post_json(cli, path);
-    println!("{}", v.get("ok").and_then(|m| m.as_str()).map(String::from).unwrap_or_else(|| v.to_string()));
+/// Sends an operator's request and prints the blade's message.
+fn post(cli: &Cli, op: Operator) {
+    println!("{}", ask::<Done>(cli, op).ok);
 }
 
 fn get_status(cli: &Cli) -> Status {
-    let r = call(&endpoint(cli), "GET", "/v1/status", None, Duration::from_secs(15)).unwrap_or_else(|e| fail(e));
-    if r.code != 200 {
-        fail(format!("HTTP {}: {}", r.code, r.body));
-    }
-    serde_json::from_str(&r.body).unwrap_or_else(|e| fail(format!("unexpected status JSON: {e}")))
+    send(&endpoint(cli), &Request::Read(Read::Status), None, Duration::from_secs(15)).unwrap_or_else(|e| fail(e))
 }
 
 /// One line for a migration in progress or done.
@@ -290,32 +292,25 @@ pub fn main() {
     match &cli.cmd {
         Cmd::Init => crate::pid1::run(),
         Cmd::Status { json } => {
-            let r =
-                call(&endpoint(&cli), "GET", "/v1/status", None, Duration::from_secs(15)).unwrap_or_else(|e| fail(e));
-            if r.code != 200 {
-                fail(format!("HTTP {}: {}", r.code, r.body));
-            }
+            let s = get_status(&cli);
             if *json {
-                println!("{}", r.body);
+                println!("{}", serde_json::to_string(&s).unwrap_or_default());
             } else {
-                let s: Status =
-                    serde_json::from_str(&r.body).unwrap_or_else(|e| fail(format!("unexpected status JSON: {e}")));
                 print!("{}", render_status(&s));
             }
         }
-        Cmd::Reboot => post(&cli, "/v1/power/reboot"),
-        Cmd::Poweroff => post(&cli, "/v1/power/poweroff"),
-        Cmd::Halt => post(&cli, "/v1/power/halt"),
-        Cmd::Service { name, action } => post(&cli, &format!("/v1/services/{name}/{action}")),
-        Cmd::ReloadAliases => post(&cli, "/v1/storage/reload"),
+        Cmd::Reboot => post(&cli, Operator::Power(PowerAction::Reboot)),
+        Cmd::Poweroff => post(&cli, Operator::Power(PowerAction::Poweroff)),
+        Cmd::Halt => post(&cli, Operator::Power(PowerAction::Halt)),
+        Cmd::Service { name, action } => post(&cli, Operator::Service { name: name.clone(), action: *action }),
+        Cmd::ReloadAliases => post(&cli, Operator::StorageReload),
         Cmd::Guest { name, action, force } => {
-            post(&cli, &format!("/v1/guests/{name}/{action}{}", if *force { "?force=1" } else { "" }))
+            post(&cli, Operator::Guest { name: name.clone(), action: *action, force: *force })
         }
         Cmd::Migrate { guest, to, max_bandwidth_mbps, no_wait } => {
-            let bw = max_bandwidth_mbps.map(|b| format!("&max-bandwidth-mbps={b}")).unwrap_or_default();
-            let v = post_json(&cli, &format!("/v1/guests/{guest}/migrate?to={to}{bw}"));
-            println!("{}", v["ok"].as_str().unwrap_or(""));
-            let Some(id) = v["id"].as_u64() else { fail(format!("no migration id in {v}")) };
+            let op = Operator::Migrate { guest: guest.clone(), to: to.clone(), bandwidth_mbps: *max_bandwidth_mbps };
+            let MigrationStarted { ok, id } = ask(&cli, op);
+            println!("{ok}");
             if !no_wait {
                 let o = follow_migration(&cli, id);
                 if o.result != Ending::Completed {
@@ -323,11 +318,10 @@ pub fn main() {
                 }
             }
         }
-        Cmd::MigrateCancel { guest } => post(&cli, &format!("/v1/guests/{guest}/migrate-cancel")),
-        Cmd::Resolve { guest } => post(&cli, &format!("/v1/guests/{guest}/resolve")),
+        Cmd::MigrateCancel { guest } => post(&cli, Operator::MigrateCancel(guest.clone())),
+        Cmd::Resolve { guest } => post(&cli, Operator::Resolve(guest.clone())),
         Cmd::Evacuate { parallel } => {
-            let q = parallel.map(|p| format!("?parallel={p}")).unwrap_or_default();
-            post_json(&cli, &format!("/v1/evacuate{q}"));
+            let _: EvacuationStarted = ask(&cli, Operator::Evacuate { parallel: *parallel });
             let mut shown = std::collections::BTreeSet::new();
             let mut lines = std::collections::BTreeMap::new();
             loop {
@@ -357,20 +351,14 @@ pub fn main() {
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
-        Cmd::Undrain => post(&cli, "/v1/undrain"),
+        Cmd::Undrain => post(&cli, Operator::Undrain),
         Cmd::Console { name, follow } => {
             let mut offset = 0u64;
             loop {
-                let path = format!("/v1/guests/{name}/console?offset={offset}");
-                let r = call(&endpoint(&cli), "GET", &path, cli.token.as_deref(), Duration::from_secs(15))
-                    .unwrap_or_else(|e| fail(e));
-                let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-                if r.code != 200 {
-                    fail(format!("{} (HTTP {})", v["error"].as_str().unwrap_or(&r.body), r.code));
-                }
-                print!("{}", v["text"].as_str().unwrap_or(""));
+                let c: ConsoleText = ask(&cli, Operator::Console { name: name.clone(), offset });
+                print!("{}", c.text);
                 let _ = std::io::Write::flush(&mut std::io::stdout());
-                offset = v["next"].as_u64().unwrap_or(offset);
+                offset = c.next;
                 if !follow {
                     break;
                 }

@@ -57,6 +57,67 @@ pub fn image_version() -> String {
 
 #[cfg(test)]
 mod tests {
+    /// The README's layout, lowest first: a module may use only modules of its own layer or
+    /// below. Shared types sit low, decisions in the middle, effects at the top.
+    const LAYERS: &[&[&str]] = &[
+        &["logging", "cmdline", "httpc"],
+        &["config"],
+        &["net"],
+        &["qemu"],
+        &["supervisor", "storage"],
+        &["migration"],
+        &["proto"],
+        &["coord"],
+        &["api"],
+        &["pid1"],
+        &["cli"],
+    ];
+
+    fn layer(module: &str) -> Option<usize> {
+        LAYERS.iter().position(|l| l.contains(&module))
+    }
+
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    #[test]
+    fn no_module_uses_one_above_it() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![];
+        sources(&src, &mut files);
+        let mut wrong = vec![];
+        for f in files {
+            let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            let module = rel.split(['/', '.']).next().unwrap_or("").to_string();
+            let Some(own) = layer(&module) else { continue };
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (i, _) in text.match_indices("crate::") {
+                let used: String = text[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+                    .collect();
+                if layer(&used).is_some_and(|l| l > own) {
+                    wrong.push(format!("{rel} uses crate::{used}"));
+                }
+            }
+        }
+        wrong.sort();
+        wrong.dedup();
+        assert!(wrong.is_empty(), "modules that use one above them (see the README's layout): {wrong:#?}");
+        assert!(LAYERS
+            .iter()
+            .flat_map(|l| l.iter())
+            .all(|m| src.join(m).exists() || src.join(format!("{m}.rs")).exists()));
+    }
+
     #[test]
     fn a_panicking_worker_is_caught_and_the_caller_goes_on() {
         let (tx, rx) = std::sync::mpsc::channel::<()>();

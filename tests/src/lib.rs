@@ -6,14 +6,15 @@ pub mod hostile;
 pub mod http;
 pub mod qmp;
 
-use std::io::Read;
+use std::io::Read as _;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bladevisor::httpc::{call, Endpoint, Response};
+use bladevisor::httpc::{call_with_body, Endpoint, Response};
+pub use bladevisor::proto::request::{Operator, Peer, Read, Request};
 use bladevisor::proto::Status;
 
 /// Unwraps a lab result, failing the test with its message (which carries the console).
@@ -389,13 +390,15 @@ impl Blade {
         Endpoint::Tcp(format!("127.0.0.1:{}", self.api_port))
     }
 
-    pub fn call(&self, method: &str, path: &str, token: Option<&str>) -> Result<Response, String> {
-        call(&self.api(), method, path, token, Duration::from_secs(20))
+    /// Sends a request as the route table writes it (method, URL, body), raw answer back.
+    pub fn call(&self, req: &Request, token: Option<&str>) -> Result<Response, String> {
+        let body = req.body().unwrap_or_default();
+        call_with_body(&self.api(), req.method(), &req.target(), token, &body, Duration::from_secs(20))
     }
 
     /// `GET /v1/status` through the forwarded port.
     pub fn status(&self) -> Result<Status, String> {
-        let r = self.call("GET", "/v1/status", None)?;
+        let r = self.call(&Request::Read(Read::Status), None)?;
         if r.code != 200 {
             return Err(format!("HTTP {}: {}", r.code, r.body));
         }

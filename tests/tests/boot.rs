@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use bladevisor::proto::PowerAction;
 use bladevisor_lab::http::HttpDir;
-use bladevisor_lab::{free_port, ok, serve_files, work_dir, Blade, BladeSpec, Boot, Image};
+use bladevisor_lab::{free_port, ok, serve_files, work_dir, Blade, BladeSpec, Boot, Image, Operator, Read, Request};
 
 /// Under TCG on a shared 2-core machine a boot takes tens of seconds; these limits only catch
 /// a blade that will never get there.
@@ -48,14 +49,15 @@ fn a_blade_boots_to_ready_answers_its_api_and_powers_off_in_order() {
     assert_eq!(udevd.state, bladevisor::supervisor::ServiceState::Running, "{status:?}");
     assert!(status.memory.total_mib > 1500 && status.cpus == 2, "{status:?}");
 
-    let metrics = ok(blade.call("GET", "/metrics", None));
+    let metrics = ok(blade.call(&Request::Read(Read::Metrics), None));
     assert!(metrics.body.contains("bladevisor_ready 1"), "{}", metrics.body);
 
+    let reboot = Request::Operator(Operator::Power(PowerAction::Reboot));
     // The baked configuration carries no credentials (anyone can read an image): on it, the
     // blade's API is read-only, whatever a caller presents; the blade keeps running.
-    let r = ok(blade.call("POST", "/v1/power/reboot", None));
+    let r = ok(blade.call(&reboot, None));
     assert_eq!(r.code, 403, "{}", r.body);
-    let r = ok(blade.call("POST", "/v1/power/reboot", Some("lab-token-change-me")));
+    let r = ok(blade.call(&reboot, Some("lab-token-change-me")));
     assert_eq!(r.code, 403, "the token the first release baked opens nothing: {}", r.body);
     assert!(r.body.contains("read-only"), "{}", r.body);
     assert!(ok(blade.status()).shutting_down.is_none());

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use bladevisor::proto::GuestState;
-use bladevisor_lab::{ok, start_lab_blade1, Blade, Image, LAB_TOKEN};
+use bladevisor::proto::{GuestState, ServiceAction};
+use bladevisor_lab::{ok, start_lab_blade1, Blade, Image, Operator, Peer, Read, Request, LAB_TOKEN};
 
 const TOKEN: &str = LAB_TOKEN;
 
@@ -17,7 +17,7 @@ fn guest(blade: &Blade) -> bladevisor::proto::GuestStatus {
 }
 
 fn console(blade: &Blade) -> String {
-    let r = ok(blade.call("GET", "/v1/guests/demo/console", Some(TOKEN)));
+    let r = ok(blade.call(&Request::Operator(Operator::Console { name: "demo".into(), offset: 0 }), Some(TOKEN)));
     assert_eq!(r.code, 200, "{}", r.body);
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     v["text"].as_str().unwrap_or("").to_string()
@@ -49,7 +49,7 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
     wait(&blade, "the counter on the guest's console", Duration::from_secs(400), || last_count(&console(&blade)) >= 3);
     let before = last_count(&console(&blade));
     wait(&blade, "the counter to keep going", Duration::from_secs(60), || last_count(&console(&blade)) > before);
-    let metrics = ok(blade.call("GET", "/metrics", None)).body;
+    let metrics = ok(blade.call(&Request::Read(Read::Metrics), None)).body;
     assert!(metrics.contains("bladevisor_guest_running{guest=\"demo\"} 1"), "{metrics}");
     assert!(metrics.contains("bladevisor_guest_state{guest=\"demo\",state=\"running\"} 1"), "{metrics}");
     assert!(metrics.contains("bladevisor_guest_state{guest=\"demo\",state=\"in-doubt\"} 0"), "{metrics}");
@@ -57,19 +57,46 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
     hostile_clients_do_not_reach_the_guest(&blade);
 
     // Without the token nothing changes.
-    assert_eq!(ok(blade.call("POST", "/v1/guests/demo/stop", None)).code, 401);
-    assert_eq!(ok(blade.call("POST", "/v1/guests/demo/kill", Some("wrong"))).code, 401);
-    assert_eq!(ok(blade.call("GET", "/v1/guests/demo/console", None)).code, 401);
+    assert_eq!(
+        ok(blade.call(
+            &Request::Operator(Operator::Guest { name: "demo".into(), action: ServiceAction::Stop, force: false }),
+            None
+        ))
+        .code,
+        401
+    );
+    assert_eq!(
+        ok(blade.call(
+            &Request::Operator(Operator::Guest { name: "demo".into(), action: ServiceAction::Kill, force: false }),
+            Some("wrong")
+        ))
+        .code,
+        401
+    );
+    assert_eq!(
+        ok(blade.call(&Request::Operator(Operator::Console { name: "demo".into(), offset: 0 }), None)).code,
+        401
+    );
     assert!(blade.console().contains("refused: this call needs the cluster's token"), "the refusal is logged");
     assert_eq!(guest(&blade).state, GuestState::Running);
     // An unknown guest is a clear 404.
-    let r = ok(blade.call("POST", "/v1/guests/nosuch/start", Some(TOKEN)));
+    let r = ok(blade.call(
+        &Request::Operator(Operator::Guest { name: "nosuch".into(), action: ServiceAction::Start, force: false }),
+        Some(TOKEN),
+    ));
     assert_eq!(r.code, 404, "{}", r.body);
     assert!(r.body.contains("no guest named \\\"nosuch\\\" on this blade (guests here: demo)"), "{}", r.body);
 
     // Its QEMU dies: it is restarted, and the restart is counted.
     let pid = guest(&blade).pid.expect("running guest has a pid");
-    assert_eq!(ok(blade.call("POST", "/v1/guests/demo/kill", Some(TOKEN))).code, 200);
+    assert_eq!(
+        ok(blade.call(
+            &Request::Operator(Operator::Guest { name: "demo".into(), action: ServiceAction::Kill, force: false }),
+            Some(TOKEN)
+        ))
+        .code,
+        200
+    );
     wait(&blade, "the guest to come back", Duration::from_secs(120), || {
         let g = guest(&blade);
         g.state == GuestState::Running && g.restarts == 1 && g.pid.is_some_and(|p| p != pid)
@@ -79,7 +106,14 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
     });
 
     // Stop: ACPI power-off (the boot sector ignores it), then quit after its 10 s timeout.
-    assert_eq!(ok(blade.call("POST", "/v1/guests/demo/stop", Some(TOKEN))).code, 200);
+    assert_eq!(
+        ok(blade.call(
+            &Request::Operator(Operator::Guest { name: "demo".into(), action: ServiceAction::Stop, force: false }),
+            Some(TOKEN)
+        ))
+        .code,
+        200
+    );
     wait(&blade, "the guest to stop", Duration::from_secs(60), || guest(&blade).state == GuestState::Stopped);
     std::thread::sleep(Duration::from_secs(5));
     let g = guest(&blade);
@@ -146,9 +180,12 @@ fn hostile_clients_do_not_reach_the_guest(blade: &Blade) {
         assert!(body.contains("not one of the read-only queries"), "{body}");
     }
     // Peer calls name a blade of this cluster.
-    let r = ok(blade.call("POST", "/v1/incoming/demo?from=mallory", Some(TOKEN)));
+    let r = ok(blade.call(
+        &Request::Peer(Peer::Incoming { guest: "demo".into(), from: "mallory".into(), caps: vec![] }),
+        Some(TOKEN),
+    ));
     assert_eq!(r.code, 403, "{}", r.body);
-    let r = ok(blade.call("POST", "/v1/nodes/mallory/drained", Some(TOKEN)));
+    let r = ok(blade.call(&Request::Peer(Peer::Drained { node: "mallory".into(), drained: true }), Some(TOKEN)));
     assert_eq!(r.code, 403, "{}", r.body);
 
     let (a, _) = liar.join().unwrap();

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bladevisor::migration::{Ending, MigrationStatus};
-use bladevisor::proto::GuestStatus;
-use bladevisor_lab::{ok, repo_root, Blade, Image, TwoBlades};
+use bladevisor::proto::{GuestStatus, PowerAction, ServiceAction};
+use bladevisor_lab::{ok, repo_root, Blade, Image, Operator, Request, TwoBlades};
 
 const TOKEN: &str = bladevisor_lab::LAB_TOKEN;
 const READY: Duration = Duration::from_secs(400);
@@ -24,7 +24,7 @@ fn state(b: &Blade) -> String {
 }
 
 fn console(b: &Blade) -> String {
-    let r = ok(b.call("GET", "/v1/guests/demo/console", Some(TOKEN)));
+    let r = ok(b.call(&Request::Operator(Operator::Console { name: "demo".into(), offset: 0 }), Some(TOKEN)));
     if r.code != 200 {
         return String::new();
     }
@@ -55,9 +55,17 @@ fn wait(lab: &TwoBlades, what: &str, limit: Duration, mut cond: impl FnMut() -> 
     }
 }
 
-fn post(b: &Blade, path: &str) -> (u16, String) {
-    let r = ok(b.call("POST", path, Some(TOKEN)));
+fn post(b: &Blade, req: Request) -> (u16, String) {
+    let r = ok(b.call(&req, Some(TOKEN)));
     (r.code, r.body)
+}
+
+fn guest(name: &str, action: ServiceAction) -> Request {
+    Request::Operator(Operator::Guest { name: name.into(), action, force: false })
+}
+
+fn migrate(to: &str, bandwidth_mbps: Option<f64>) -> Request {
+    Request::Operator(Operator::Migrate { guest: "demo".into(), to: to.into(), bandwidth_mbps })
 }
 
 fn migration(b: &Blade, id: u64) -> MigrationStatus {
@@ -95,21 +103,21 @@ fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
     assert!(demo(b2).is_none_or(|g| g.pid.is_none()), "blade2 runs no copy: {:?}", demo(b2));
 
     // 1. A second copy is refused, naming the blade that runs it.
-    let (code, body) = post(b2, "/v1/guests/demo/start");
+    let (code, body) = post(b2, guest("demo", ServiceAction::Start));
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("guest demo runs on blade1"), "{body}");
     assert!(demo(b2).is_none_or(|g| g.pid.is_none()), "still no copy on blade2: {:?}", demo(b2));
 
     // 2. The destination's QEMU dies mid-stream (a slow stream, so there is a middle): the
     //    guest keeps running on blade1, same process, counter going on; blade2 has nothing.
-    let (code, body) = post(b1, "/v1/guests/demo/migrate?to=blade2&max-bandwidth-mbps=0.2");
+    let (code, body) = post(b1, migrate("blade2", Some(0.2)));
     assert_eq!(code, 200, "{body}");
     let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_u64().expect("migration id");
     wait(&lab, "the stream to be under way", Duration::from_secs(120), || {
         migration(b1, id).progress.is_some_and(|p| p.transferred_bytes > 0) && state(b2) == "incoming"
     });
     let before = last_count(b1);
-    let (code, body) = post(b2, "/v1/guests/demo/kill");
+    let (code, body) = post(b2, guest("demo", ServiceAction::Kill));
     assert_eq!(code, 200, "{body}");
     wait(&lab, "the failed migration's outcome", Duration::from_secs(120), || migration(b1, id).outcome.is_some());
     let m = migration(b1, id);
@@ -124,7 +132,7 @@ fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
     });
 
     // 2b. An operator's cancel mid-stream: the same, through the CLI.
-    let (code, body) = post(b1, "/v1/guests/demo/migrate?to=blade2&max-bandwidth-mbps=0.2");
+    let (code, body) = post(b1, migrate("blade2", Some(0.2)));
     assert_eq!(code, 200, "{body}");
     let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_u64().unwrap();
     wait(&lab, "the second stream to be under way", Duration::from_secs(120), || {
@@ -161,7 +169,7 @@ fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
     assert!(!text.contains("bladevisor test guest"), "no reboot on blade2:\n{text}");
 
     // 4. blade1 reboots while the guest runs on blade2: it does not start a second copy.
-    let (code, body) = post(b1, "/v1/power/reboot");
+    let (code, body) = post(b1, Request::Operator(Operator::Power(PowerAction::Reboot)));
     assert_eq!(code, 200, "{body}");
     ok(lab.blades[0].wait_exit(Duration::from_secs(120)));
     lab.restart(1, &img);
@@ -201,7 +209,7 @@ fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
     let first = counts(&console(b1)).into_iter().min().unwrap();
     assert!(first >= before, "the count went on from {before} (blade1 first printed {first})");
     // A drained blade takes nothing until undrained.
-    let (code, body) = post(b1, "/v1/guests/demo/migrate?to=blade2");
+    let (code, body) = post(b1, migrate("blade2", None));
     assert_eq!(code, 200, "{body}");
     let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_u64().unwrap();
     wait(&lab, "the refused migration", Duration::from_secs(60), || migration(b1, id).outcome.is_some());

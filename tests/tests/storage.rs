@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bladevisor::storage::LunState;
 use bladevisor_lab::{
-    lun_marker, ok, serve_files, start_lab_blade1, work_dir, wwid_of, Blade, BladeSpec, Boot, Image, LAB_LUNS,
-    LAB_TOKEN, MARKER_OFFSET,
+    lun_marker, ok, serve_files, start_lab_blade1, work_dir, wwid_of, Blade, BladeSpec, Boot, Image, Operator, Read,
+    Request, LAB_LUNS, LAB_TOKEN, MARKER_OFFSET,
 };
 use serde_json::json;
 
@@ -21,7 +21,7 @@ fn unhex(h: &str) -> Vec<u8> {
 
 /// Reads 4 KiB of the LUN behind `/dev/mapper/<alias>` on the blade (O_DIRECT, through the map).
 fn read_lun(blade: &Blade, alias: &str, offset: u64) -> Result<Vec<u8>, String> {
-    let r = blade.call("GET", &format!("/v1/luns/{alias}/read?offset={offset}"), Some(TOKEN))?;
+    let r = blade.call(&Request::Operator(Operator::ReadLun { alias: alias.into(), offset }), Some(TOKEN))?;
     if r.code != 200 {
         return Err(format!("HTTP {}: {}", r.code, r.body));
     }
@@ -88,7 +88,10 @@ fn a_path_fails_under_reads_and_returns_while_the_map_stays_up() {
         );
     }
     // Reading LUN data needs the token.
-    assert_eq!(ok(blade.call("GET", "/v1/luns/lab-vm1/read", None)).code, 401);
+    assert_eq!(
+        ok(blade.call(&Request::Operator(Operator::ReadLun { alias: "lab-vm1".into(), offset: 0 }), None)).code,
+        401
+    );
 
     // The fabric loses one path of lab-vm1 (its port on the second HBA) while the blade reads.
     let mut qmp = ok(blade.qmp());
@@ -120,7 +123,7 @@ fn a_path_fails_under_reads_and_returns_while_the_map_stays_up() {
         "a log line says which path went\n{}",
         blade.report()
     );
-    let metrics = ok(blade.call("GET", "/metrics", None)).body;
+    let metrics = ok(blade.call(&Request::Read(Read::Metrics), None)).body;
     assert!(
         metrics
             .contains(&format!("bladevisor_lun_paths_up{{alias=\"lab-vm1\",wwid=\"{}\"}} 1", wwid_of(LAB_LUNS[0].1))),

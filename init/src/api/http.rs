@@ -1,132 +1,28 @@
-//! Routing HTTP requests to the main loop, and rendering its replies as JSON or Prometheus text.
+//! Serving the route table: credentials, a request handed to the dispatch, its reply rendered
+//! as JSON with the status code its refusal calls for, or the status as Prometheus text.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 
 use tracing::warn;
 
 use super::server::{ApiRequest, ApiResponse, Handler, Throttle};
-use super::{ask, Auth, Reply, Request, ServiceAction, Status};
+use super::{Auth, Dispatch};
 use crate::config::error::shorten;
-use crate::pid1::Event;
-use crate::proto::GuestState;
-use crate::proto::PowerAction;
+use crate::proto::request::{Answer, Operator, Read, Refusal, Reply, Request, Why};
+use crate::proto::routes::{route, RouteError};
+use crate::proto::{GuestState, Status};
 use crate::supervisor::ServiceState;
 
-/// A parsed route: what to ask the main loop, whether it mutates, and how to render it.
-#[derive(Debug, PartialEq)]
-pub enum Route {
-    Status,
-    Metrics,
-    /// A call that changes something: needs the token over the network.
-    Do(Request),
-    /// Reads 4 KiB of a LUN through its map (bypassing the page cache): needs the token, as it
-    /// reads guests' data.
-    ReadLun {
-        alias: String,
-        offset: u64,
-    },
-    /// A read of something private (a guest's console): needs the token too.
-    Private(Request),
-    /// One raw QMP command (the request's body) to a guest: needs the token.
-    Qmp {
-        guest: String,
-    },
-    NotFound,
-    MethodNotAllowed,
-    BadRequest(String),
-}
-
-fn query(url: &str, key: &str) -> Option<String> {
-    url.split_once('?')?.1.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(String::from))
-}
-
-pub fn route(method: &str, url: &str) -> Route {
-    let path = url.split('?').next().unwrap_or("");
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (method, parts.as_slice()) {
-        ("GET", ["v1", "status"]) => Route::Status,
-        ("GET", ["metrics"]) => Route::Metrics,
-        ("POST", ["v1", "power", action]) => match PowerAction::parse(action) {
-            Some(a) => Route::Do(Request::Power(a)),
-            None => Route::NotFound,
-        },
-        ("POST", ["v1", "services", name, action]) => match ServiceAction::parse(action) {
-            Some(a) => Route::Do(Request::Service { name: name.to_string(), action: a }),
-            None => Route::NotFound,
-        },
-        ("POST", ["v1", "guests", name, "migrate"]) => {
-            let bandwidth_mbps = match query(url, "max-bandwidth-mbps").map(|b| b.parse::<f64>()) {
-                None => None,
-                Some(Ok(b)) if crate::migration::valid_bandwidth(b) => Some(b),
-                Some(_) => return Route::BadRequest(crate::migration::BANDWIDTH_RANGE.into()),
-            };
-            match query(url, "to") {
-                Some(to) => Route::Do(Request::Migrate { guest: name.to_string(), to, bandwidth_mbps }),
-                None => Route::BadRequest("migrate needs ?to=<node>".into()),
-            }
-        }
-        ("POST", ["v1", "guests", name, "qmp"]) => Route::Qmp { guest: name.to_string() },
-        ("POST", ["v1", "guests", name, "resolve"]) => Route::Do(Request::Resolve(name.to_string())),
-        ("POST", ["v1", "guests", name, "migrate-cancel"]) => Route::Do(Request::MigrateCancel(name.to_string())),
-        ("POST", ["v1", "guests", name, action]) => match ServiceAction::parse(action) {
-            Some(a) => Route::Do(Request::Guest {
-                name: name.to_string(),
-                action: a,
-                force: query(url, "force").is_some_and(|f| f == "1" || f == "true"),
-            }),
-            None => Route::NotFound,
-        },
-        ("POST", ["v1", "incoming", guest]) => match query(url, "from") {
-            Some(from) => Route::Do(Request::Incoming {
-                guest: guest.to_string(),
-                from,
-                caps: query(url, "caps")
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter(|c| !c.is_empty())
-                    .map(String::from)
-                    .collect(),
-            }),
-            None => Route::BadRequest("incoming needs ?from=<node>".into()),
-        },
-        ("POST", ["v1", "incoming", guest, "resume"]) => Route::Do(Request::IncomingResume(guest.to_string())),
-        ("POST", ["v1", "incoming", guest, "abort"]) => Route::Do(Request::IncomingAbort(guest.to_string())),
-        ("POST", ["v1", "evacuate"]) => match query(url, "parallel").map(|p| p.parse::<usize>()) {
-            None => Route::Do(Request::Evacuate { parallel: None }),
-            Some(Ok(p)) if (1..=crate::migration::MAX_PARALLEL).contains(&p) => {
-                Route::Do(Request::Evacuate { parallel: Some(p) })
-            }
-            Some(_) => Route::BadRequest(format!("parallel must be 1-{}", crate::migration::MAX_PARALLEL)),
-        },
-        ("POST", ["v1", "undrain"]) => Route::Do(Request::Undrain),
-        ("POST", ["v1", "nodes", node, verb @ ("drained" | "undrained")]) => {
-            Route::Do(Request::PeerDrained { node: node.to_string(), drained: *verb == "drained" })
-        }
-        ("GET", ["v1", "guests", name, "console"]) => {
-            match query(url, "offset").unwrap_or_else(|| "0".into()).parse() {
-                Ok(offset) => Route::Private(Request::Console { name: name.to_string(), offset }),
-                Err(_) => Route::NotFound,
-            }
-        }
-        ("POST", ["v1", "storage", "reload"]) => Route::Do(Request::StorageReload),
-        ("GET", ["v1", "luns", alias, "read"]) => match query(url, "offset").unwrap_or_else(|| "0".into()).parse() {
-            Ok(offset) => Route::ReadLun { alias: alias.to_string(), offset },
-            Err(_) => Route::NotFound,
-        },
-        (_, ["v1", "status"])
-        | (_, ["metrics"])
-        | (_, ["v1", "power", _])
-        | (_, ["v1", "services", _, _])
-        | (_, ["v1", "storage", "reload"])
-        | (_, ["v1", "luns", _, "read"])
-        | (_, ["v1", "guests", _, _])
-        | (_, ["v1", "incoming", ..])
-        | (_, ["v1", "evacuate"])
-        | (_, ["v1", "undrain"])
-        | (_, ["v1", "nodes", _, _]) => Route::MethodNotAllowed,
-        _ => Route::NotFound,
+/// The HTTP status code of a refusal: decided here, and nowhere else.
+pub fn code(why: Why) -> u16 {
+    match why {
+        Why::Invalid => 400,
+        Why::Forbidden => 403,
+        Why::NotFound => 404,
+        Why::Conflict => 409,
+        Why::Failed => 422,
+        Why::Unavailable => 503,
     }
 }
 
@@ -136,54 +32,47 @@ fn message(code: u16, key: &str, msg: &str) -> ApiResponse {
 
 fn render(reply: Reply) -> ApiResponse {
     match reply {
-        Reply::Status(s) => ApiResponse::json(200, serde_json::to_string(&s).unwrap_or_default()),
-        Reply::Ok(m) => message(200, "ok", &m),
-        Reply::Error(c, m) => message(c, "error", &m),
-        Reply::Json(v) => ApiResponse::json(200, v.to_string()),
-        Reply::ServiceState(s) => ApiResponse::json(200, serde_json::json!({ "state": s }).to_string()),
-        Reply::Deferred => message(500, "error", "no answer"),
+        Ok(a) => ApiResponse::json(200, a.to_json()),
+        Err(r) => message(code(r.why), "error", &r.message),
     }
 }
 
 /// Reads 4 KiB at `offset` (rounded down to 4 KiB) of `/dev/mapper/<alias>` with O_DIRECT, so
 /// the answer comes from the LUN through its paths, not from the page cache.
-pub fn read_lun(alias: &str, offset: u64) -> Result<Vec<u8>, (u16, String)> {
+pub fn read_lun(alias: &str, offset: u64) -> Result<Vec<u8>, Refusal> {
     use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::OpenOptionsExt;
     if !crate::config::aliases::valid_alias(alias) {
-        return Err((404, format!("{alias:?} is not an alias")));
+        return Err(Refusal::not_found(format!("{alias:?} is not an alias")));
     }
     let dev = std::path::Path::new("/dev/mapper").join(alias);
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_DIRECT)
         .open(&dev)
-        .map_err(|e| (404, format!("{}: {e}", dev.display())))?;
+        .map_err(|e| Refusal::not_found(format!("{}: {e}", dev.display())))?;
     let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("valid layout");
     // O_DIRECT needs an aligned buffer: allocate one and copy out.
     // SAFETY: the layout has a non-zero size; the buffer is freed below on every path.
     let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
     if ptr.is_null() {
-        return Err((500, "out of memory".into()));
+        return Err(Refusal::failed("out of memory"));
     }
     // SAFETY: ptr points to 4096 initialised (zeroed) bytes owned here.
     let buf = unsafe { std::slice::from_raw_parts_mut(ptr, 4096) };
     let r = f.seek(SeekFrom::Start(offset & !4095)).and_then(|_| f.read(buf)).map(|n| buf[..n].to_vec());
     // SAFETY: allocated above with the same layout.
     unsafe { std::alloc::dealloc(ptr, layout) };
-    r.map_err(|e| (500, format!("reading {} at {offset}: {e}", dev.display())))
+    r.map_err(|e| Refusal::failed(format!("reading {} at {offset}: {e}", dev.display())))
 }
 
-/// The largest body a route takes: a QMP query's JSON; every other call carries its few
-/// arguments in the URL.
-pub const QMP_BODY_LIMIT: usize = 4096;
 /// LUN reads (blocking O_DIRECT reads that a failed path can hold for a long time) running at
 /// once; more are answered 503 rather than taking every handler thread.
 const MAX_LUN_READS: usize = 4;
 
 /// The API's request handler: routes, checks credentials and asks the main loop.
 pub struct Api {
-    tx: Sender<Event>,
+    dispatch: Dispatch,
     auth: Auth,
     name: String,
     refusals: Mutex<Throttle>,
@@ -191,9 +80,9 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(tx: Sender<Event>, auth: Auth, name: &str) -> Self {
+    pub fn new(dispatch: Dispatch, auth: Auth, name: &str) -> Self {
         Api {
-            tx,
+            dispatch,
             auth,
             name: name.to_string(),
             refusals: Mutex::new(Throttle::new(std::time::Duration::from_secs(10))),
@@ -202,7 +91,7 @@ impl Api {
     }
 
     fn ask(&self, r: Request) -> Reply {
-        ask(&self.tx, r)
+        (self.dispatch)(r)
     }
 
     /// Logs a refused call, at most one line per ten seconds, with what the client sent cut short.
@@ -237,52 +126,57 @@ impl Api {
                 serde_json::json!({ "alias": alias, "offset": offset & !4095, "length": bytes.len(), "hex": hex(&bytes) })
                     .to_string(),
             ),
-            Err((code, e)) => message(code, "error", &e),
+            Err(r) => render(Err(r)),
         }
     }
 }
 
 impl Handler for Api {
     fn body_limit(&self, method: &str, target: &str) -> usize {
-        match route(method, target) {
-            Route::Qmp { .. } => QMP_BODY_LIMIT,
-            _ => 0,
-        }
+        route(method, target).map(|r| r.body_limit()).unwrap_or(0)
     }
 
     fn handle(&self, req: ApiRequest) -> ApiResponse {
-        let route = route(&req.method, &req.target);
-        if matches!(route, Route::Do(_) | Route::ReadLun { .. } | Route::Private(_) | Route::Qmp { .. }) {
+        let what = || format!("{} {}", shorten(&req.method, 16), shorten(&req.target, 120));
+        let request = match route(&req.method, &req.target) {
+            Ok(r) => r,
+            Err(RouteError::Invalid(m)) => return message(400, "error", &m),
+            Err(RouteError::NotFound) => return message(404, "error", &format!("no such endpoint: {}", what())),
+            Err(RouteError::MethodNotAllowed) => {
+                return message(405, "error", &format!("method not allowed: {}", what()))
+            }
+        };
+        if request.needs_token() {
             if let Some((code, why)) = refuse(&self.auth, req.authorization.as_deref()) {
                 self.log_refusal(&req, why);
                 return message(code, "error", why);
             }
         }
-        let what = || format!("{} {}", shorten(&req.method, 16), shorten(&req.target, 120));
-        match route {
-            Route::BadRequest(m) => message(400, "error", &m),
-            Route::NotFound => message(404, "error", &format!("no such endpoint: {}", what())),
-            Route::MethodNotAllowed => message(405, "error", &format!("method not allowed: {}", what())),
-            Route::Status => render(self.ask(Request::Status)),
-            Route::Metrics => match self.ask(Request::Status) {
-                Reply::Status(s) => {
+        match request {
+            Request::Read(Read::Metrics) => match self.ask(Request::Read(Read::Status)) {
+                Ok(Answer::Status(s)) => {
                     ApiResponse { code: 200, content_type: "text/plain; version=0.0.4", body: metrics(&s) }
                 }
-                r => render(r),
+                Ok(_) => message(500, "error", "the status came back as something else"),
+                Err(r) => render(Err(r)),
             },
-            Route::ReadLun { alias, offset } => self.read_lun(&alias, offset),
-            Route::Do(r) | Route::Private(r) => render(self.ask(r)),
-            Route::Qmp { guest } => match serde_json::from_slice::<serde_json::Value>(&req.body) {
-                Ok(command) if command["execute"].is_string() => render(self.ask(Request::GuestQmp { guest, command })),
-                _ => message(
-                    400,
-                    "error",
-                    &format!(
-                        "the body must be a QMP command {{\"execute\": ...}}, not {:?}",
-                        shorten(&String::from_utf8_lossy(&req.body), 80)
+            Request::Operator(Operator::ReadLun { alias, offset }) => self.read_lun(&alias, offset),
+            Request::Operator(Operator::GuestQmp { guest, .. }) => {
+                match serde_json::from_slice::<serde_json::Value>(&req.body) {
+                    Ok(command) if command["execute"].is_string() => {
+                        render(self.ask(Request::Operator(Operator::GuestQmp { guest, command })))
+                    }
+                    _ => message(
+                        400,
+                        "error",
+                        &format!(
+                            "the body must be a QMP command {{\"execute\": ...}}, not {:?}",
+                            shorten(&String::from_utf8_lossy(&req.body), 80)
+                        ),
                     ),
-                ),
-            },
+                }
+            }
+            r => render(self.ask(r)),
         }
     }
 }
@@ -455,47 +349,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_map_to_requests() {
-        assert_eq!(route("GET", "/v1/status"), Route::Status);
-        assert_eq!(route("GET", "/v1/status?x=1"), Route::Status);
-        assert_eq!(route("GET", "/metrics"), Route::Metrics);
-        assert_eq!(route("POST", "/v1/power/poweroff"), Route::Do(Request::Power(PowerAction::Poweroff)));
-        assert_eq!(
-            route("POST", "/v1/services/udevd/restart"),
-            Route::Do(Request::Service { name: "udevd".into(), action: ServiceAction::Restart })
-        );
-        assert_eq!(route("POST", "/v1/power/explode"), Route::NotFound);
-        assert_eq!(
-            route("POST", "/v1/guests/web/migrate?to=blade2&max-bandwidth-mbps=0.5"),
-            Route::Do(Request::Migrate { guest: "web".into(), to: "blade2".into(), bandwidth_mbps: Some(0.5) })
-        );
-        assert!(matches!(route("POST", "/v1/guests/web/migrate"), Route::BadRequest(_)));
-        assert_eq!(
-            route("POST", "/v1/guests/web/start?force=1"),
-            Route::Do(Request::Guest { name: "web".into(), action: ServiceAction::Start, force: true })
-        );
-        assert_eq!(
-            route("POST", "/v1/incoming/web?from=blade1&caps=events,x-ignore-shared"),
-            Route::Do(Request::Incoming {
-                guest: "web".into(),
-                from: "blade1".into(),
-                caps: vec!["events".into(), "x-ignore-shared".into()]
-            })
-        );
-        assert_eq!(
-            route("POST", "/v1/nodes/blade1/drained"),
-            Route::Do(Request::PeerDrained { node: "blade1".into(), drained: true })
-        );
-        assert_eq!(route("POST", "/v1/evacuate?parallel=2"), Route::Do(Request::Evacuate { parallel: Some(2) }));
-        assert_eq!(route("GET", "/v1/evacuate"), Route::MethodNotAllowed);
-        assert_eq!(route("POST", "/v1/guests/web/resolve"), Route::Do(Request::Resolve("web".into())));
-        assert_eq!(route("POST", "/v1/guests/web/qmp"), Route::Qmp { guest: "web".into() });
-        assert_eq!(route("GET", "/v1/luns/vm1/read?offset=8192"), Route::ReadLun { alias: "vm1".into(), offset: 8192 });
-        assert_eq!(route("GET", "/v1/luns/vm1/read"), Route::ReadLun { alias: "vm1".into(), offset: 0 });
-        assert!(matches!(route("POST", "/v1/storage/reload"), Route::Do(Request::StorageReload)));
-        assert_eq!(route("GET", "/v1/power/reboot"), Route::MethodNotAllowed);
-        assert_eq!(route("POST", "/v1/status"), Route::MethodNotAllowed);
-        assert_eq!(route("GET", "/"), Route::NotFound);
+    fn every_refusal_has_its_status_code() {
+        let codes: Vec<u16> =
+            [Why::Invalid, Why::Forbidden, Why::NotFound, Why::Conflict, Why::Failed, Why::Unavailable]
+                .into_iter()
+                .map(code)
+                .collect();
+        assert_eq!(codes, [400, 403, 404, 409, 422, 503]);
+        let r = render(Err(Refusal::conflict("guest web is migrating")));
+        assert_eq!((r.code, r.body.as_str()), (409, r#"{"error":"guest web is migrating"}"#));
+        let r = render(Ok(Answer::done("noted")));
+        assert_eq!((r.code, r.body.as_str()), (200, r#"{"ok":"noted"}"#));
     }
 
     #[test]

@@ -1,16 +1,21 @@
-//! Talking to another blade's supervisor over its authenticated API.
+//! Talking to another blade over its API: the narrow questions (one guest's state, capacity and
+//! drain) and the migration calls, all built from the route table. A peer of an older release
+//! that lacks a narrow route (404) is asked for its whole status instead, so a rolling upgrade
+//! keeps its owner checks.
 
 use std::time::Duration;
 
+use super::client::{send, CallError};
 use crate::coord::owner::Answer;
-use crate::httpc::{call, Endpoint};
-use crate::migration::{Peer, PeerError};
-use crate::proto::Status;
+use crate::httpc::Endpoint;
+use crate::migration::{Peer as MigrationPeer, PeerError};
+use crate::proto::request::{Done, GuestHere, Listening, Peer, Read, Request};
+use crate::proto::{Capacity, Status};
 
 /// Another blade's API: its name, `ip:port`, and the cluster's token.
 #[derive(Debug, Clone)]
 pub struct HttpPeer {
-    /// This blade's name, sent along so the peer can log who asked.
+    /// This blade's name, sent along so the peer can check who asks.
     pub local: String,
     pub node: String,
     pub addr: String,
@@ -32,55 +37,74 @@ impl HttpPeer {
         })
     }
 
-    /// A POST; a 2xx answer's body, a refusal (any other answer) or unreachable.
-    pub fn post(&self, path: &str) -> Result<String, PeerError> {
-        let r = call(&Endpoint::Tcp(self.addr.clone()), "POST", path, self.token.as_deref(), self.timeout)
-            .map_err(|e| PeerError::Unreachable(e.to_string()))?;
-        if (200..300).contains(&r.code) {
-            Ok(r.body)
-        } else {
-            let msg = serde_json::from_str::<serde_json::Value>(&r.body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(String::from))
-                .unwrap_or(r.body);
-            Err(PeerError::Refused(format!("HTTP {}: {msg}", r.code)))
+    /// Sends a request; its answer as `T`.
+    pub fn send<T: serde::de::DeserializeOwned>(&self, req: &Request) -> Result<T, CallError> {
+        send(&Endpoint::Tcp(self.addr.clone()), req, self.token.as_deref(), self.timeout)
+    }
+
+    fn status(&self) -> Result<Status, String> {
+        self.send(&Request::Read(Read::Status)).map_err(|e| format!("{}: {e}", self.addr))
+    }
+
+    /// A narrow read, or the whole status from a peer that predates it.
+    fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        read: Read,
+        from_status: impl FnOnce(Status) -> T,
+    ) -> Result<T, String> {
+        match self.send(&Request::Read(read)) {
+            Ok(t) => Ok(t),
+            Err(CallError::Refused { code: 404, .. }) => self.status().map(from_status),
+            Err(e) => Err(format!("{}: {e}", self.addr)),
         }
     }
 
-    pub fn status(&self) -> Result<Status, String> {
-        let r = call(&Endpoint::Tcp(self.addr.clone()), "GET", "/v1/status", None, self.timeout)?;
-        if r.code != 200 {
-            return Err(format!("{}: HTTP {}", self.addr, r.code));
-        }
-        serde_json::from_str(&r.body)
-            .map_err(|e| format!("{}: status is not what this version expects: {e}", self.addr))
-    }
-
-    /// What this peer says about `guest`.
+    /// What this peer says about `guest` (`GET /v1/guests/<name>`).
     pub fn about(&self, guest: &str) -> Answer {
-        match self.status() {
-            Ok(s) => match s.guests.iter().find(|g| g.name == guest) {
-                Some(g) => Answer::State(g.state),
-                None => Answer::Absent,
-            },
+        let here = self.read(Read::Guest(guest.to_string()), |s| GuestHere {
+            guest: s.guests.into_iter().find(|g| g.name == guest),
+            node: s.node,
+        });
+        match here {
+            Ok(GuestHere { guest: Some(g), .. }) => Answer::State(g.state),
+            Ok(GuestHere { guest: None, .. }) => Answer::Absent,
             Err(e) => Answer::Unreachable(e),
         }
     }
+
+    /// This peer's drain and memory (`GET /v1/capacity`).
+    pub fn capacity(&self) -> Result<Capacity, String> {
+        self.read(Read::Capacity, |s| Capacity {
+            node: s.node,
+            drained: s.drained,
+            shutting_down: s.shutting_down.is_some(),
+            memory: s.memory,
+            drained_nodes: s.drained_nodes,
+        })
+    }
+
+    /// A peer call that answers with a message; a refusal carries the peer's HTTP code.
+    pub fn call(&self, req: Peer) -> Result<Done, PeerError> {
+        self.send(&Request::Peer(req)).map_err(peer_error)
+    }
 }
 
-impl Peer for HttpPeer {
+fn peer_error(e: CallError) -> PeerError {
+    match e {
+        CallError::Unreachable(e) => PeerError::Unreachable(e),
+        CallError::Refused { code, message } => PeerError::Refused(format!("HTTP {code}: {message}")),
+    }
+}
+
+impl MigrationPeer for HttpPeer {
     fn prepare(&mut self, guest: &str, caps: &[String]) -> Result<u16, PeerError> {
-        let body = self.post(&format!("/v1/incoming/{guest}?from={}&caps={}", self.local, caps.join(",")))?;
-        serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["port"].as_u64())
-            .and_then(|p| u16::try_from(p).ok())
-            .ok_or_else(|| PeerError::Refused(format!("no port in the answer: {body}")))
+        let req = Peer::Incoming { guest: guest.into(), from: self.local.clone(), caps: caps.to_vec() };
+        self.send::<Listening>(&Request::Peer(req)).map(|l| l.port).map_err(peer_error)
     }
     fn resume(&mut self, guest: &str) -> Result<(), PeerError> {
-        self.post(&format!("/v1/incoming/{guest}/resume")).map(|_| ())
+        self.call(Peer::IncomingResume(guest.into())).map(|_| ())
     }
     fn abort(&mut self, guest: &str) -> Result<(), PeerError> {
-        self.post(&format!("/v1/incoming/{guest}/abort")).map(|_| ())
+        self.call(Peer::IncomingAbort(guest.into())).map(|_| ())
     }
 }

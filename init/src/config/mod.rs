@@ -7,6 +7,7 @@ pub mod error;
 pub mod fetch;
 pub mod guest;
 pub mod migration;
+pub mod order;
 pub mod services;
 pub mod values;
 

@@ -1,36 +1,500 @@
-//! The guest coordinator: where each guest of the cluster stands as seen from this blade, and
-//! the decisions that move it (place, ask owners, start, migrate out or in, evacuate, resolve).
+//! The guest coordinator: one record per guest that may run on this blade (its place, owner
+//! check and why it waits), the migrations in both directions, drain and evacuation. Every
+//! decision is made here, in pure code, against what the blade shows ([`Blade`]: services,
+//! LUNs, memory) and returns [`Effect`]s that PID 1 carries out at the edge (`pid1::edge`):
+//! adding and stopping services, asking peers, driving QMP on workers. Workers report back as
+//! [`Report`]s, which are decisions too. Replies travel as [`Ticket`]s, answered by an effect.
+//!
+//! - `placement`: placing this blade's guests, owner checks, operators' actions on a guest
+//! - `outgoing`: migrations from here, cancel, in doubt and resolve
+//! - `incoming`: guests arriving here
+//! - `evacuation`: drain, evacuation and the peers' drain notices
+//!
+//! A crash of PID 1 loses this state with the blade's processes (the guests' QEMUs are its
+//! children, in its cgroups): a reboot places the guests afresh, asking the other blades first.
 
 pub mod evacuation;
+pub mod incoming;
+pub mod outgoing;
 pub mod owner;
+pub mod placement;
+#[cfg(test)]
+mod tests;
+pub mod view;
 
-use crate::proto::GuestState;
-use crate::supervisor::ServiceState;
+pub use view::guest_state;
 
-/// What an operator calls a guest's state.
-pub fn guest_state(service: Option<ServiceState>, disks_ready: bool) -> GuestState {
-    match service {
-        None if !disks_ready => GuestState::WaitingForDisks,
-        None => GuestState::Defined,
-        Some(ServiceState::Waiting) | Some(ServiceState::Starting) => GuestState::Starting,
-        Some(ServiceState::Running) => GuestState::Running,
-        Some(ServiceState::Backoff) => GuestState::Crashed,
-        Some(ServiceState::Stopping) => GuestState::Stopping,
-        Some(ServiceState::Exited) | Some(ServiceState::Stopped) => GuestState::Stopped,
-        Some(ServiceState::Failed) => GuestState::Failed,
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use crate::config::guest::GuestSpec;
+use crate::config::{ClusterConfig, RestartPolicy};
+use crate::migration::{MigrationStatus, Outcome, Phase, Progress, Settings};
+use crate::proto::request::{Answer, Operator, Peer, Refusal, Reply, Request};
+use crate::proto::{Capacity, Memory, ServiceAction};
+use crate::storage::LunState;
+use crate::supervisor::{ServiceState, ServiceStatus};
+use owner::Verdict;
+
+/// Names a caller waiting for a reply; the edge holds the channel behind it.
+pub type Ticket = u64;
+
+/// What the coordinator reads of the blade it runs on.
+pub trait Blade {
+    /// The state of the guest's service, if it has one.
+    fn service(&self, guest: &str) -> Option<ServiceStatus>;
+    /// The state of an alias's LUN, if the alias table has it.
+    fn lun(&self, alias: &str) -> Option<LunState>;
+    fn memory(&self) -> Memory;
+
+    fn state(&self, guest: &str) -> Option<ServiceState> {
+        self.service(guest).map(|s| s.state)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Where a guest stands beyond its service's state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Place {
+    /// Nothing beyond its service: placed here, or not placed yet.
+    Here,
+    /// Another blade runs it; `why` says how this blade knows.
+    Elsewhere { node: String, why: String },
+    /// Arriving from `from`: paused until the source says the stream is complete.
+    Incoming { from: String, port: Option<u16>, since: Instant, migration: u64 },
+    /// Leaving for `to`.
+    Outgoing { to: String, migration: u64 },
+    /// The stream completed but the destination did not confirm: paused here.
+    InDoubt { to: String },
+}
 
-    #[test]
-    fn a_guest_state_reads_its_service_as_an_operator_expects() {
-        assert_eq!(guest_state(None, false), GuestState::WaitingForDisks);
-        assert_eq!(guest_state(None, true), GuestState::Defined);
-        assert_eq!(guest_state(Some(ServiceState::Running), true), GuestState::Running);
-        assert_eq!(guest_state(Some(ServiceState::Backoff), true), GuestState::Crashed);
-        assert_eq!(guest_state(Some(ServiceState::Exited), true), GuestState::Stopped);
+impl Place {
+    /// For an operator's message.
+    pub fn describe(&self) -> String {
+        match self {
+            Place::Here => "it is placed here".into(),
+            Place::Elsewhere { node, why } => format!("it runs on {node} ({why})"),
+            Place::Incoming { from, .. } => format!("it is arriving from {from}"),
+            Place::Outgoing { to, .. } => format!("it is migrating to {to}"),
+            Place::InDoubt { to } => format!("it is in doubt after a migration to {to} (bladevisor resolve)"),
+        }
+    }
+}
+
+/// Whether the other blades are being asked whether they run a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerCheck {
+    Idle,
+    Asking,
+    /// A peer could not be asked: ask again then.
+    RetryAt(Instant),
+}
+
+/// One guest that may run on this blade.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    pub spec: GuestSpec,
+    pub place: Place,
+    pub check: OwnerCheck,
+    /// Why it is not started, when it should be.
+    pub waiting: Option<String>,
+}
+
+/// How a guest's service is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// Defined and not started (not autostarted: an operator starts it).
+    Defined,
+    /// Started now.
+    Start,
+    /// Started paused, waiting for a migration stream; never restarted.
+    Incoming,
+}
+
+/// What the edge carries out for the coordinator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Reply(Ticket, Reply),
+    /// Add the guest's service (and follow its console).
+    AddService {
+        guest: String,
+        kind: ServiceKind,
+    },
+    /// An action on the guest's existing service; the supervisor's answer is the reply.
+    Service {
+        guest: String,
+        action: ServiceAction,
+        ticket: Option<Ticket>,
+    },
+    /// Remove the guest's service, stopping its process without applying its restart policy.
+    Discard(String),
+    SetRestart(String, RestartPolicy),
+    /// Ask `peers` whether they run the guest; answered by [`Report::OwnersAnswered`].
+    AskOwners {
+        guest: String,
+        peers: Vec<String>,
+        force: bool,
+        ticket: Option<Ticket>,
+    },
+    /// Drive the guest's migration to `to`; progress and outcome come back as reports.
+    MigrateOut {
+        guest: String,
+        to: String,
+        migration: u64,
+        bandwidth_mbps: Option<f64>,
+    },
+    CancelMigration(u64),
+    /// Open the incoming guest's stream listener on a port of `ports` not in `taken`.
+    Listen {
+        guest: String,
+        caps: Vec<String>,
+        ports: (u16, u16),
+        taken: Vec<u16>,
+        ticket: Ticket,
+    },
+    /// Run the arrived guest (`cont` once its stream completed).
+    Resume {
+        guest: String,
+        ticket: Ticket,
+    },
+    /// Ask `to` again about an in-doubt guest and keep one copy.
+    Resolve {
+        guest: String,
+        to: String,
+        ticket: Ticket,
+    },
+    /// Tell every other blade this one is drained (or not).
+    TellDrained(bool),
+    /// Ask the other blades whether they remember this one as drained.
+    AskDrain,
+    /// Ask these blades for their capacity (an evacuation choosing targets).
+    AskCapacity(Vec<String>),
+    /// A read-only QMP query to the guest's QEMU.
+    Qmp {
+        guest: String,
+        command: serde_json::Value,
+        ticket: Ticket,
+    },
+}
+
+/// What workers and the edge report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    OwnersAnswered {
+        guest: String,
+        verdict: Verdict,
+        force: bool,
+        ticket: Option<Ticket>,
+    },
+    Listening {
+        guest: String,
+        result: Result<u16, String>,
+        ticket: Ticket,
+    },
+    Resumed {
+        guest: String,
+        result: Result<(), String>,
+        ticket: Ticket,
+    },
+    MigrationProgress {
+        id: u64,
+        phase: Phase,
+        progress: Option<Progress>,
+    },
+    MigrationDone {
+        guest: String,
+        id: u64,
+        outcome: Outcome,
+    },
+    /// What the other blades remember of this blade's drain (asked at boot).
+    DrainKnown(Option<String>),
+    Capacities(Vec<(String, Result<Capacity, String>)>),
+    /// An in-doubt guest, settled: Ok(true) runs here, Ok(false) runs at the destination.
+    Resolved {
+        guest: String,
+        result: Result<bool, String>,
+        ticket: Ticket,
+    },
+    /// The edge could not add a guest's service.
+    ServiceRefused {
+        guest: String,
+        why: String,
+    },
+}
+
+/// Recent migrations kept for status.
+const KEEP_MIGRATIONS: usize = 16;
+
+/// The coordinator's state.
+pub struct Coordinator {
+    node: String,
+    /// The other blades of the cluster, and why one cannot be reached (no peer address).
+    nodes: BTreeMap<String, Result<(), String>>,
+    settings: Settings,
+    guests: BTreeMap<String, Guest>,
+    migrations: Vec<(Instant, MigrationStatus)>,
+    next_migration: u64,
+    /// Why this blade takes no guests.
+    drained: Option<String>,
+    /// Whether the peers have said what they remember of this blade's drain.
+    drain_known: bool,
+    /// Peers that told us they are drained.
+    drained_nodes: BTreeSet<String>,
+    evacuation: Option<evacuation::Run>,
+    shutting_down: bool,
+    /// Something placement depends on changed: look again.
+    dirty: bool,
+    effects: Vec<Effect>,
+}
+
+/// The supervised service of a guest.
+pub fn service_name(guest: &str) -> String {
+    format!("guest-{guest}")
+}
+
+impl Coordinator {
+    /// The coordinator of `node`: the guests that may run on it (its own, and those that may
+    /// migrate here). Until [`Coordinator::start`] has learnt the drain, nothing is placed.
+    pub fn new(node: &str, cluster: Option<&ClusterConfig>) -> Coordinator {
+        let guests = cluster
+            .map(|c| c.guests.values().filter(|g| g.may_run_on(node)).cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        let nodes = cluster
+            .map(|c| {
+                c.nodes
+                    .iter()
+                    .filter(|(n, _)| *n != node)
+                    .map(|(n, cfg)| {
+                        let reach = cfg
+                            .peer_ip()
+                            .map(|_| ())
+                            .ok_or_else(|| format!("{n} has no peer-link or static management address"));
+                        (n.clone(), reach)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Coordinator {
+            node: node.to_string(),
+            nodes,
+            settings: cluster.map(|c| c.migration.clone()).unwrap_or_default(),
+            guests: guests
+                .into_iter()
+                .map(|spec| {
+                    let g = Guest { spec, place: Place::Here, check: OwnerCheck::Idle, waiting: None };
+                    (g.spec.name.clone(), g)
+                })
+                .collect(),
+            migrations: vec![],
+            next_migration: 0,
+            drained: None,
+            drain_known: false,
+            drained_nodes: BTreeSet::new(),
+            evacuation: None,
+            shutting_down: false,
+            dirty: true,
+            effects: vec![],
+        }
+    }
+
+    /// At boot: asks the peers whether they remember this blade as drained (a rolling upgrade
+    /// reboots a drained blade; it must come back drained). Guests are placed after.
+    pub fn start(&mut self) {
+        if self.nodes.is_empty() {
+            self.drain_known = true;
+        } else {
+            self.effects.push(Effect::AskDrain);
+        }
+    }
+
+    /// The effects decided since the last call, in order.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn guest_specs(&self) -> impl Iterator<Item = &GuestSpec> {
+        self.guests.values().map(|g| &g.spec)
+    }
+
+    pub fn drained(&self) -> Option<&str> {
+        self.drained.as_deref()
+    }
+
+    pub fn drained_nodes(&self) -> Vec<String> {
+        self.drained_nodes.iter().cloned().collect()
+    }
+
+    pub fn evacuation(&self) -> Option<crate::migration::Evacuation> {
+        self.evacuation.as_ref().map(|r| r.status.clone())
+    }
+
+    /// The blade is going down: nothing new is started or accepted.
+    pub fn shutting_down(&mut self) {
+        self.shutting_down = true;
+    }
+
+    fn reply(&mut self, ticket: Option<Ticket>, r: Reply) {
+        if let Some(t) = ticket {
+            self.effects.push(Effect::Reply(t, r));
+        }
+    }
+
+    fn is_home(&self, g: &Guest) -> bool {
+        g.spec.node == self.node
+    }
+
+    /// The guest, or the operator's "no such guest" naming the ones there are.
+    fn guest(&self, name: &str) -> Result<&Guest, Refusal> {
+        self.guests.get(name).ok_or_else(|| {
+            let here: Vec<&str> = self.guests.keys().map(String::as_str).collect();
+            Refusal::not_found(format!("no guest named {name:?} on this blade (guests here: {})", here.join(", ")))
+        })
+    }
+
+    fn guest_mut(&mut self, name: &str) -> Option<&mut Guest> {
+        self.guests.get_mut(name)
+    }
+
+    fn set_place(&mut self, name: &str, place: Place) {
+        if let Some(g) = self.guest_mut(name) {
+            g.place = place;
+        }
+        self.dirty = true;
+    }
+
+    /// An operator's or a peer's request (reads are answered by [`Coordinator::guest_here`] and
+    /// [`Coordinator::capacity`]); the answer comes as an [`Effect::Reply`] to `ticket`.
+    pub fn request(&mut self, req: Request, ticket: Ticket, blade: &dyn Blade, now: Instant) {
+        match req {
+            Request::Operator(op) => self.operator(op, ticket, blade, now),
+            Request::Peer(p) => self.peer(p, ticket, blade, now),
+            Request::Read(r) => self.reply(Some(ticket), Err(Refusal::invalid(format!("not a guest request: {r:?}")))),
+        }
+    }
+
+    /// An operator's request about guests, migrations or drain.
+    pub fn operator(&mut self, req: Operator, ticket: Ticket, blade: &dyn Blade, now: Instant) {
+        match req {
+            Operator::Guest { name, action, force } => {
+                if let Err(r) = self.guest_action(&name, action, force, ticket, blade) {
+                    self.reply(Some(ticket), Err(r));
+                }
+            }
+            Operator::Migrate { guest, to, bandwidth_mbps } => {
+                let r = self.migrate(&guest, &to, bandwidth_mbps, blade, now).map(|id| {
+                    Answer::MigrationStarted(crate::proto::request::MigrationStarted {
+                        ok: format!("migration of {guest} to {to} started"),
+                        id,
+                    })
+                });
+                self.reply(Some(ticket), r);
+            }
+            Operator::MigrateCancel(guest) => self.migrate_cancel(&guest, ticket),
+            Operator::Resolve(guest) => self.resolve(&guest, ticket),
+            Operator::Evacuate { parallel } => self.evacuate(parallel, ticket, blade, now),
+            Operator::Undrain => self.undrain(ticket),
+            Operator::GuestQmp { guest, command } => self.qmp(&guest, command, ticket, blade),
+            other => self.reply(Some(ticket), Err(Refusal::invalid(format!("not a guest request: {other:?}")))),
+        }
+    }
+
+    /// A peer's request.
+    pub fn peer(&mut self, req: Peer, ticket: Ticket, blade: &dyn Blade, now: Instant) {
+        match req {
+            Peer::Incoming { guest, from, caps } => self.incoming(&guest, &from, caps, ticket, blade, now),
+            Peer::IncomingResume(guest) => self.incoming_resume(&guest, ticket),
+            Peer::IncomingAbort(guest) => self.incoming_abort(&guest, ticket),
+            Peer::Drained { node, drained } => self.peer_drained(&node, drained, ticket),
+        }
+    }
+
+    /// A worker's report.
+    pub fn report(&mut self, r: Report, blade: &dyn Blade, now: Instant) {
+        self.dirty = true;
+        match r {
+            Report::OwnersAnswered { guest, verdict, force, ticket } => {
+                self.owners_answered(&guest, verdict, force, ticket, blade, now)
+            }
+            Report::Listening { guest, result, ticket } => self.listening(&guest, result, ticket),
+            Report::Resumed { guest, result, ticket } => self.resumed(&guest, result, ticket),
+            Report::MigrationProgress { id, phase, progress } => {
+                if let Some(m) = self.migration_mut(id) {
+                    m.phase = phase;
+                    if progress.is_some() {
+                        m.progress = progress;
+                    }
+                }
+            }
+            Report::MigrationDone { guest, id, outcome } => self.migration_done(&guest, id, outcome, blade, now),
+            Report::DrainKnown(d) => self.drain_known(d),
+            Report::Capacities(answers) => self.capacities(&answers, blade, now),
+            Report::Resolved { guest, result, ticket } => self.resolved(&guest, result, ticket),
+            Report::ServiceRefused { guest, why } => self.service_refused(&guest, &why),
+        }
+    }
+
+    /// A storage change: placement looks again when a guest's disk appears or goes.
+    pub fn storage_changed(&mut self, alias: &str) {
+        if self.guests.values().any(|g| g.spec.disks.iter().any(|d| d.alias == alias)) {
+            self.dirty = true;
+        }
+    }
+
+    /// Brings placement and arrivals up to date; called on every pass of the main loop.
+    pub fn tick(&mut self, blade: &dyn Blade, now: Instant) {
+        self.watch_incoming(blade, now);
+        self.place(blade, now);
+    }
+
+    fn new_migration(&mut self, guest: &str, direction: crate::migration::Direction, peer: &str, now: Instant) -> u64 {
+        self.next_migration += 1;
+        let id = self.next_migration;
+        self.migrations.push((
+            now,
+            MigrationStatus {
+                id,
+                guest: guest.into(),
+                direction,
+                peer: peer.into(),
+                phase: Phase::Preparing,
+                progress: None,
+                outcome: None,
+                age_s: 0.0,
+            },
+        ));
+        if self.migrations.len() > KEEP_MIGRATIONS {
+            self.migrations.remove(0);
+        }
+        id
+    }
+
+    fn migration_mut(&mut self, id: u64) -> Option<&mut MigrationStatus> {
+        self.migrations.iter_mut().map(|(_, m)| m).find(|m| m.id == id)
+    }
+
+    /// The edge could not add a guest's service: it waits, with the reason.
+    fn service_refused(&mut self, guest: &str, why: &str) {
+        tracing::error!(guest = %guest, "cannot add its service: {why}");
+        if matches!(self.guests.get(guest).map(|g| &g.place), Some(Place::Incoming { .. })) {
+            self.drop_incoming(guest, &format!("cannot add its service: {why}"));
+        }
+        self.set_waiting(guest, Some(format!("cannot add its service: {why}")));
+    }
+
+    fn set_waiting(&mut self, guest: &str, why: Option<String>) {
+        let Some(g) = self.guest_mut(guest) else { return };
+        if let Some(w) = &why {
+            if g.waiting.as_ref() != Some(w) {
+                tracing::warn!(guest = %guest, "not started: {w}");
+            }
+        }
+        g.waiting = why;
     }
 }

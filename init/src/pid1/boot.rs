@@ -1,7 +1,7 @@
 //! The boot sequence, in the order a blade comes up: management network, shared configuration,
-//! identity, API. It runs on its own thread and talks to the main loop like any API client
-//! (it asks for services to be added and reads their state), so PID 1 keeps reaping and
-//! answering while the boot waits on DHCP or a slow configuration server.
+//! identity, API. It runs on its own thread and asks the main loop (typed [`BootAsk`] events,
+//! never HTTP) to add services and for their state, so PID 1 keeps reaping and answering while
+//! the boot waits on DHCP or a slow configuration server.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use super::Event;
-use crate::api::{ask, Reply, Request};
+use super::{ask_loop, BootAsk, Event};
 use crate::cmdline::KernelCmdline;
 use crate::config::cluster::{find_node, parse_cluster, Management};
 use crate::config::fetch::get_with_retries;
@@ -98,10 +97,13 @@ fn load_baked(file: &Path) -> Result<Option<ClusterConfig>, String> {
 }
 
 fn service_state(tx: &Sender<Event>, name: &str) -> Option<ServiceState> {
-    match ask(tx, Request::ServiceState(name.to_string())) {
-        Reply::ServiceState(s) => s,
-        _ => None,
-    }
+    ask_loop(tx, |r| Event::Boot(BootAsk::ServiceState(name.to_string(), r))).flatten()
+}
+
+/// Has the main loop add a service decided at boot.
+fn add_service(tx: &Sender<Event>, spec: crate::config::ServiceSpec) -> Result<(), String> {
+    ask_loop(tx, |r| Event::Boot(BootAsk::AddService(Box::new(spec), r)))
+        .unwrap_or_else(|| Err("the main loop did not answer".into()))
 }
 
 /// Waits until a one-shot service has finished (or cannot: failed, stopped), up to `limit`.
@@ -129,9 +131,7 @@ fn bring_up_network(plan: &BootPlan, tx: &Sender<Event>, mgmt: &Management) -> R
     };
     let spec = crate::net::address_service(&iface, mgmt);
     info!(interface = %iface, address = %mgmt.address, "bringing up the management network");
-    if let Reply::Error(_, e) = ask(tx, Request::AddService(Box::new(spec))) {
-        return Err(e);
-    }
+    add_service(tx, spec)?;
     loop {
         if let Some(a) = crate::net::ipv4_of(&iface).first() {
             return Ok(format!("{iface} {a}"));
@@ -151,12 +151,16 @@ fn bring_up_peer_link(
     let iface = crate::net::iface_by_mac(&plan.class_net, &link.mac)
         .ok_or_else(|| format!("no NIC has the peer link's MAC {}", link.mac))?;
     info!(interface = %iface, address = %link.address, "bringing up the peer link");
-    if let Reply::Error(_, e) =
-        ask(tx, Request::AddService(Box::new(crate::net::peer_link_service(&iface, &link.address))))
-    {
-        return Err(e);
-    }
+    add_service(tx, crate::net::peer_link_service(&iface, &link.address))?;
     wait_oneshot(tx, "peer-link", Duration::from_secs(10))
+}
+
+/// Hands the storage watch's events to the main loop.
+fn storage_sink(tx: &Sender<Event>) -> impl Fn(crate::storage::StorageEvent) + Send + 'static {
+    let tx = tx.clone();
+    move |e| {
+        let _ = tx.send(Event::Storage(e));
+    }
 }
 
 /// The boot sequence, as the README's boot table tells it. Never fails: every problem ends up
@@ -292,7 +296,7 @@ fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&Cluste
     out.problems.extend(b.problems);
     let Some(table) = table else {
         info!("no alias table: no LUN is multipathed");
-        storage::watch(plan.storage.clone(), sys);
+        storage::watch(plan.storage.clone(), sys, storage_sink(tx));
         return;
     };
     let names: Vec<String> = table.iter().map(|a| a.alias.clone()).collect();
@@ -301,12 +305,12 @@ fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&Cluste
         out.problems.push(e);
         return;
     }
-    if let Reply::Error(_, e) = ask(tx, Request::AddService(Box::new(multipathd_service()))) {
+    if let Err(e) = add_service(tx, multipathd_service()) {
         error!("cannot start multipathd: {e}");
         out.problems.push(format!("cannot start multipathd: {e}"));
     }
     crate::storage::lock(&plan.storage).settling = true;
-    storage::watch(plan.storage.clone(), sys);
+    storage::watch(plan.storage.clone(), sys, storage_sink(tx));
     // Wait, with a deadline, until every alias has its expected paths.
     let limit = crate::config::values::secs(cfg.wait_s);
     let end = Instant::now() + limit;

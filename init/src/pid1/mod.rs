@@ -4,7 +4,7 @@
 //! answers on its control socket.
 
 pub mod boot;
-pub mod guests;
+pub mod edge;
 pub mod mounts;
 pub mod powerbutton;
 pub mod shutdown;
@@ -18,10 +18,11 @@ use nix::unistd::Pid;
 use signal_hook::consts::*;
 use tracing::{error, info, warn};
 
-use crate::api::{self, Auth, Reply, Request};
+use crate::api::{self, Auth};
 use crate::config;
-use crate::config::error::shorten;
-use crate::proto::{self, ServiceAction};
+use crate::coord::{Coordinator, Report};
+use crate::proto;
+use crate::proto::request::{Refusal, Reply, Request};
 use crate::supervisor::cgroup::Cgroups;
 use crate::supervisor::policy::Exit;
 use crate::supervisor::process::ProcessRuntime;
@@ -33,9 +34,44 @@ pub enum Event {
     Signal(i32),
     /// The ACPI power button was pressed.
     PowerButton,
-    Api(Request, Sender<Reply>),
-    /// A worker's report (owner checks, migrations, evacuation).
-    Internal(guests::Internal),
+    /// An operator's, a peer's or anyone's read, from the API; the reply goes back on the sender.
+    Call(Request, Sender<Reply>),
+    /// The boot sequence's questions (never from the API).
+    Boot(BootAsk),
+    /// A worker's report to the guest coordinator (owner checks, migrations, evacuation).
+    Report(Report),
+    /// A change the storage watch saw.
+    Storage(crate::storage::StorageEvent),
+}
+
+/// What the boot sequence asks the main loop.
+pub enum BootAsk {
+    AddService(Box<config::ServiceSpec>, Sender<Result<(), String>>),
+    ServiceState(String, Sender<Option<ServiceState>>),
+    /// The boot sequence is done.
+    Done(Box<boot::BootOutcome>),
+}
+
+/// How long a caller waits for the main loop before giving up. Long enough for an answer a
+/// worker gives (an incoming guest's listener, an owner check).
+const LOOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends the main loop a question made with a reply channel and waits for the answer (None
+/// when the loop does not answer in time).
+pub fn ask_loop<T>(tx: &Sender<Event>, make: impl FnOnce(Sender<T>) -> Event) -> Option<T> {
+    let (rtx, rrx) = mpsc::channel();
+    tx.send(make(rtx)).ok()?;
+    rrx.recv_timeout(LOOP_TIMEOUT).ok()
+}
+
+/// What the API's listeners hand their requests to: the main loop, through its channel.
+pub fn dispatch(tx: Sender<Event>) -> api::Dispatch {
+    let tx = std::sync::Mutex::new(tx);
+    std::sync::Arc::new(move |req| {
+        let tx = tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        ask_loop(&tx, |r| Event::Call(req, r))
+            .unwrap_or_else(|| Err(Refusal::unavailable("the supervisor did not answer in time")))
+    })
 }
 
 /// Reaps every exited child (ours or an orphan re-parented to us) without blocking.
@@ -62,26 +98,10 @@ pub struct Init {
     /// What the boot sequence found; None while it runs.
     boot: Option<boot::BootOutcome>,
     storage: crate::storage::Shared,
-    /// Guests that may run on this blade (its own, and those that may migrate here).
-    guests: Vec<crate::qemu::GuestSpec>,
-    /// Where guests stand beyond their service (elsewhere, arriving, leaving).
-    places: std::collections::BTreeMap<String, guests::Place>,
-    /// Owner checks: in flight (None) or when to ask again.
-    owner_checks: std::collections::BTreeMap<String, Option<Instant>>,
-    /// Guests whose console is followed.
-    followed: std::collections::BTreeSet<String>,
-    migrations: Vec<(Instant, crate::migration::MigrationStatus)>,
-    next_migration: u64,
-    /// Why this blade takes no guests.
-    drained: Option<String>,
-    /// Peers that told us they are drained.
-    drained_nodes: std::collections::BTreeSet<String>,
-    evacuation: Option<crate::migration::Evacuation>,
-    /// What the peers said of this blade's drain at boot; None until they answered.
-    drain_known: Option<Option<String>>,
-    /// Why a placed guest is not started yet, by name.
-    guest_waiting: std::collections::BTreeMap<String, String>,
-    consoles: crate::qemu::console::Consoles,
+    /// The guests' coordinator, once boot has told which guests may run here.
+    coord: Option<Coordinator>,
+    /// What the coordinator's effects need at the edge: reply channels, cancel flags, consoles.
+    edge: edge::Edge,
     kvm: bool,
     /// Problems found during boot (configuration, mounts), kept for status.
     boot_problems: Vec<String>,
@@ -111,6 +131,9 @@ impl Init {
         }
         info!(action = action.as_str(), "{why}: shutting down");
         self.shutdown = Some((action, Instant::now()));
+        if let Some(c) = &mut self.coord {
+            c.shutting_down();
+        }
         self.sup.begin_shutdown(&mut self.rt, Instant::now());
     }
 
@@ -132,11 +155,11 @@ impl Init {
             luns,
             hbas,
             aliases_source: Some(aliases_source).filter(|s| !s.is_empty()),
-            guests: self.guest_status(),
-            drained: self.drained.clone(),
-            drained_nodes: self.drained_nodes.iter().cloned().collect(),
-            migrations: self.migration_status(),
-            evacuation: self.evacuation.clone(),
+            guests: self.coord.as_ref().map(|c| c.guest_status(&self.facts())).unwrap_or_default(),
+            drained: self.coord.as_ref().and_then(|c| c.drained().map(String::from)),
+            drained_nodes: self.coord.as_ref().map(|c| c.drained_nodes()).unwrap_or_default(),
+            migrations: self.coord.as_ref().map(|c| c.migration_status(Instant::now())).unwrap_or_default(),
+            evacuation: self.coord.as_ref().and_then(|c| c.evacuation()),
             kvm: self.kvm,
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             memory: memory(),
@@ -167,7 +190,7 @@ impl Init {
                     Auth::ReadOnly
                 }
             };
-            match api::serve_tcp(port, auth, self.tx.clone()) {
+            match api::serve_tcp(port, auth, dispatch(self.tx.clone())) {
                 Ok(()) => info!(port, "API listening"),
                 Err(e) => {
                     error!("{e}");
@@ -175,9 +198,9 @@ impl Init {
                 }
             }
         }
+        let mut coord = Coordinator::new(&self.node, outcome.cluster.as_ref());
         if let Some(c) = &outcome.cluster {
-            self.guests = c.guests.values().filter(|g| g.may_run_on(&self.node)).cloned().collect();
-            if !self.guests.is_empty() && !self.kvm {
+            if coord.guest_specs().next().is_some() && !self.kvm {
                 warn!("/dev/kvm is not usable here: guests run under TCG (emulation), far slower");
             }
             for (name, b) in &c.bridges {
@@ -188,8 +211,9 @@ impl Init {
             }
         }
         self.boot = Some(outcome);
-        self.learn_drain();
-        self.place_guests();
+        coord.start();
+        self.coord = Some(coord);
+        self.run_effects();
     }
 
     /// Re-reads the alias table on a worker (it may fetch over the network) and hands the
@@ -197,89 +221,6 @@ impl Init {
     fn reload_storage(&self, done: impl FnOnce(Result<String, String>) + Send + 'static) {
         let shared = self.storage.clone();
         crate::spawn_worker("storage-reload", move || done(crate::storage::reload(&shared)));
-    }
-
-    /// Answers a request; `reply` is for answers that come later, from a worker (the return
-    /// value is then `Reply::Deferred`).
-    fn handle_request(&mut self, req: Request, reply: &Sender<Reply>) -> Reply {
-        let now = Instant::now();
-        match req {
-            Request::Status => Reply::Status(Box::new(self.status())),
-            Request::Guest { name, action, force } => self.guest_request(name, action, force, reply),
-            Request::Migrate { guest, to, bandwidth_mbps } => self.migrate(guest, to, bandwidth_mbps),
-            Request::MigrateCancel(guest) => self.migrate_cancel(&guest),
-            Request::Resolve(guest) => self.resolve(guest, reply),
-            Request::Incoming { guest, from, caps } => self.incoming(guest, from, caps, reply),
-            Request::IncomingResume(guest) => self.incoming_resume(guest, reply),
-            Request::IncomingAbort(guest) => self.incoming_abort(&guest),
-            Request::Evacuate { parallel } => self.evacuate(parallel),
-            Request::Undrain => self.undrain(),
-            Request::MigrationOutcome(id) => self.migration_outcome(id),
-            Request::GuestQmp { guest, command } => self.guest_qmp(guest, command, reply),
-            Request::PeerDrained { node, drained } => {
-                let known =
-                    self.boot.as_ref().and_then(|b| b.cluster.as_ref()).is_some_and(|c| c.nodes.contains_key(&node));
-                if !known || node == self.node {
-                    return Reply::Error(403, format!("{:?} is not another blade of this cluster", shorten(&node, 64)));
-                }
-                if drained {
-                    info!(peer = %node, "peer says it is drained");
-                    self.drained_nodes.insert(node);
-                } else {
-                    info!(peer = %node, "peer says it is undrained");
-                    self.drained_nodes.remove(&node);
-                }
-                Reply::Ok("noted".into())
-            }
-            Request::Console { name, offset } => {
-                let consoles = self.consoles.lock().unwrap_or_else(|p| p.into_inner());
-                match consoles.get(&name) {
-                    Some(ring) => {
-                        let (data, next) = ring.read_from(offset);
-                        Reply::Json(
-                            serde_json::json!({ "guest": name, "next": next, "text": String::from_utf8_lossy(&data) }),
-                        )
-                    }
-                    None => Reply::Error(404, format!("no console for guest {name:?} on this blade")),
-                }
-            }
-            Request::AddService(spec) => match self.sup.add(*spec, now) {
-                Ok(()) => Reply::Ok("added".into()),
-                Err(e) => Reply::Error(409, e),
-            },
-            Request::StorageReload => {
-                let reply = reply.clone();
-                self.reload_storage(move |r| {
-                    let _ = reply.send(match r {
-                        Ok(m) => Reply::Ok(m),
-                        Err(e) => Reply::Error(422, e),
-                    });
-                });
-                Reply::Deferred
-            }
-            Request::ServiceState(name) => Reply::ServiceState(self.sup.state(&name)),
-            Request::BootDone(outcome) => {
-                self.boot_done(*outcome);
-                Reply::Ok("boot done".into())
-            }
-            Request::Power(action) => {
-                self.begin_shutdown(action, "requested over the control API");
-                Reply::Ok(format!("{} in progress", action.as_str()))
-            }
-            Request::Service { name, action } => {
-                let r = match action {
-                    ServiceAction::Start => self.sup.request_start(&name, now),
-                    ServiceAction::Stop => self.sup.request_stop(&name, &mut self.rt, now),
-                    ServiceAction::Restart => self.sup.request_restart(&name, &mut self.rt, now),
-                    ServiceAction::Kill => self.sup.request_kill(&name, &mut self.rt),
-                };
-                match r {
-                    Ok(()) => Reply::Ok(format!("{name}: {action:?} requested").to_lowercase()),
-                    Err(e @ crate::supervisor::RequestError::UnknownService(_)) => Reply::Error(404, e.to_string()),
-                    Err(e) => Reply::Error(409, e.to_string()),
-                }
-            }
-        }
     }
 
     fn handle_signal(&mut self, sig: i32) {
@@ -313,13 +254,14 @@ impl Init {
         match rx.recv_timeout(timeout) {
             Ok(Event::Signal(sig)) => self.handle_signal(sig),
             Ok(Event::PowerButton) => self.begin_shutdown(PowerAction::Poweroff, "power button pressed"),
-            Ok(Event::Api(req, reply)) => match self.handle_request(req, &reply) {
-                Reply::Deferred => {}
-                r => {
-                    let _ = reply.send(r);
+            Ok(Event::Call(req, reply)) => self.call(req, reply),
+            Ok(Event::Boot(ask)) => self.boot_ask(ask),
+            Ok(Event::Report(r)) => self.report(r),
+            Ok(Event::Storage(e)) => {
+                if let (Some(c), Some(alias)) = (&mut self.coord, e.alias()) {
+                    c.storage_changed(alias);
                 }
-            },
-            Ok(Event::Internal(i)) => self.internal(i),
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(IDLE_WAKE),
         }
@@ -328,9 +270,8 @@ impl Init {
         for (pid, exit) in exits {
             self.handle_exit(pid, exit);
         }
-        if self.boot.is_some() && self.shutdown.is_none() {
-            self.watch_incoming();
-            self.place_guests();
+        if self.shutdown.is_none() {
+            self.tick_guests();
         }
         let now = Instant::now();
         *next = self.sup.tick(&mut self.rt, now).unwrap_or(now + IDLE_WAKE);
@@ -377,7 +318,7 @@ impl Init {
 }
 
 /// Memory from sysinfo, in MiB.
-fn memory() -> proto::Memory {
+pub fn memory() -> proto::Memory {
     let mut sys = sysinfo::System::new();
     sys.refresh_memory();
     let mib = |b: u64| b / (1024 * 1024);
@@ -473,7 +414,7 @@ pub fn run() -> ! {
         Cgroups::disabled()
     });
     let run_dir = crate::run_dir();
-    if let Err(e) = api::serve_control(&run_dir, tx.clone()) {
+    if let Err(e) = api::serve_control(&run_dir, dispatch(tx.clone())) {
         error!("{e}");
         degraded.push(e);
     }
@@ -511,7 +452,7 @@ pub fn run() -> ! {
                     phases: vec![],
                 }
             });
-        let _ = api::ask(&boot_tx, Request::BootDone(Box::new(outcome)));
+        let _ = boot_tx.send(Event::Boot(BootAsk::Done(Box::new(outcome))));
     });
     let mut init = Init {
         sup: Supervisor::new(image.services, Instant::now()),
@@ -523,18 +464,8 @@ pub fn run() -> ! {
         version,
         boot: None,
         storage,
-        guests: vec![],
-        places: Default::default(),
-        owner_checks: Default::default(),
-        followed: Default::default(),
-        migrations: vec![],
-        next_migration: 0,
-        drained: None,
-        drained_nodes: Default::default(),
-        evacuation: None,
-        drain_known: None,
-        guest_waiting: Default::default(),
-        consoles: Default::default(),
+        coord: None,
+        edge: Default::default(),
         kvm: crate::qemu::kvm_usable(std::path::Path::new("/dev/kvm")),
         boot_problems: degraded,
         shutdown: None,

@@ -4,6 +4,8 @@
 //! and the CLI, and above the leaves whose types the status carries (supervisor, storage,
 //! migration); it does nothing itself.
 
+pub mod request;
+pub mod routes;
 pub mod state;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +24,15 @@ pub enum ServiceAction {
 }
 
 impl ServiceAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceAction::Start => "start",
+            ServiceAction::Stop => "stop",
+            ServiceAction::Restart => "restart",
+            ServiceAction::Kill => "kill",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "start" => Some(ServiceAction::Start),
@@ -133,6 +144,9 @@ pub struct Capacity {
     pub drained: Option<String>,
     pub shutting_down: bool,
     pub memory: Memory,
+    /// The blades it knows are drained (a rebooted blade asks whether it was).
+    #[serde(default)]
+    pub drained_nodes: Vec<String>,
 }
 
 #[cfg(test)]
@@ -145,5 +159,33 @@ mod tests {
             assert_eq!(PowerAction::parse(a.as_str()), Some(a));
         }
         assert_eq!(PowerAction::parse("explode"), None);
+    }
+
+    /// A `/v1/status` as a blade of the release before the coordinator's restructuring answered
+    /// it (every field filled): this release reads it, and writes back the same document.
+    const RECORDED: &str = include_str!("../../tests/fixtures/status-before-coordinator.json");
+
+    #[test]
+    fn a_status_recorded_before_the_restructuring_still_reads_and_writes_the_same() {
+        let s: Status = serde_json::from_str(RECORDED).expect("the recorded status parses");
+        assert_eq!(s.node, "blade1");
+        let states: Vec<GuestState> = s.guests.iter().map(|g| g.state).collect();
+        assert_eq!(
+            states,
+            [GuestState::Running, GuestState::InDoubt, GuestState::Elsewhere, GuestState::WaitingForDisks]
+        );
+        assert_eq!(s.migrations[0].direction, crate::migration::Direction::Out);
+        assert_eq!(s.boot_phases.len(), 5);
+        let recorded: serde_json::Value = serde_json::from_str(RECORDED).unwrap();
+        assert_eq!(serde_json::to_value(&s).unwrap(), recorded, "the wire format is unchanged");
+    }
+
+    #[test]
+    fn capacity_reads_without_the_fields_added_later() {
+        let c: Capacity = serde_json::from_str(
+            r#"{"node":"blade2","drained":null,"shutting_down":false,"memory":{"total_mib":1,"used_mib":0,"available_mib":1}}"#,
+        )
+        .unwrap();
+        assert!(c.drained_nodes.is_empty());
     }
 }

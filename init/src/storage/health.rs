@@ -120,8 +120,120 @@ fn state_word(s: LunState) -> &'static str {
     }
 }
 
-/// One line per change between two assessments: paths lost and back, state changes.
-pub fn changes(before: &[LunStatus], after: &[LunStatus]) -> Vec<String> {
+/// Paths up and expected, and the state that makes: how every path event ends its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub up: u32,
+    pub expected: u32,
+    pub state: LunState,
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} of {} paths up, {}", self.up, self.expected, state_word(self.state))
+    }
+}
+
+/// A change the storage watch saw. The log line and its level come from it, and the main loop
+/// reacts to it (a guest waiting for a disk is placed when its LUN appears).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageEvent {
+    /// An alias assessed for the first time (at boot, or new in the table).
+    Found {
+        alias: String,
+        wwid: String,
+        counts: Counts,
+        dm: Option<String>,
+    },
+    /// A path stopped being healthy; `why` is its device state, or `removed`.
+    PathLost {
+        alias: String,
+        dev: String,
+        via: Option<String>,
+        why: String,
+        counts: Counts,
+    },
+    PathBack {
+        alias: String,
+        dev: String,
+        via: Option<String>,
+        counts: Counts,
+    },
+    StateChanged {
+        alias: String,
+        wwid: String,
+        from: LunState,
+        to: LunState,
+    },
+    /// An FC port's state changed (`Online`, `Linkdown`, ...).
+    FcPort {
+        host: String,
+        wwpn: String,
+        from: String,
+        to: String,
+    },
+}
+
+impl StorageEvent {
+    /// The alias it concerns, if any.
+    pub fn alias(&self) -> Option<&str> {
+        match self {
+            StorageEvent::Found { alias, .. }
+            | StorageEvent::PathLost { alias, .. }
+            | StorageEvent::PathBack { alias, .. }
+            | StorageEvent::StateChanged { alias, .. } => Some(alias),
+            StorageEvent::FcPort { .. } => None,
+        }
+    }
+
+    /// Whether an operator should look: a lost path, a LUN that is not healthy, a port down.
+    pub fn is_bad(&self) -> bool {
+        match self {
+            StorageEvent::Found { counts, .. } => counts.state != LunState::Healthy,
+            StorageEvent::PathLost { .. } => true,
+            StorageEvent::PathBack { .. } => false,
+            StorageEvent::StateChanged { to, .. } => *to != LunState::Healthy,
+            StorageEvent::FcPort { to, .. } => to != "Online",
+        }
+    }
+
+    /// Logs it at the level it deserves.
+    pub fn log(&self) {
+        if self.is_bad() {
+            tracing::warn!("{self}");
+        } else {
+            tracing::info!("{self}");
+        }
+    }
+}
+
+fn via(hba: &Option<String>) -> String {
+    hba.as_ref().map(|h| format!(" via {h}")).unwrap_or_default()
+}
+
+impl std::fmt::Display for StorageEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageEvent::Found { alias, wwid, counts, dm } => {
+                let dm = dm.as_ref().map(|d| format!(", /dev/mapper/{alias} is {d}")).unwrap_or_default();
+                write!(f, "LUN {alias} ({wwid}): {counts}{dm}")
+            }
+            StorageEvent::PathLost { alias, dev, via: v, why, counts } => {
+                write!(f, "LUN {alias}: path {dev}{} lost ({why}): {counts}", via(v))
+            }
+            StorageEvent::PathBack { alias, dev, via: v, counts } => {
+                write!(f, "LUN {alias}: path {dev}{} up: {counts}", via(v))
+            }
+            StorageEvent::StateChanged { alias, wwid, from, to } => {
+                write!(f, "LUN {alias} ({wwid}): {} -> {}", state_word(*from), state_word(*to))
+            }
+            StorageEvent::FcPort { host, wwpn, from, to } => write!(f, "FC port {host} ({wwpn}): {from} -> {to}"),
+        }
+    }
+}
+
+/// Every change between two assessments: paths lost and back, states changed, aliases found.
+pub fn changes(before: &[LunStatus], after: &[LunStatus]) -> Vec<StorageEvent> {
     let mut out = vec![];
     for now in after {
         let prev = before.iter().find(|b| b.alias == now.alias);
@@ -129,41 +241,25 @@ pub fn changes(before: &[LunStatus], after: &[LunStatus]) -> Vec<String> {
             |l: &LunStatus| -> Vec<String> { l.paths.iter().filter(|p| p.healthy()).map(|p| p.dev.clone()).collect() };
         let was = prev.map(healthy).unwrap_or_default();
         let is = healthy(now);
-        let counts = format!("{} of {} paths up, {}", now.paths_up, now.paths_expected, state_word(now.state));
+        let counts = Counts { up: now.paths_up, expected: now.paths_expected, state: now.state };
+        let alias = now.alias.clone();
         for lost in was.iter().filter(|d| !is.contains(d)) {
-            let p = prev.and_then(|p| p.paths.iter().find(|x| &x.dev == lost));
-            let via = p.and_then(|p| p.hba.clone()).map(|h| format!(" via {h}")).unwrap_or_default();
+            let via = prev.and_then(|p| p.paths.iter().find(|x| &x.dev == lost)).and_then(|p| p.hba.clone());
             let why =
                 now.paths.iter().find(|x| &x.dev == lost).map(|x| x.state.clone()).unwrap_or_else(|| "removed".into());
-            out.push(format!("LUN {}: path {lost}{via} lost ({why}): {counts}", now.alias));
+            out.push(StorageEvent::PathLost { alias: alias.clone(), dev: lost.clone(), via, why, counts });
         }
-        for back in is.iter().filter(|d| !was.contains(d)) {
-            if prev.is_some() {
-                let via = now
-                    .paths
-                    .iter()
-                    .find(|x| &x.dev == back)
-                    .and_then(|p| p.hba.clone())
-                    .map(|h| format!(" via {h}"))
-                    .unwrap_or_default();
-                out.push(format!("LUN {}: path {back}{via} up: {counts}", now.alias));
+        if prev.is_some() {
+            for back in is.iter().filter(|d| !was.contains(d)) {
+                let via = now.paths.iter().find(|x| &x.dev == back).and_then(|p| p.hba.clone());
+                out.push(StorageEvent::PathBack { alias: alias.clone(), dev: back.clone(), via, counts });
             }
         }
         match prev {
-            Some(p) if p.state != now.state => out.push(format!(
-                "LUN {} ({}): {} -> {}",
-                now.alias,
-                now.wwid,
-                state_word(p.state),
-                state_word(now.state)
-            )),
-            None => out.push(format!(
-                "LUN {} ({}): {}{}",
-                now.alias,
-                now.wwid,
-                counts,
-                now.dm.as_ref().map(|d| format!(", /dev/mapper/{} is {d}", now.alias)).unwrap_or_default()
-            )),
+            Some(p) if p.state != now.state => {
+                out.push(StorageEvent::StateChanged { alias, wwid: now.wwid.clone(), from: p.state, to: now.state })
+            }
+            None => out.push(StorageEvent::Found { alias, wwid: now.wwid.clone(), counts, dm: now.dm.clone() }),
             _ => {}
         }
     }
@@ -194,6 +290,11 @@ mod tests {
         assess(a, &s.maps(), &s.disks(), seen, 1)
     }
 
+    /// The changes as the log shows them.
+    fn lines(before: &[LunStatus], after: &[LunStatus]) -> Vec<String> {
+        changes(before, after).iter().map(|e| e.to_string()).collect()
+    }
+
     #[test]
     fn a_path_fails_and_returns() {
         let (t, s) = setup();
@@ -203,14 +304,14 @@ mod tests {
         assert_eq!((healthy[0].paths_up, healthy[0].paths_expected, healthy[0].state), (2, 2, LunState::Healthy));
         assert_eq!(healthy[0].dm.as_deref(), Some("dm-0"));
         assert_eq!(healthy[0].paths[0].hba.as_deref(), Some("host2"));
-        let first = changes(&[], &healthy);
+        let first = lines(&[], &healthy);
         assert_eq!(first, vec![format!("LUN vm1 ({W}): 2 of 2 paths up, healthy, /dev/mapper/vm1 is dm-0")]);
 
         fake::set_disk_state(t.path(), "sdc", "transport-offline");
         let degraded = run(&s, &aliases, &mut seen);
         assert_eq!((degraded[0].paths_up, degraded[0].state), (1, LunState::Degraded));
         assert_eq!(
-            changes(&healthy, &degraded),
+            lines(&healthy, &degraded),
             vec![
                 "LUN vm1: path sdc via host3 lost (transport-offline): 1 of 2 paths up, DEGRADED".to_string(),
                 format!("LUN vm1 ({W}): healthy -> DEGRADED"),
@@ -220,13 +321,17 @@ mod tests {
         fake::set_disk_state(t.path(), "sdc", "running");
         let back = run(&s, &aliases, &mut seen);
         assert_eq!(
-            changes(&degraded, &back),
+            lines(&degraded, &back),
             vec![
                 "LUN vm1: path sdc via host3 up: 2 of 2 paths up, healthy".to_string(),
                 format!("LUN vm1 ({W}): DEGRADED -> healthy")
             ]
         );
-        assert!(changes(&back, &back).is_empty(), "no change, no line");
+        assert!(lines(&back, &back).is_empty(), "no change, no line");
+        // The level comes from the event: a loss warns, a return informs.
+        let events = changes(&healthy, &degraded);
+        assert!(events.iter().all(|e| e.is_bad() && e.alias() == Some("vm1")), "{events:?}");
+        assert!(changes(&degraded, &back).iter().all(|e| !e.is_bad()));
     }
 
     #[test]
@@ -240,10 +345,7 @@ mod tests {
         fake::map(t.path(), "dm-0", "vm1", W, &["sdb"]);
         let after = run(&s, &aliases, &mut seen);
         assert_eq!((after[0].paths_up, after[0].paths_expected, after[0].state), (1, 2, LunState::Degraded));
-        assert_eq!(
-            changes(&before, &after)[0],
-            "LUN vm1: path sdc via host3 lost (removed): 1 of 2 paths up, DEGRADED"
-        );
+        assert_eq!(lines(&before, &after)[0], "LUN vm1: path sdc via host3 lost (removed): 1 of 2 paths up, DEGRADED");
     }
 
     #[test]
@@ -261,6 +363,6 @@ mod tests {
         let aliases = [alias("ghost", "3600a0b800099", Some(2))];
         let st = run(&s, &aliases, &mut BTreeMap::new());
         assert_eq!((st[0].state, st[0].paths_up, st[0].dm.clone()), (LunState::Missing, 0, None));
-        assert_eq!(changes(&[], &st), vec!["LUN ghost (3600a0b800099): 0 of 2 paths up, MISSING"]);
+        assert_eq!(lines(&[], &st), vec!["LUN ghost (3600a0b800099): 0 of 2 paths up, MISSING"]);
     }
 }

@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 pub use crate::config::aliases::{self, Alias};
 pub use crate::config::cluster::StorageConfig;
 use crate::config::fetch::{get_with_retries, MAX_ALIASES_BYTES};
-pub use health::{LunState, LunStatus};
+pub use health::{LunState, LunStatus, StorageEvent};
 use sysfs::{FcHost, Sysfs};
 
 /// Where the alias table comes from, in order of precedence.
@@ -88,21 +88,24 @@ pub struct Storage {
 pub type Shared = Arc<Mutex<Storage>>;
 
 impl Storage {
-    /// Re-reads sysfs and returns one log line per change since the last time.
-    pub fn refresh(&mut self, sys: &Sysfs) -> Vec<String> {
+    /// Re-reads sysfs and returns every change since the last time.
+    pub fn refresh(&mut self, sys: &Sysfs) -> Vec<StorageEvent> {
         let luns = health::assess(&self.table, &sys.maps(), &sys.disks(), &mut self.most_seen, self.default_paths);
-        let mut lines = health::changes(&self.luns, &luns);
+        let mut events = health::changes(&self.luns, &luns);
         let hbas = sys.fc_hosts();
         for h in &hbas {
-            if let Some(old) = self.hbas.iter().find(|o| o.host == h.host) {
-                if old.port_state != h.port_state {
-                    lines.push(format!("FC port {} ({}): {} -> {}", h.host, h.wwpn, old.port_state, h.port_state));
-                }
+            if let Some(old) = self.hbas.iter().find(|o| o.host == h.host && o.port_state != h.port_state) {
+                events.push(StorageEvent::FcPort {
+                    host: h.host.clone(),
+                    wwpn: h.wwpn.clone(),
+                    from: old.port_state.clone(),
+                    to: h.port_state.clone(),
+                });
             }
         }
         self.luns = luns;
         self.hbas = hbas;
-        lines
+        events
     }
 
     /// Why storage makes the blade degraded, one line per LUN that is not healthy.
@@ -129,29 +132,21 @@ pub fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Storage> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Logs a change line at the level it deserves.
-fn log_change(line: &str) {
-    let bad = line.contains(" lost ") || line.ends_with("DEGRADED") || line.ends_with("MISSING");
-    if bad || (line.starts_with("FC port") && !line.ends_with("Online")) {
-        warn!("{line}");
-    } else {
-        info!("{line}");
-    }
-}
-
-/// Watches sysfs every second for the life of the blade, logging every change.
-pub fn watch(shared: Shared, sys: Sysfs) {
+/// Watches sysfs every second for the life of the blade, logging every change and handing it
+/// to `sink` (the main loop).
+pub fn watch(shared: Shared, sys: Sysfs, sink: impl Fn(StorageEvent) + Send + 'static) {
     crate::spawn_worker("storage-watch", move || loop {
-        let (lines, quiet) = {
+        let (events, quiet) = {
             let mut s = lock(&shared);
             (s.refresh(&sys), s.settling)
         };
-        // While boot waits for the maps to assemble, "missing" is expected, not news: the
-        // boot sequence reports the outcome once it stops waiting.
-        if !quiet {
-            for l in &lines {
-                log_change(l);
+        for e in events {
+            // While boot waits for the maps to assemble, "missing" is expected, not news: the
+            // boot sequence reports the outcome once it stops waiting.
+            if !quiet {
+                e.log();
             }
+            sink(e);
         }
         std::thread::sleep(Duration::from_secs(1));
     });
@@ -161,8 +156,8 @@ pub fn watch(shared: Shared, sys: Sysfs) {
 pub fn settled(shared: &Shared) {
     let mut s = lock(shared);
     s.settling = false;
-    for l in health::changes(&[], &s.luns) {
-        log_change(&l);
+    for e in health::changes(&[], &s.luns) {
+        e.log();
     }
 }
 

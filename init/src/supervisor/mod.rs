@@ -6,7 +6,7 @@
 //! runtime and a fake clock; `process.rs` is the real runtime.
 
 pub mod cgroup;
-pub mod order;
+use crate::config::order;
 pub mod policy;
 pub mod process;
 
@@ -179,19 +179,20 @@ impl Supervisor {
     }
 
     pub fn status(&self, now: Instant) -> Vec<ServiceStatus> {
-        self.order
-            .iter()
-            .filter_map(|n| self.units.get(n))
-            .map(|u| ServiceStatus {
-                name: u.spec.name.clone(),
-                state: u.state,
-                pid: u.pid,
-                restarts: u.restarts,
-                last_exit: u.last_exit,
-                since_s: now.saturating_duration_since(u.since).as_secs_f64(),
-                reason: u.reason.clone(),
-            })
-            .collect()
+        self.order.iter().filter_map(|n| self.service_status(n, now)).collect()
+    }
+
+    /// One service's status, if there is such a service.
+    pub fn service_status(&self, name: &str, now: Instant) -> Option<ServiceStatus> {
+        self.units.get(name).map(|u| ServiceStatus {
+            name: u.spec.name.clone(),
+            state: u.state,
+            pid: u.pid,
+            restarts: u.restarts,
+            last_exit: u.last_exit,
+            since_s: now.saturating_duration_since(u.since).as_secs_f64(),
+            reason: u.reason.clone(),
+        })
     }
 
     /// The longest an orderly stop of every service can take: the sum of their stop timeouts

@@ -13,15 +13,16 @@
 use std::time::{Duration, Instant};
 
 use bladevisor::httpc::{call_with_body, Endpoint};
-use bladevisor_lab::{ok, Blade, Image, TwoBlades};
+use bladevisor_lab::{ok, Blade, Image, Operator, Request, TwoBlades};
 
 const TOKEN: &str = bladevisor_lab::LAB_TOKEN;
 
-fn post(b: &Blade, path: &str, body: &str) -> serde_json::Value {
+fn post(b: &Blade, req: Request) -> serde_json::Value {
     let ep = Endpoint::Tcp(format!("127.0.0.1:{}", b.api_port));
-    let r = ok(call_with_body(&ep, "POST", path, Some(TOKEN), body, Duration::from_secs(60)));
+    let body = req.body().unwrap_or_default();
+    let r = ok(call_with_body(&ep, req.method(), &req.target(), Some(TOKEN), &body, Duration::from_secs(60)));
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-    assert_eq!(r.code, 200, "POST {path} {body}: {}\n{}", r.body, b.report());
+    assert_eq!(r.code, 200, "{} {} {body}: {}\n{}", req.method(), req.target(), r.body, b.report());
     v
 }
 
@@ -43,7 +44,12 @@ type Sample = (f64, f64, f64);
 /// The supervisors' migration from `a` to `b` (named `to`).
 fn ours(a: &Blade, b: &Blade, to: &str) -> Sample {
     let t = Instant::now();
-    let id = post(a, &format!("/v1/guests/demo/migrate?to={to}"), "")["id"].as_u64().expect("id");
+    let id = post(
+        a,
+        Request::Operator(Operator::Migrate { guest: "demo".into(), to: to.to_string(), bandwidth_mbps: None }),
+    )["id"]
+        .as_u64()
+        .expect("id");
     let mut outcome = None;
     wait("the migration", Duration::from_secs(300), || {
         outcome = ok(a.status()).migrations.into_iter().find(|m| m.id == id).and_then(|m| m.outcome);

@@ -1,0 +1,422 @@
+//! The edge of the guest coordinator: requests from the API and reports from workers go in,
+//! the coordinator decides, and its effects are carried out here against the supervisor, the
+//! peers (on workers, so the loop never waits on the network) and QMP. The coordinator itself
+//! touches nothing; this is the only place its decisions meet the blade.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::{BootAsk, Event, Init};
+use crate::api::peer::HttpPeer;
+use crate::coord::owner::{self, Answer as OwnerAnswer};
+use crate::coord::{service_name, Blade, Effect, Report, ServiceKind, Ticket};
+use crate::migration::{self as mig, Outcome, Phase, Progress};
+use crate::proto::request::{Answer, ConsoleText, Operator, QmpReturn, Read, Refusal, Reply, Request};
+use crate::proto::{Memory, ServiceAction};
+use crate::qemu::qmp::Qmp;
+use crate::storage::LunState;
+use crate::supervisor::{RequestError, ServiceStatus, Supervisor};
+
+/// Replies not given within this long are dropped (their caller gave up long before).
+const TICKET_LIFETIME: Duration = Duration::from_secs(120);
+
+/// What the coordinator's effects need at the edge.
+#[derive(Default)]
+pub struct Edge {
+    replies: BTreeMap<Ticket, (Instant, Sender<Reply>)>,
+    next_ticket: Ticket,
+    /// Outgoing migrations' cancel flags, by migration id.
+    cancels: BTreeMap<u64, Arc<AtomicBool>>,
+    /// Guests whose console is followed.
+    followed: BTreeSet<String>,
+    consoles: crate::qemu::console::Consoles,
+}
+
+impl Edge {
+    fn ticket(&mut self, reply: Sender<Reply>) -> Ticket {
+        let now = Instant::now();
+        self.replies.retain(|_, (t, _)| now.saturating_duration_since(*t) < TICKET_LIFETIME);
+        self.next_ticket += 1;
+        self.replies.insert(self.next_ticket, (now, reply));
+        self.next_ticket
+    }
+
+    fn answer(&mut self, ticket: Ticket, reply: Reply) {
+        if let Some((_, tx)) = self.replies.remove(&ticket) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    /// A reply channel a worker answers on directly.
+    fn take(&mut self, ticket: Ticket) -> Option<Sender<Reply>> {
+        self.replies.remove(&ticket).map(|(_, tx)| tx)
+    }
+}
+
+/// What the coordinator reads of this blade: the supervisor's services, the storage watch's
+/// LUNs, memory (read once per decision).
+pub struct Facts<'a> {
+    sup: &'a Supervisor,
+    storage: &'a crate::storage::Shared,
+    memory: OnceLock<Memory>,
+}
+
+pub fn facts<'a>(sup: &'a Supervisor, storage: &'a crate::storage::Shared) -> Facts<'a> {
+    Facts { sup, storage, memory: OnceLock::new() }
+}
+
+impl Blade for Facts<'_> {
+    fn service(&self, guest: &str) -> Option<ServiceStatus> {
+        self.sup.service_status(&service_name(guest), Instant::now())
+    }
+    fn lun(&self, alias: &str) -> Option<LunState> {
+        crate::storage::lock(self.storage).luns.iter().find(|l| l.alias == alias).map(|l| l.state)
+    }
+    fn memory(&self) -> Memory {
+        self.memory.get_or_init(super::memory).clone()
+    }
+}
+
+/// Connects to a guest's QMP socket, waiting for its QEMU to create it.
+fn qmp_wait(path: &std::path::Path, limit: Duration) -> Result<Qmp, String> {
+    let end = Instant::now() + limit;
+    loop {
+        match Qmp::connect(path, Duration::from_secs(10)) {
+            Ok(q) => return Ok(q),
+            Err(e) if Instant::now() >= end => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn qmp_path(guest: &str) -> std::path::PathBuf {
+    crate::qemu::qmp_path(&crate::run_dir(), guest)
+}
+
+impl Init {
+    pub(super) fn facts(&self) -> Facts<'_> {
+        facts(&self.sup, &self.storage)
+    }
+
+    /// A request from the API.
+    pub(super) fn call(&mut self, req: Request, reply: Sender<Reply>) {
+        let now = Instant::now();
+        let answer = match req {
+            Request::Read(Read::Status | Read::Metrics) => Ok(Answer::Status(Box::new(self.status()))),
+            Request::Read(Read::Guest(name)) => match &self.coord {
+                Some(c) => Ok(Answer::Guest(c.guest_here(&name, &facts(&self.sup, &self.storage)))),
+                None => Err(Refusal::unavailable("the blade is still booting")),
+            },
+            Request::Read(Read::Capacity) => match &self.coord {
+                Some(c) => Ok(Answer::Capacity(c.capacity(&facts(&self.sup, &self.storage)))),
+                None => Err(Refusal::unavailable("the blade is still booting")),
+            },
+            Request::Operator(Operator::Power(action)) => {
+                self.begin_shutdown(action, "requested over the control API");
+                Ok(Answer::done(format!("{} in progress", action.as_str())))
+            }
+            Request::Operator(Operator::Service { name, action }) => self.service_action(&name, action),
+            Request::Operator(Operator::Console { name, offset }) => self.console(&name, offset),
+            Request::Operator(Operator::StorageReload) => {
+                self.reload_storage(move |r| {
+                    let _ = reply.send(r.map(Answer::Done).map_err(Refusal::failed));
+                });
+                return;
+            }
+            Request::Operator(Operator::ReadLun { .. }) => Err(Refusal::invalid("LUN reads are served by the API")),
+            req @ (Request::Operator(_) | Request::Peer(_)) => {
+                let ticket = self.edge.ticket(reply);
+                match &mut self.coord {
+                    Some(c) => c.request(req, ticket, &facts(&self.sup, &self.storage), now),
+                    None => self.edge.answer(ticket, Err(Refusal::unavailable("the blade is still booting"))),
+                }
+                return self.run_effects();
+            }
+        };
+        let _ = reply.send(answer);
+    }
+
+    pub(super) fn boot_ask(&mut self, ask: BootAsk) {
+        match ask {
+            BootAsk::AddService(spec, reply) => {
+                let _ = reply.send(self.sup.add(*spec, Instant::now()));
+            }
+            BootAsk::ServiceState(name, reply) => {
+                let _ = reply.send(self.sup.state(&name));
+            }
+            BootAsk::Done(outcome) => self.boot_done(*outcome),
+        }
+    }
+
+    pub(super) fn report(&mut self, r: Report) {
+        if let Report::MigrationDone { id, .. } = &r {
+            self.edge.cancels.remove(id);
+        }
+        if let Some(c) = &mut self.coord {
+            c.report(r, &facts(&self.sup, &self.storage), Instant::now());
+        }
+        self.run_effects();
+    }
+
+    /// One pass of the loop: arrivals and placement brought up to date.
+    pub(super) fn tick_guests(&mut self) {
+        if let Some(c) = &mut self.coord {
+            c.tick(&facts(&self.sup, &self.storage), Instant::now());
+        }
+        self.run_effects();
+    }
+
+    /// An operator's action on a service (a guest's included): the supervisor's answer.
+    fn service_action(&mut self, name: &str, action: ServiceAction) -> Reply {
+        let now = Instant::now();
+        let r = match action {
+            ServiceAction::Start => self.sup.request_start(name, now),
+            ServiceAction::Stop => self.sup.request_stop(name, &mut self.rt, now),
+            ServiceAction::Restart => self.sup.request_restart(name, &mut self.rt, now),
+            ServiceAction::Kill => self.sup.request_kill(name, &mut self.rt),
+        };
+        match r {
+            Ok(()) => Ok(Answer::done(format!("{name}: {} requested", action.as_str()))),
+            Err(e @ RequestError::UnknownService(_)) => Err(Refusal::not_found(e.to_string())),
+            Err(e) => Err(Refusal::conflict(e.to_string())),
+        }
+    }
+
+    fn console(&self, name: &str, offset: u64) -> Reply {
+        let consoles = self.edge.consoles.lock().unwrap_or_else(|p| p.into_inner());
+        match consoles.get(name) {
+            Some(ring) => {
+                let (data, next) = ring.read_from(offset);
+                let text = String::from_utf8_lossy(&data).into_owned();
+                Ok(Answer::Console(ConsoleText { guest: name.to_string(), next, text }))
+            }
+            None => Err(Refusal::not_found(format!("no console for guest {name:?} on this blade"))),
+        }
+    }
+
+    /// Carries out the coordinator's effects, and those they lead to, until none is left.
+    pub(super) fn run_effects(&mut self) {
+        loop {
+            let effects = self.coord.as_mut().map(|c| c.take_effects()).unwrap_or_default();
+            if effects.is_empty() {
+                return;
+            }
+            for e in effects {
+                self.execute(e);
+            }
+        }
+    }
+
+    fn peer(&self, node: &str) -> Result<HttpPeer, String> {
+        let c = self.boot.as_ref().and_then(|b| b.cluster.as_ref()).ok_or("no cluster configuration")?;
+        HttpPeer::of(c, &self.node, node, self.api_port.unwrap_or(7480))
+    }
+
+    /// Every other blade of the cluster that can be reached.
+    fn all_peers(&self) -> Vec<HttpPeer> {
+        let Some(c) = self.boot.as_ref().and_then(|b| b.cluster.as_ref()) else { return vec![] };
+        c.nodes.keys().filter(|n| **n != self.node).filter_map(|n| self.peer(n).ok()).collect()
+    }
+
+    fn add_guest_service(&mut self, guest: &str, kind: ServiceKind) -> Result<(), String> {
+        let spec = self.coord.as_ref().and_then(|c| c.guest_specs().find(|g| g.name == guest).cloned());
+        let g = spec.ok_or_else(|| format!("no guest named {guest}"))?;
+        let run = crate::run_dir();
+        let mut spec = match kind {
+            ServiceKind::Incoming => crate::qemu::incoming_service(&g, &run, self.kvm),
+            ServiceKind::Defined | ServiceKind::Start => crate::qemu::service(&g, &run, self.kvm),
+        };
+        if kind == ServiceKind::Start {
+            spec.enabled = true;
+        }
+        // Guests stop before the storage under them.
+        if self.sup.state("multipathd").is_some() {
+            spec.after.push("multipathd".into());
+        }
+        self.sup.add(spec, Instant::now())?;
+        if self.edge.followed.insert(guest.to_string()) {
+            let sock = crate::qemu::run_dir(&run, guest).join("console.sock");
+            crate::qemu::console::follow(self.edge.consoles.clone(), guest.to_string(), sock);
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, e: Effect) {
+        let now = Instant::now();
+        let tx = self.tx.clone();
+        let report = move |r: Report| {
+            let _ = tx.send(Event::Report(r));
+        };
+        match e {
+            Effect::Reply(t, r) => self.edge.answer(t, r),
+            Effect::AddService { guest, kind } => {
+                if let Err(why) = self.add_guest_service(&guest, kind) {
+                    report(Report::ServiceRefused { guest, why });
+                }
+            }
+            Effect::Service { guest, action, ticket } => {
+                let r = self.service_action(&service_name(&guest), action);
+                if let Some(t) = ticket {
+                    self.edge.answer(t, r);
+                }
+            }
+            Effect::Discard(guest) => self.sup.discard(&service_name(&guest), &mut self.rt, now),
+            Effect::SetRestart(guest, policy) => self.sup.set_restart(&service_name(&guest), policy),
+            Effect::AskOwners { guest, peers, force, ticket } => {
+                let peers: Vec<(String, Result<HttpPeer, String>)> =
+                    peers.into_iter().map(|n| (n.clone(), self.peer(&n))).collect();
+                crate::spawn_worker(&format!("owner-{guest}"), move || {
+                    let answers: Vec<(String, OwnerAnswer)> = peers
+                        .into_iter()
+                        .map(|(node, p)| match p {
+                            Ok(mut p) => {
+                                p.timeout = Duration::from_secs(5);
+                                (node, p.about(&guest))
+                            }
+                            Err(e) => (node, OwnerAnswer::Unreachable(e)),
+                        })
+                        .collect();
+                    let verdict = owner::decide(&answers);
+                    report(Report::OwnersAnswered { guest, verdict, force, ticket });
+                });
+            }
+            Effect::MigrateOut { guest, to, migration, bandwidth_mbps } => {
+                self.migrate_out(guest, to, migration, bandwidth_mbps, report)
+            }
+            Effect::CancelMigration(id) => {
+                if let Some(c) = self.edge.cancels.get(&id) {
+                    c.store(true, Ordering::SeqCst);
+                }
+            }
+            Effect::Listen { guest, caps, ports, taken, ticket } => {
+                crate::spawn_worker(&format!("incoming-{guest}"), move || {
+                    let result = qmp_wait(&qmp_path(&guest), Duration::from_secs(20))
+                        .and_then(|mut vm| mig::dest::listen(&mut vm, &caps, ports.0..=ports.1, &taken));
+                    report(Report::Listening { guest, result, ticket });
+                });
+            }
+            Effect::Resume { guest, ticket } => {
+                crate::spawn_worker(&format!("resume-{guest}"), move || {
+                    let result = qmp_wait(&qmp_path(&guest), Duration::from_secs(5))
+                        .and_then(|mut vm| mig::dest::resume(&mut vm));
+                    report(Report::Resumed { guest, result, ticket });
+                });
+            }
+            Effect::Resolve { guest, to, ticket } => match self.peer(&to) {
+                Ok(peer) => crate::spawn_worker(&format!("resolve-{guest}"), move || {
+                    let result = resolve_in_doubt(&guest, &to, peer);
+                    report(Report::Resolved { guest, result, ticket });
+                }),
+                Err(e) => report(Report::Resolved { guest, result: Err(e), ticket }),
+            },
+            Effect::TellDrained(drained) => {
+                let (peers, me) = (self.all_peers(), self.node.clone());
+                crate::spawn_worker("drain-notice", move || {
+                    for p in peers {
+                        if let Err(e) = p.call(crate::proto::request::Peer::Drained { node: me.clone(), drained }) {
+                            warn!(peer = %p.node, "could not tell it this blade is drained={drained}: {e}");
+                        }
+                    }
+                });
+            }
+            Effect::AskDrain => {
+                let (peers, me) = (self.all_peers(), self.node.clone());
+                crate::spawn_worker("drain-query", move || {
+                    let said = peers.into_iter().find_map(|mut p| {
+                        p.timeout = Duration::from_secs(5);
+                        let remembers = p.capacity().ok()?.drained_nodes.contains(&me);
+                        remembers.then(|| format!("drained before reboot, as {} remembers", p.node))
+                    });
+                    report(Report::DrainKnown(said));
+                });
+            }
+            Effect::AskCapacity(nodes) => {
+                let peers: Vec<(String, Result<HttpPeer, String>)> =
+                    nodes.into_iter().map(|n| (n.clone(), self.peer(&n))).collect();
+                crate::spawn_worker("evacuate", move || {
+                    let answers = peers.into_iter().map(|(n, p)| (n, p.and_then(|p| p.capacity()))).collect();
+                    report(Report::Capacities(answers));
+                });
+            }
+            Effect::Qmp { guest, command, ticket } => {
+                let Some(reply) = self.edge.take(ticket) else { return };
+                crate::spawn_worker(&format!("qmp-{guest}"), move || {
+                    let cmd = command["execute"].as_str().unwrap_or("").to_string();
+                    let args = command.get("arguments").cloned().unwrap_or(serde_json::json!({}));
+                    let r = Qmp::connect(&qmp_path(&guest), Duration::from_secs(10))
+                        .and_then(|mut q| q.execute(&cmd, args));
+                    let _ = reply.send(r.map(|value| Answer::Qmp(QmpReturn { value })).map_err(Refusal::failed));
+                });
+            }
+        }
+    }
+
+    /// Drives a migration out on a worker, reporting progress and the outcome.
+    fn migrate_out(
+        &mut self,
+        guest: String,
+        to: String,
+        id: u64,
+        bandwidth_mbps: Option<f64>,
+        report: impl Fn(Report) + Send + Clone + 'static,
+    ) {
+        let cluster = self.boot.as_ref().and_then(|b| b.cluster.as_ref());
+        let to_ip = cluster.and_then(|c| c.nodes.get(&to)).and_then(|n| n.peer_ip());
+        let (mut peer, to_ip) = match (self.peer(&to), to_ip) {
+            (Ok(p), Some(ip)) => (p, ip),
+            (Err(e), _) => return report(Report::MigrationDone { guest, id, outcome: cannot_start(e) }),
+            (_, None) => {
+                return report(Report::MigrationDone {
+                    guest,
+                    id,
+                    outcome: cannot_start(format!("{to} has no peer address")),
+                })
+            }
+        };
+        let settings = self.coord.as_ref().map(|c| c.settings().clone()).unwrap_or_default();
+        let plan = mig::source::Plan::new(&guest, &to, to_ip, &settings, bandwidth_mbps);
+        self.edge.cancels.insert(id, plan.cancel.clone());
+        crate::spawn_worker(&format!("migrate-{guest}"), move || {
+            let progress = report.clone();
+            let mut on_progress = move |phase: Phase, p: Option<&Progress>| {
+                progress(Report::MigrationProgress { id, phase, progress: p.cloned() });
+            };
+            let mut clock = mig::RealClock::start();
+            let outcome = match Qmp::connect(&qmp_path(&guest), Duration::from_secs(10)) {
+                Ok(mut vm) => mig::source::migrate(&mut vm, &mut peer, &plan, &mut clock, &mut on_progress),
+                Err(e) => Outcome::failed(Phase::Preparing, format!("cannot reach the guest's QMP: {e}"), true),
+            };
+            info!(guest = %guest, "migration worker done");
+            report(Report::MigrationDone { guest, id, outcome });
+        });
+    }
+}
+
+fn cannot_start(why: String) -> Outcome {
+    Outcome::failed(Phase::Preparing, why, true)
+}
+
+/// Asks the destination of an in-doubt guest again and keeps exactly one copy: Ok(true) when
+/// the guest was resumed here, Ok(false) when the destination runs it.
+fn resolve_in_doubt(guest: &str, to: &str, mut peer: HttpPeer) -> Result<bool, String> {
+    let resume_here = || {
+        Qmp::connect(&qmp_path(guest), Duration::from_secs(10))
+            .and_then(|mut q| q.execute("cont", serde_json::json!({})))
+            .map(|_| true)
+    };
+    let verdict = owner::decide(&[(to.to_string(), peer.about(guest))]);
+    match owner::resolve_in_doubt(&verdict) {
+        owner::Resolution::DestinationKeepsIt => Ok(false),
+        owner::Resolution::ResumeHere => resume_here(),
+        owner::Resolution::AbortThereResumeHere => match mig::Peer::abort(&mut peer, guest) {
+            Ok(()) => resume_here(),
+            Err(e) => Err(format!("{to} holds a paused copy and did not remove it: {e}")),
+        },
+        owner::Resolution::StillUnknown(why) => Err(format!("still cannot ask {to}: {why}")),
+    }
+}
