@@ -409,6 +409,7 @@ mod tests {
                 uptime_s: 1.0,
                 disks: vec![],
                 reason: None,
+                runs_on: None,
             }],
             drained: None,
             drained_nodes: vec![],

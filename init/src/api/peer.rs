@@ -10,7 +10,7 @@ use crate::coord::owner::Answer;
 use crate::httpc::Endpoint;
 use crate::migration::{Peer as MigrationPeer, PeerError};
 use crate::proto::request::{Done, GuestHere, Listening, Peer, Read, Request};
-use crate::proto::{Capacity, Status};
+use crate::proto::{Capacity, GuestState, Status};
 
 /// Another blade's API: its name, `ip:port`, and the cluster's token.
 #[derive(Debug, Clone)]
@@ -66,7 +66,10 @@ impl HttpPeer {
             node: s.node,
         });
         match here {
-            Ok(GuestHere { guest: Some(g), .. }) => Answer::State(g.state),
+            Ok(GuestHere { guest: Some(g), .. }) => match (g.state, g.runs_on) {
+                (GuestState::Elsewhere, Some(node)) => Answer::Elsewhere(node),
+                (state, _) => Answer::State(state),
+            },
             Ok(GuestHere { guest: None, .. }) => Answer::Absent,
             Err(e) => Answer::Unreachable(e),
         }
@@ -89,10 +92,18 @@ impl HttpPeer {
     }
 }
 
+/// A refusal is only an answer the peer gave after deciding (a 4xx: it did not do it); a busy
+/// peer (503), a server error or a timeout may have done it, or may still: that is not a
+/// refusal but no answer, which a migration takes as in doubt.
 fn peer_error(e: CallError) -> PeerError {
     match e {
         CallError::Unreachable(e) => PeerError::Unreachable(e),
-        CallError::Refused { code, message } => PeerError::Refused(format!("HTTP {code}: {message}")),
+        CallError::Refused { code, message } if (400..500).contains(&code) && code != 408 && code != 429 => {
+            PeerError::Refused(format!("HTTP {code}: {message}"))
+        }
+        CallError::Refused { code, message } => {
+            PeerError::Unreachable(format!("HTTP {code}: {message} (no decision: the call may have taken effect)"))
+        }
     }
 }
 
@@ -106,5 +117,20 @@ impl MigrationPeer for HttpPeer {
     }
     fn abort(&mut self, guest: &str) -> Result<(), PeerError> {
         self.call(Peer::IncomingAbort(guest.into())).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_destination_is_no_answer_not_a_refusal() {
+        let busy = CallError::Refused { code: 503, message: "the supervisor did not answer in time".into() };
+        assert!(matches!(peer_error(busy), PeerError::Unreachable(_)), "a 503 may still resume the guest there");
+        let failed = CallError::Refused { code: 500, message: "?".into() };
+        assert!(matches!(peer_error(failed), PeerError::Unreachable(_)));
+        let no = CallError::Refused { code: 409, message: "blade2 cannot resume guest web".into() };
+        assert_eq!(peer_error(no), PeerError::Refused("HTTP 409: blade2 cannot resume guest web".into()));
     }
 }

@@ -156,10 +156,12 @@ pub enum Effect {
         guest: String,
         ticket: Ticket,
     },
-    /// Ask `to` again about an in-doubt guest and keep one copy.
+    /// Ask every blade in `peers` again about a guest in doubt after a migration to `to`, and
+    /// keep one copy.
     Resolve {
         guest: String,
         to: String,
+        peers: Vec<String>,
         ticket: Ticket,
     },
     /// Tell every other blade this one is drained (or not).
@@ -208,10 +210,10 @@ pub enum Report {
     /// What the other blades remember of this blade's drain (asked at boot).
     DrainKnown(Option<String>),
     Capacities(Vec<(String, Result<Capacity, String>)>),
-    /// An in-doubt guest, settled: Ok(true) runs here, Ok(false) runs at the destination.
+    /// An in-doubt guest, settled: Ok(None) resumed here, Ok(Some(node)) runs on that blade.
     Resolved {
         guest: String,
-        result: Result<bool, String>,
+        result: Result<Option<String>, String>,
         ticket: Ticket,
     },
     /// The edge could not add a guest's service.
@@ -358,6 +360,11 @@ impl Coordinator {
         })
     }
 
+    /// The other blades that can be asked (those with a peer address).
+    fn peers(&self) -> Vec<String> {
+        self.nodes.iter().filter(|(_, reach)| reach.is_ok()).map(|(n, _)| n.clone()).collect()
+    }
+
     fn guest_mut(&mut self, name: &str) -> Option<&mut Guest> {
         self.guests.get_mut(name)
     }
@@ -383,7 +390,7 @@ impl Coordinator {
     pub fn operator(&mut self, req: Operator, ticket: Ticket, blade: &dyn Blade, now: Instant) {
         match req {
             Operator::Guest { name, action, force } => {
-                if let Err(r) = self.guest_action(&name, action, force, ticket, blade) {
+                if let Err(r) = self.guest_action(&name, action, force, ticket, blade, now) {
                     self.reply(Some(ticket), Err(r));
                 }
             }

@@ -106,8 +106,8 @@ impl Coordinator {
                 None => Err(Refusal::conflict(format!("{to} is not in [nodes]"))),
                 Some(Ok(())) => {
                     info!(guest = %guest, to = %to, "resolving an in-doubt migration: asking {to} again");
-                    let (guest, to) = (guest.to_string(), to.clone());
-                    self.effects.push(Effect::Resolve { guest, to, ticket });
+                    let (guest, to, peers) = (guest.to_string(), to.clone(), self.peers());
+                    self.effects.push(Effect::Resolve { guest, to, peers, ticket });
                     return;
                 }
             },
@@ -116,22 +116,22 @@ impl Coordinator {
         self.reply(Some(ticket), r);
     }
 
-    pub(super) fn resolved(&mut self, guest: &str, result: Result<bool, String>, ticket: Ticket) {
+    pub(super) fn resolved(&mut self, guest: &str, result: Result<Option<String>, String>, ticket: Ticket) {
         let to = match self.guests.get(guest).map(|g| &g.place) {
             Some(Place::InDoubt { to }) => to.clone(),
             _ => "?".into(),
         };
         let r = match result {
-            Ok(true) => {
-                warn!(guest = %guest, to = %to, "in doubt resolved: {to} has no copy; resumed here");
+            Ok(None) => {
+                warn!(guest = %guest, to = %to, "in doubt resolved: no other blade has a copy; resumed here");
                 self.set_place(guest, Place::Here);
                 Ok(Answer::done(format!("guest {guest} runs here again ({to} has no copy)")))
             }
-            Ok(false) => {
-                warn!(guest = %guest, to = %to, "in doubt resolved: {to} runs it; the paused copy here goes");
+            Ok(Some(node)) => {
+                warn!(guest = %guest, to = %to, "in doubt resolved: {node} runs it; the paused copy here goes");
                 self.effects.push(Effect::Discard(guest.to_string()));
-                self.set_place(guest, Place::Elsewhere { node: to.clone(), why: format!("migrated to {to}") });
-                Ok(Answer::done(format!("guest {guest} runs on {to}; the paused copy here is removed")))
+                self.set_place(guest, Place::Elsewhere { node: node.clone(), why: format!("migrated to {to}") });
+                Ok(Answer::done(format!("guest {guest} runs on {node}; the paused copy here is removed")))
             }
             Err(e) => Err(Refusal::conflict(format!("guest {guest} stays paused here: {e}"))),
         };

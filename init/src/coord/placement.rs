@@ -77,18 +77,18 @@ impl Coordinator {
             self.effects.push(Effect::AddService { guest: name.to_string(), kind: ServiceKind::Defined });
             return;
         }
-        if spec.migrate_to.is_empty() {
-            self.start_now(name, false, None, blade);
-        } else {
-            self.ask_owners(name, false, None);
-        }
+        self.ask_owners(name, false, None, blade, now);
     }
 
-    /// Asks the guest's other blades whether they run it.
-    fn ask_owners(&mut self, name: &str, force: bool, ticket: Option<Ticket>) {
+    /// Asks every other blade of the cluster (not only the guest's: another blade's
+    /// configuration may differ) whether it runs the guest; with no other blade, it is free.
+    fn ask_owners(&mut self, name: &str, force: bool, ticket: Option<Ticket>, blade: &dyn Blade, now: Instant) {
+        let peers = self.peers();
+        if peers.is_empty() {
+            return self.owners_answered(name, Verdict::Free, force, ticket, blade, now);
+        }
         let Some(g) = self.guests.get_mut(name) else { return };
         g.check = OwnerCheck::Asking;
-        let peers = g.spec.blades().filter(|n| **n != self.node).cloned().collect();
         self.effects.push(Effect::AskOwners { guest: name.to_string(), peers, force, ticket });
     }
 
@@ -158,13 +158,29 @@ impl Coordinator {
         force: bool,
         ticket: Ticket,
         blade: &dyn Blade,
+        now: Instant,
     ) -> Result<(), Refusal> {
         let g = self.guest(name)?;
+        // A restart (or a kill, which the restart policy turns into one) of a copy that may run
+        // elsewhere would make two.
         match (action, &g.place) {
-            (ServiceAction::Kill, _) => {}
             (_, Place::Outgoing { to, .. }) => {
                 return Err(Refusal::conflict(format!("guest {name} is migrating to {to}; cancel that first")))
             }
+            (ServiceAction::Kill, Place::InDoubt { to }) if force => {
+                warn!(guest = %name, "OPERATOR OVERRIDE: the paused in-doubt copy is removed (it may run on {to})");
+                self.effects.push(Effect::Discard(name.to_string()));
+                self.set_place(name, Place::Here);
+                self.reply(Some(ticket), Ok(Answer::done(format!("the paused copy of {name} here is removed"))));
+                return Ok(());
+            }
+            (_, Place::InDoubt { to }) => {
+                return Err(Refusal::conflict(format!(
+                    "guest {name} is paused here in doubt after a migration to {to}: bladevisor resolve {name} \
+                     (or kill --force to remove this copy)"
+                )))
+            }
+            (ServiceAction::Kill, Place::Incoming { .. }) => {}
             (_, Place::Incoming { from, .. }) => {
                 return Err(Refusal::conflict(format!("guest {name} is arriving from {from}; only kill applies")))
             }
@@ -182,11 +198,7 @@ impl Coordinator {
             if let (Some(d), false) = (&self.drained, force) {
                 return Err(Refusal::conflict(format!("this blade is drained ({d}); undrain it, or --force")));
             }
-            if g.spec.blades().all(|n| *n == self.node) {
-                self.start_now(name, false, Some(ticket), blade);
-            } else {
-                self.ask_owners(name, force, Some(ticket));
-            }
+            self.ask_owners(name, force, Some(ticket), blade, now);
             return Ok(());
         }
         if state.is_none() {

@@ -87,7 +87,11 @@ struct Lab {
 
 impl Lab {
     fn on(node: &str) -> Lab {
-        let cfg = crate::config::cluster::parse_cluster(std::path::Path::new("cluster.toml"), CLUSTER).unwrap();
+        Lab::with(CLUSTER, node)
+    }
+
+    fn with(cluster: &str, node: &str) -> Lab {
+        let cfg = crate::config::cluster::parse_cluster(std::path::Path::new("cluster.toml"), cluster).unwrap();
         let healthy = ["vm1", "vm2", "vm3"].map(|a| (a.to_string(), LunState::Healthy));
         let mut lab = Lab {
             c: Coordinator::new(node, Some(&cfg)),
@@ -182,6 +186,22 @@ impl Lab {
         })
     }
 
+    /// The other blades answer every pending owner check: nobody runs the guest.
+    fn all_free(&mut self) {
+        let pending: Vec<(String, bool, Option<Ticket>)> = self
+            .asked
+            .iter()
+            .filter_map(|e| match e {
+                Effect::AskOwners { guest, force, ticket, .. } => Some((guest.clone(), *force, *ticket)),
+                _ => None,
+            })
+            .collect();
+        self.asked.retain(|e| !matches!(e, Effect::AskOwners { .. }));
+        for (guest, force, ticket) in pending {
+            self.report(Report::OwnersAnswered { guest, verdict: Verdict::Free, force, ticket });
+        }
+    }
+
     fn refused(r: Option<Reply>) -> Refusal {
         match r {
             Some(Err(r)) => r,
@@ -229,6 +249,7 @@ fn a_guest_of_this_blade_alone_starts_once_its_disk_is_there() {
     lab.blade.luns.insert("vm2".into(), LunState::Healthy);
     lab.c.storage_changed("vm2");
     lab.tick();
+    lab.all_free();
     assert_eq!(lab.state("db"), GuestState::Running);
 }
 
@@ -308,8 +329,10 @@ fn a_drained_blade_starts_nothing_unless_forced() {
     lab.operator(Operator::Guest { name: "db".into(), action: ServiceAction::Stop, force: false });
     let r = Lab::refused(lab.operator(start("db")));
     assert!(r.message.contains("this blade is drained (evacuated); undrain it, or --force"), "{r:?}");
-    let ok = lab.operator(Operator::Guest { name: "db".into(), action: ServiceAction::Start, force: true });
-    assert!(matches!(ok, Some(Ok(_))), "{ok:?}");
+    lab.next_ticket = 70;
+    assert!(lab.operator(Operator::Guest { name: "db".into(), action: ServiceAction::Start, force: true }).is_none());
+    lab.all_free();
+    assert!(matches!(lab.replies.remove(&71), Some(Ok(_))), "{:?}", lab.replies);
 }
 
 #[test]
@@ -324,8 +347,8 @@ fn an_unknown_guest_is_refused_naming_the_guests_here() {
 fn running_web() -> Lab {
     let mut lab = blade1();
     lab.tick();
-    lab.report(Report::OwnersAnswered { guest: "web".into(), verdict: free(), force: false, ticket: None });
-    assert_eq!(lab.state("web"), GuestState::Running);
+    lab.all_free();
+    assert_eq!((lab.state("web"), lab.state("db")), (GuestState::Running, GuestState::Running));
     lab
 }
 
@@ -374,11 +397,14 @@ fn a_migration_in_doubt_keeps_the_guest_paused_here_until_resolved() {
     // Resolve asks blade2 again; blade2 runs it, so the copy here goes.
     assert!(lab.operator(Operator::Resolve("web".into())).is_none());
     let ticket = lab.asked.iter().rev().find_map(|e| match e {
-        Effect::Resolve { guest, to, ticket } if guest == "web" && to == "blade2" => Some(*ticket),
+        Effect::Resolve { guest, to, peers, ticket } if guest == "web" && to == "blade2" => {
+            assert_eq!(peers, &["blade2", "blade3"], "every blade is asked, not only the destination");
+            Some(*ticket)
+        }
         _ => None,
     });
-    let ticket = ticket.expect("resolve asks the destination");
-    lab.report(Report::Resolved { guest: "web".into(), result: Ok(false), ticket });
+    let ticket = ticket.expect("resolve asks the blades");
+    lab.report(Report::Resolved { guest: "web".into(), result: Ok(Some("blade2".into())), ticket });
     assert_eq!(lab.replies[&ticket], Ok(Answer::done("guest web runs on blade2; the paused copy here is removed")));
     assert_eq!(lab.state("web"), GuestState::Elsewhere);
 }
@@ -522,4 +548,47 @@ fn a_guest_state_reads_its_service_as_an_operator_expects() {
     assert_eq!(guest_state(Some(ServiceState::Running), true), GuestState::Running);
     assert_eq!(guest_state(Some(ServiceState::Backoff), true), GuestState::Crashed);
     assert_eq!(guest_state(Some(ServiceState::Exited), true), GuestState::Stopped);
+}
+
+#[test]
+fn every_guest_is_checked_with_every_other_blade_even_one_that_may_run_nowhere_else() {
+    let mut lab = blade1();
+    lab.tick();
+    // db has no migrate-to: a blade on another configuration version might still run it.
+    assert_eq!(lab.asked_owners("db"), Some(vec!["blade2".to_string(), "blade3".to_string()]));
+    assert_eq!(lab.state("db"), GuestState::Defined, "not started before the answers");
+}
+
+#[test]
+fn a_blade_alone_in_its_cluster_starts_its_guests_without_asking_anyone() {
+    let one = "[cluster]\nname = \"solo\"\n[nodes.blade1]\n[aliases]\nvm1 = { wwid = \"3600a0001\" }\n\
+               [guests.web]\nnode = \"blade1\"\nmemory-mib = 64\ndisks = [{ alias = \"vm1\" }]\n";
+    let mut lab = Lab::with(one, "blade1");
+    assert!(!lab.asked.contains(&Effect::AskDrain));
+    lab.tick();
+    assert_eq!(lab.state("web"), GuestState::Running);
+    assert!(lab.asked_owners("web").is_none());
+}
+
+#[test]
+fn a_restart_or_kill_of_a_guest_that_may_run_elsewhere_is_refused() {
+    let mut lab = running_web();
+    let act = |action| Operator::Guest { name: "web".into(), action, force: false };
+    let id = migration_id(migrate(&mut lab, "blade2"));
+    for action in [ServiceAction::Restart, ServiceAction::Kill, ServiceAction::Stop] {
+        let r = Lab::refused(lab.operator(act(action)));
+        assert!(r.message.contains("is migrating to blade2"), "{action:?} while migrating: {r:?}");
+    }
+    let doubt = Outcome { result: Ending::InDoubt, ..Outcome::failed(Phase::Done, "no answer", false) };
+    lab.report(Report::MigrationDone { guest: "web".into(), id, outcome: doubt });
+    // The supervisor would cold-boot a killed or restarted copy here while blade2 may run it.
+    for action in [ServiceAction::Restart, ServiceAction::Kill, ServiceAction::Stop] {
+        let r = Lab::refused(lab.operator(act(action)));
+        assert!(r.message.contains("paused here in doubt"), "{action:?} in doubt: {r:?}");
+    }
+    assert_eq!(lab.blade.services.borrow().get("web"), Some(&ServiceState::Running), "its QEMU was left alone");
+    // The override removes the paused copy outright: no restart policy applies.
+    let r = lab.operator(Operator::Guest { name: "web".into(), action: ServiceAction::Kill, force: true });
+    assert_eq!(r, Some(Ok(Answer::done("the paused copy of web here is removed"))));
+    assert!(lab.blade.services.borrow().get("web").is_none());
 }

@@ -43,9 +43,11 @@ impl Coordinator {
         let disks_ready = g.spec.disks.iter().all(|d| matches!(blade.lun(&d.alias), Some(l) if l != LunState::Missing));
         let mut state = guest_state(s.as_ref().map(|s| s.state), disks_ready);
         let mut reason = g.waiting.clone().or_else(|| s.as_ref().and_then(|s| s.reason.clone()));
+        let mut runs_on = None;
         match &g.place {
             Place::Elsewhere { node, why } if s.is_none() => {
                 state = GuestState::Elsewhere;
+                runs_on = Some(node.clone());
                 reason = Some(format!("runs on {node}: {why}"));
             }
             Place::Incoming { from, .. } => {
@@ -70,6 +72,7 @@ impl Coordinator {
             uptime_s: s.as_ref().map(|s| s.since_s).unwrap_or(0.0),
             disks: g.spec.disks.iter().map(|d| d.alias.clone()).collect(),
             reason,
+            runs_on,
         })
     }
 

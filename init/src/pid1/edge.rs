@@ -217,6 +217,11 @@ impl Init {
         HttpPeer::of(c, &self.node, node, self.api_port.unwrap_or(7480))
     }
 
+    /// These blades as peers, or why each cannot be.
+    fn peers_named(&self, nodes: Vec<String>) -> Vec<(String, Result<HttpPeer, String>)> {
+        nodes.into_iter().map(|n| (n.clone(), self.peer(&n))).collect()
+    }
+
     /// Every other blade of the cluster that can be reached.
     fn all_peers(&self) -> Vec<HttpPeer> {
         let Some(c) = self.boot.as_ref().and_then(|b| b.cluster.as_ref()) else { return vec![] };
@@ -268,20 +273,9 @@ impl Init {
             Effect::Discard(guest) => self.sup.discard(&service_name(&guest), &mut self.rt, now),
             Effect::SetRestart(guest, policy) => self.sup.set_restart(&service_name(&guest), policy),
             Effect::AskOwners { guest, peers, force, ticket } => {
-                let peers: Vec<(String, Result<HttpPeer, String>)> =
-                    peers.into_iter().map(|n| (n.clone(), self.peer(&n))).collect();
+                let (peers, me) = (self.peers_named(peers), self.node.clone());
                 crate::spawn_worker(&format!("owner-{guest}"), move || {
-                    let answers: Vec<(String, OwnerAnswer)> = peers
-                        .into_iter()
-                        .map(|(node, p)| match p {
-                            Ok(mut p) => {
-                                p.timeout = Duration::from_secs(5);
-                                (node, p.about(&guest))
-                            }
-                            Err(e) => (node, OwnerAnswer::Unreachable(e)),
-                        })
-                        .collect();
-                    let verdict = owner::decide(&answers);
+                    let verdict = owner::decide(&me, &ask_about(&guest, peers));
                     report(Report::OwnersAnswered { guest, verdict, force, ticket });
                 });
             }
@@ -307,13 +301,13 @@ impl Init {
                     report(Report::Resumed { guest, result, ticket });
                 });
             }
-            Effect::Resolve { guest, to, ticket } => match self.peer(&to) {
-                Ok(peer) => crate::spawn_worker(&format!("resolve-{guest}"), move || {
-                    let result = resolve_in_doubt(&guest, &to, peer);
+            Effect::Resolve { guest, to, peers, ticket } => {
+                let (peers, me) = (self.peers_named(peers), self.node.clone());
+                crate::spawn_worker(&format!("resolve-{guest}"), move || {
+                    let result = resolve_in_doubt(&me, &guest, &to, peers);
                     report(Report::Resolved { guest, result, ticket });
-                }),
-                Err(e) => report(Report::Resolved { guest, result: Err(e), ticket }),
-            },
+                });
+            }
             Effect::TellDrained(drained) => {
                 let (peers, me) = (self.all_peers(), self.node.clone());
                 crate::spawn_worker("drain-notice", move || {
@@ -401,22 +395,49 @@ fn cannot_start(why: String) -> Outcome {
     Outcome::failed(Phase::Preparing, why, true)
 }
 
-/// Asks the destination of an in-doubt guest again and keeps exactly one copy: Ok(true) when
-/// the guest was resumed here, Ok(false) when the destination runs it.
-fn resolve_in_doubt(guest: &str, to: &str, mut peer: HttpPeer) -> Result<bool, String> {
+/// Asks every blade about `guest` at once (a blade that cannot be asked answers unreachable).
+fn ask_about(guest: &str, peers: Vec<(String, Result<HttpPeer, String>)>) -> Vec<(String, OwnerAnswer)> {
+    std::thread::scope(|s| {
+        let asks: Vec<_> = peers
+            .into_iter()
+            .map(|(node, p)| {
+                s.spawn(move || match p {
+                    Ok(mut p) => {
+                        p.timeout = Duration::from_secs(5);
+                        (node, p.about(guest))
+                    }
+                    Err(e) => (node, OwnerAnswer::Unreachable(e)),
+                })
+            })
+            .collect();
+        asks.into_iter().filter_map(|a| a.join().ok()).collect()
+    })
+}
+
+/// Asks every other blade about an in-doubt guest and keeps exactly one copy: Ok(None) when the
+/// guest was resumed here, Ok(Some(node)) when that blade runs it.
+fn resolve_in_doubt(
+    me: &str,
+    guest: &str,
+    to: &str,
+    peers: Vec<(String, Result<HttpPeer, String>)>,
+) -> Result<Option<String>, String> {
+    let destination = peers.iter().find(|(n, _)| n == to).and_then(|(_, p)| p.clone().ok());
     let resume_here = || {
         Qmp::connect(&qmp_path(guest), Duration::from_secs(10))
             .and_then(|mut q| q.execute("cont", serde_json::json!({})))
-            .map(|_| true)
+            .map(|_| None)
     };
-    let verdict = owner::decide(&[(to.to_string(), peer.about(guest))]);
-    match owner::resolve_in_doubt(&verdict) {
-        owner::Resolution::DestinationKeepsIt => Ok(false),
+    match owner::resolve_in_doubt(me, to, &ask_about(guest, peers)) {
+        owner::Resolution::RunsThere(node) => Ok(Some(node)),
         owner::Resolution::ResumeHere => resume_here(),
-        owner::Resolution::AbortThereResumeHere => match mig::Peer::abort(&mut peer, guest) {
-            Ok(()) => resume_here(),
-            Err(e) => Err(format!("{to} holds a paused copy and did not remove it: {e}")),
-        },
-        owner::Resolution::StillUnknown(why) => Err(format!("still cannot ask {to}: {why}")),
+        owner::Resolution::AbortThereResumeHere => {
+            let mut p = destination.ok_or_else(|| format!("{to} cannot be asked to remove its paused copy"))?;
+            match mig::Peer::abort(&mut p, guest) {
+                Ok(()) => resume_here(),
+                Err(e) => Err(format!("{to} holds a paused copy and did not remove it: {e}")),
+            }
+        }
+        owner::Resolution::StillUnknown(why) => Err(format!("still cannot ask every blade: {why}")),
     }
 }

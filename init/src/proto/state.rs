@@ -102,6 +102,9 @@ pub struct GuestStatus {
     pub uptime_s: f64,
     pub disks: Vec<String>,
     pub reason: Option<String>,
+    /// For a guest `elsewhere`: the blade this one believes runs it (what an owner check reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_on: Option<String>,
 }
 
 #[cfg(test)]
