@@ -214,6 +214,9 @@ pub fn render_status(s: &Status) -> String {
     for d in &s.degraded {
         out.push_str(&format!("  ! {d}\n"));
     }
+    for w in &s.warnings {
+        out.push_str(&format!("  warning: {w}\n"));
+    }
     if !s.hbas.is_empty() {
         out.push_str(&format!("\n{:<8} {:<20} {:<10} {:<10} {}\n", "HBA", "WWPN", "STATE", "SPEED", "FABRIC"));
         for h in &s.hbas {

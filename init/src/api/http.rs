@@ -383,6 +383,7 @@ mod tests {
             uptime_s: 3.5,
             shutting_down: None,
             degraded: vec![],
+            warnings: vec![],
             orphans_reaped: 2,
             cluster: Some("lab".into()),
             config_source: None,

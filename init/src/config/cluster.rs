@@ -55,6 +55,9 @@ pub struct Node {
     /// migration streams). Without one, a blade with a static management address is reached
     /// there; a blade with neither cannot be a migration peer.
     pub peer_link: Option<PeerLink>,
+    /// sanlock's host id of this blade in the cluster's lockspace (1-2000, unique; needed by
+    /// `[ha]`).
+    pub host_id: Option<u32>,
 }
 
 /// A NIC given a static address for traffic between blades.
@@ -100,6 +103,9 @@ pub struct ClusterConfig {
     pub guests: BTreeMap<String, super::guest::GuestSpec>,
     #[serde(default)]
     pub migration: super::migration::Settings,
+    /// The lease area; without it there is no storage lock (a warning says so).
+    #[serde(default)]
+    pub ha: Option<super::ha::Ha>,
 }
 
 /// A bridge for guests. Its uplink puts it on the same L2 segment on every blade; it must not
@@ -171,6 +177,7 @@ pub fn parse_cluster(file: &Path, text: &str) -> Result<ClusterConfig, ConfigErr
         }
     }
     cfg.migration.validate(file, text)?;
+    super::ha::validate(file, text, &cfg)?;
     let mut seen_macs: BTreeMap<String, String> = BTreeMap::new();
     for (name, node) in cfg.nodes.iter_mut() {
         if !is_safe_name(name) {

@@ -73,6 +73,10 @@ pub struct GuestSpec {
     /// Start at boot (else only on request).
     #[serde(default = "yes")]
     pub autostart: bool,
+    /// Restarted from its disk by another of its blades when its blade dies (needs `[ha]`): the
+    /// first of them to acquire its lease wins.
+    #[serde(default)]
+    pub ha: bool,
     /// Seconds an ACPI power-off gets before QEMU is told to quit, then killed.
     #[serde(default = "stop_timeout", deserialize_with = "crate::config::values::seconds")]
     pub stop_timeout_s: f64,
@@ -213,7 +217,7 @@ impl GuestSpec {
 }
 
 /// FNV-1a of a guest's name: stable across blades and releases (std's hasher is not).
-fn name_hash(guest: &str) -> u32 {
+pub fn name_hash(guest: &str) -> u32 {
     guest.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193))
 }
 

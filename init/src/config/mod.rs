@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod error;
 pub mod fetch;
 pub mod guest;
+pub mod ha;
 pub mod migration;
 pub mod order;
 pub mod services;

@@ -110,6 +110,14 @@ pub struct Init {
     orphans_reaped: u64,
 }
 
+/// What `status` says of a cluster without a lease area.
+const NO_LEASES: &str = "no [ha] lease area: one copy per guest rests on the blades asking each other, \
+                         not on a lock on the SAN (README: storage leases)";
+
+/// What `status` says while the lease machinery that `[ha]` configures is not in this release.
+const LEASES_NOT_YET: &str = "[ha] is configured, but this release takes no storage leases yet: one copy per guest \
+                              rests on the blades asking each other";
+
 /// How long an orderly shutdown may take before what is left is killed regardless.
 const SHUTDOWN_CAP_EXTRA: Duration = Duration::from_secs(5);
 /// The loop wakes at least this often, to reap anything a coalesced SIGCHLD hid.
@@ -147,6 +155,7 @@ impl Init {
             uptime_s: crate::logging::boot_ms() as f64 / 1000.0,
             shutting_down: self.shutdown.map(|(a, _)| a),
             degraded: self.degraded(),
+            warnings: self.warnings(),
             orphans_reaped: self.orphans_reaped,
             cluster: self.boot.as_ref().and_then(|b| b.cluster.as_ref()).map(|c| c.cluster.name.clone()),
             config_source: self.boot.as_ref().map(|b| b.config_source.clone()),
@@ -305,6 +314,16 @@ impl Init {
                 .status(Instant::now())
                 .iter()
                 .any(|s| matches!(s.state, ServiceState::Waiting | ServiceState::Starting))
+    }
+
+    /// What the operator should know that is not a fault.
+    fn warnings(&self) -> Vec<String> {
+        let cluster = self.boot.as_ref().and_then(|b| b.cluster.as_ref());
+        match cluster {
+            Some(c) if c.ha.is_none() => vec![NO_LEASES.to_string()],
+            Some(_) => vec![LEASES_NOT_YET.to_string()],
+            None => vec![],
+        }
     }
 
     /// Why the blade is not fully healthy: problems found at boot, and services that failed.

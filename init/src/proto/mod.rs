@@ -99,6 +99,9 @@ pub struct Status {
     pub shutting_down: Option<PowerAction>,
     /// Why the blade is not fully healthy, one line per reason.
     pub degraded: Vec<String>,
+    /// What an operator should know that is not a fault (no lease area, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub orphans_reaped: u64,
     /// The cluster this blade belongs to, once its configuration is known.
     pub cluster: Option<String>,
