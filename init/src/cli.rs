@@ -85,6 +85,25 @@ enum Cmd {
     },
     /// Let this blade take guests again after an evacuation.
     Undrain,
+    /// The storage lease area (`[ha]`).
+    Leases {
+        #[command(subcommand)]
+        cmd: LeasesCmd,
+    },
+    /// Runs a guest's QEMU holding its storage lease (how PID 1 starts leased guests).
+    #[command(hide = true)]
+    LeaseExec {
+        #[arg(long)]
+        uid: u32,
+        #[arg(long)]
+        gid: u32,
+        #[arg(long)]
+        resource: String,
+        #[arg(long)]
+        register_only: bool,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
     /// Show a guest's serial console (the last 64 KiB).
     Console {
         name: String,
@@ -99,6 +118,18 @@ fn endpoint(cli: &Cli) -> Endpoint {
         Some(a) => Endpoint::Tcp(a.trim_start_matches("http://").trim_end_matches('/').to_string()),
         None => Endpoint::Unix(crate::run_dir().join("control.sock")),
     }
+}
+
+#[derive(Subcommand, Debug)]
+enum LeasesCmd {
+    /// Write the cluster's lockspace and a lease per guest on the lease LUN (once per cluster;
+    /// every blade then joins by itself). Refused on an initialised area unless --force.
+    Init {
+        /// Rewrite an initialised area: every lease held on it is broken. Only with every blade
+        /// of the cluster stopped.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn action_of(s: &str) -> Result<ServiceAction, String> {
@@ -207,6 +238,18 @@ pub fn render_status(s: &Status) -> String {
     }
     if let Some(d) = &s.drained {
         out.push_str(&format!("drained  {d} (no guest is placed here until `bladevisor undrain`)\n"));
+    }
+    if let Some(l) = &s.leases {
+        let state = match &l.state {
+            crate::leases::Lockspace::Joined => "joined".to_string(),
+            crate::leases::Lockspace::Joining => "joining".to_string(),
+            crate::leases::Lockspace::NotInitialised(w) => format!("NOT INITIALISED ({w}): bladevisor leases init"),
+            crate::leases::Lockspace::Failed(w) => format!("FAILED: {w}"),
+        };
+        out.push_str(&format!(
+            "leases   lockspace {} as host {} on {}: {state} (io timeout {} s, failover {} s)\n",
+            l.lockspace, l.host_id, l.path, l.io_timeout_s, l.failover_s
+        ));
     }
     if let Some(a) = s.shutting_down {
         out.push_str(&format!("shutdown {} in progress\n", a.as_str()));
@@ -355,6 +398,17 @@ pub fn main() {
             }
         }
         Cmd::Undrain => post(&cli, Operator::Undrain),
+        Cmd::Leases { cmd: LeasesCmd::Init { force } } => post(&cli, Operator::LeasesInit { force: *force }),
+        Cmd::LeaseExec { uid, gid, resource, register_only, argv } => {
+            let plan = crate::leases::exec::Plan {
+                uid: *uid,
+                gid: *gid,
+                resource: resource.clone(),
+                register_only: *register_only,
+                argv: argv.clone(),
+            };
+            fail(crate::leases::exec::run(&plan));
+        }
         Cmd::Console { name, follow } => {
             let mut offset = 0u64;
             loop {

@@ -5,11 +5,13 @@
 //! (HTTP on the control socket and the management network) and `cli` (the operator's command).
 
 pub mod api;
+pub mod child;
 pub mod cli;
 pub mod cmdline;
 pub mod config;
 pub mod coord;
 pub mod httpc;
+pub mod leases;
 pub mod logging;
 pub mod migration;
 pub mod net;
@@ -60,11 +62,11 @@ mod tests {
     /// The README's layout, lowest first: a module may use only modules of its own layer or
     /// below. Shared types sit low, decisions in the middle, effects at the top.
     const LAYERS: &[&[&str]] = &[
-        &["logging", "cmdline", "httpc"],
+        &["logging", "cmdline", "httpc", "child"],
         &["config"],
         &["net"],
         &["qemu"],
-        &["supervisor", "storage"],
+        &["supervisor", "storage", "leases"],
         &["migration"],
         &["proto"],
         &["coord"],

@@ -2,6 +2,7 @@
 //! console captured to a file, QMP, the API port forwarded to the host, optional SAN disks and
 //! optional PXE. The integration tests, the benchmarks and `tests/lab` all use it.
 
+pub mod demo;
 pub mod hostile;
 pub mod http;
 pub mod qmp;
@@ -85,6 +86,9 @@ pub struct Lun {
 
 /// The lab's SAN, as the baked cluster.toml's `[aliases]` names it: (alias, WWN) of each LUN.
 pub const LAB_LUNS: [(&str, &str); 2] = [("lab-vm1", "0x5000c50015ea7100"), ("lab-vm2", "0x5000c50015ea7101")];
+
+/// The lease LUN of the HA lab ([`TwoBlades::start_ha`]): alias and WWN.
+pub const LEASE_LUN: (&str, &str) = ("lab-leases", "0x5000c50015ea7199");
 
 /// The WWID multipath sees for a WWN (udev's scsi_id: NAA type 3, then the hex).
 pub fn wwid_of(wwn: &str) -> String {
@@ -462,6 +466,38 @@ impl TwoBlades {
         let dir = work_dir(name);
         let luns = lab_san(&dir, lun_mib);
         std::fs::copy(repo_root().join("tests/two-blades.toml"), dir.join("cluster.toml")).expect("lab config");
+        Self::start_in(name, img, dir, luns, api_ports)
+    }
+
+    /// The two-blade lab with a lease area: a third LUN (`lab-leases`, 17 MiB: the lockspace and
+    /// 16 lease slots) on both blades, `[ha]` with a short I/O timeout (failover in seconds, not
+    /// minutes), a host id per blade; the demo guest has `ha = true`. The area is not
+    /// initialised: a test runs `leases init`.
+    pub fn start_ha(name: &str, img: &Image, lun_mib: u64) -> TwoBlades {
+        let dir = work_dir(name);
+        let mut luns = lab_san(&dir, lun_mib);
+        let file = dir.join(format!("{}.lun", LEASE_LUN.0));
+        std::fs::File::create(&file).and_then(|f| f.set_len(17 << 20)).expect("lease LUN");
+        luns.push(Lun { file, wwn: LEASE_LUN.1.to_string(), serial: "LABLUN0099".into() });
+        let base = std::fs::read_to_string(repo_root().join("tests/two-blades.toml")).expect("lab config");
+        let config = base
+            .replace("[nodes.blade1]\n", "[nodes.blade1]\nhost-id = 1\n")
+            .replace("[nodes.blade2]\n", "[nodes.blade2]\nhost-id = 2\n")
+            .replace(
+                "[aliases]\n",
+                &format!(
+                    "[ha]\nlease-alias = \"{}\"\nio-timeout-s = 2\nslots = 16\n\n[aliases]\n{} = {{ wwid = \"{}\", paths = 2 }}\n",
+                    LEASE_LUN.0,
+                    LEASE_LUN.0,
+                    wwid_of(LEASE_LUN.1)
+                ),
+            )
+            .replace("stop-timeout-s = 10", "stop-timeout-s = 10\nha = true");
+        std::fs::write(dir.join("cluster.toml"), config).expect("lab config");
+        Self::start_in(name, img, dir, luns, [None, None])
+    }
+
+    fn start_in(name: &str, img: &Image, dir: PathBuf, luns: Vec<Lun>, api_ports: [Option<u16>; 2]) -> TwoBlades {
         let http = http::HttpDir::serve(&dir);
         let link = (free_udp_port(), free_udp_port());
         let blades = [1, 2].map(|n| {

@@ -427,6 +427,7 @@ mod tests {
                 since_s: 1.0,
                 reason: None,
             }],
+            leases: None,
         };
         let m = metrics(&s);
         assert!(m.contains("bladevisor_info{node=\"blade1\",version=\"1.2\\\"3\"} 1\n"), "{m}");

@@ -95,7 +95,7 @@ impl Coordinator {
                 return Err(Refusal::conflict(format!("guest {guest} already has a process on {node} ({st:?})")));
             }
         }
-        if let Some(why) = cannot_run(&spec, blade) {
+        if let Some(why) = cannot_run(&spec, blade).or_else(|| self.no_lease_yet()) {
             return Err(Refusal::conflict(format!("guest {guest} cannot run on {node}: {why}")));
         }
         let available = blade.memory().available_mib;

@@ -216,6 +216,8 @@ pub enum Report {
         result: Result<Option<String>, String>,
         ticket: Ticket,
     },
+    /// Where this blade stands in the cluster's lease area.
+    Leases(crate::leases::Lockspace),
     /// The edge could not add a guest's service.
     ServiceRefused {
         guest: String,
@@ -243,6 +245,10 @@ pub struct Coordinator {
     drained_nodes: BTreeSet<String>,
     evacuation: Option<evacuation::Run>,
     shutting_down: bool,
+    /// The lease area, when the cluster has one: no guest starts before it is joined.
+    leases: Option<crate::leases::Lockspace>,
+    /// When placement looks again at guests waiting for disks or the lease area.
+    recheck: Option<Instant>,
     /// Something placement depends on changed: look again.
     dirty: bool,
     effects: Vec<Effect>,
@@ -293,7 +299,9 @@ impl Coordinator {
             drained_nodes: BTreeSet::new(),
             evacuation: None,
             shutting_down: false,
+            leases: cluster.and_then(|c| c.ha.as_ref()).map(|_| crate::leases::Lockspace::Joining),
             dirty: true,
+            recheck: None,
             effects: vec![],
         }
     }
@@ -323,6 +331,11 @@ impl Coordinator {
 
     pub fn guest_specs(&self) -> impl Iterator<Item = &GuestSpec> {
         self.guests.values().map(|g| &g.spec)
+    }
+
+    /// Where this blade stands in the lease area (None: the cluster has none).
+    pub fn leases(&self) -> Option<&crate::leases::Lockspace> {
+        self.leases.as_ref()
     }
 
     pub fn drained(&self) -> Option<&str> {
@@ -444,6 +457,7 @@ impl Coordinator {
             Report::Capacities(answers) => self.capacities(&answers, blade, now),
             Report::Resolved { guest, result, ticket } => self.resolved(&guest, result, ticket),
             Report::ServiceRefused { guest, why } => self.service_refused(&guest, &why),
+            Report::Leases(state) => self.leases = Some(state),
         }
     }
 

@@ -14,6 +14,9 @@ use crate::proto::ServiceAction;
 use crate::storage::LunState;
 use crate::supervisor::ServiceState;
 
+/// How often placement looks again at a guest waiting for its disks or the lease area.
+const RECHECK: Duration = Duration::from_secs(1);
+
 /// How long a guest refused because a peer could not be asked waits before asking again.
 pub const OWNER_RETRY: Duration = Duration::from_secs(15);
 
@@ -34,7 +37,9 @@ impl Coordinator {
     /// Whether placement has anything to look at: a change since it last looked, or an owner
     /// check to repeat.
     fn placement_due(&self, now: Instant) -> bool {
-        self.dirty || self.guests.values().any(|g| matches!(g.check, OwnerCheck::RetryAt(t) if t <= now))
+        self.dirty
+            || self.recheck.is_some_and(|t| t <= now)
+            || self.guests.values().any(|g| matches!(g.check, OwnerCheck::RetryAt(t) if t <= now))
     }
 
     /// Places this blade's own guests that have no service and no place elsewhere yet.
@@ -43,6 +48,7 @@ impl Coordinator {
             return;
         }
         self.dirty = false;
+        self.recheck = None;
         let names: Vec<String> = self.guests.keys().cloned().collect();
         for name in names {
             self.place_one(&name, blade, now);
@@ -67,7 +73,9 @@ impl Coordinator {
                 _ => {}
             }
         }
-        if let Some(why) = cannot_run(&spec, blade) {
+        if let Some(why) = cannot_run(&spec, blade).or_else(|| self.no_lease_yet()) {
+            // A disk's node or the lease area may come without an event: look again soon.
+            self.recheck = Some(now + RECHECK);
             self.set_waiting(name, Some(why));
             return;
         }
@@ -78,6 +86,19 @@ impl Coordinator {
             return;
         }
         self.ask_owners(name, false, None, blade, now);
+    }
+
+    /// Why no guest can take its lease yet, when the cluster has a lease area not joined.
+    pub(super) fn no_lease_yet(&self) -> Option<String> {
+        use crate::leases::Lockspace;
+        match self.leases.as_ref()? {
+            Lockspace::Joined => None,
+            Lockspace::Joining => Some("waiting for this blade to join the lease area".into()),
+            Lockspace::NotInitialised(why) => {
+                Some(format!("the lease area is not initialised ({why}): bladevisor leases init"))
+            }
+            Lockspace::Failed(why) => Some(format!("the lease area cannot be joined: {why}")),
+        }
     }
 
     /// Asks every other blade of the cluster (not only the guest's: another blade's
@@ -192,7 +213,7 @@ impl Coordinator {
                 self.reply(Some(ticket), Ok(Answer::done(format!("{} already runs", service_name(name)))));
                 return Ok(());
             }
-            if let Some(why) = cannot_run(&g.spec, blade) {
+            if let Some(why) = cannot_run(&g.spec, blade).or_else(|| self.no_lease_yet()) {
                 return Err(Refusal::conflict(format!("guest {name} cannot start here: {why}")));
             }
             if let (Some(d), false) = (&self.drained, force) {

@@ -592,3 +592,41 @@ fn a_restart_or_kill_of_a_guest_that_may_run_elsewhere_is_refused() {
     assert_eq!(r, Some(Ok(Answer::done("the paused copy of web here is removed"))));
     assert!(lab.blade.services.borrow().get("web").is_none());
 }
+
+#[test]
+fn a_disk_that_appears_without_an_event_is_noticed_within_a_second() {
+    let mut lab = blade1();
+    lab.blade.luns.insert("vm2".into(), LunState::Missing);
+    lab.tick();
+    assert_eq!(lab.state("db"), GuestState::WaitingForDisks);
+    // udev makes the map's node after the storage watch saw the map: no event comes.
+    lab.blade.luns.insert("vm2".into(), LunState::Healthy);
+    lab.tick();
+    assert!(lab.asked_owners("db").is_none(), "not before the recheck");
+    lab.now += Duration::from_secs(1);
+    lab.tick();
+    assert!(lab.asked_owners("db").is_some(), "looked at again after a second");
+}
+
+#[test]
+fn no_guest_starts_before_this_blade_has_joined_the_lease_area() {
+    let ha = CLUSTER
+        .replace("[nodes.blade1]\n", "[nodes.blade1]\nhost-id = 1\n")
+        .replace("[nodes.blade2]\n", "[nodes.blade2]\nhost-id = 2\n")
+        .replace("[nodes.blade3]\n", "[nodes.blade3]\nhost-id = 3\n")
+        .replace("[aliases]\n", "[ha]\nlease-alias = \"leases\"\n[aliases]\nleases = { wwid = \"3600a0009\" }\n");
+    let mut lab = Lab::with(&ha, "blade1");
+    lab.report(Report::DrainKnown(None));
+    lab.tick();
+    assert_eq!(lab.status("db").reason.as_deref(), Some("waiting for this blade to join the lease area"));
+    assert!(lab.asked_owners("db").is_none());
+    let r = Lab::refused(lab.operator(start("db")));
+    assert!(r.message.contains("join the lease area"), "{r:?}");
+    lab.report(Report::Leases(crate::leases::Lockspace::NotInitialised("no lockspace".into())));
+    lab.tick();
+    assert!(lab.status("db").reason.unwrap().contains("bladevisor leases init"));
+    lab.report(Report::Leases(crate::leases::Lockspace::Joined));
+    lab.tick();
+    lab.all_free();
+    assert_eq!(lab.state("db"), GuestState::Running);
+}

@@ -26,13 +26,15 @@ pub fn listen(
     Err(format!("no free migration port in {first}-{last}"))
 }
 
-/// Runs the guest once its incoming stream is complete; confirms QEMU says it runs.
-pub fn resume(vm: &mut dyn Vm) -> Result<(), String> {
+/// Runs the guest once its incoming stream is complete, and once it holds the guest's lease (the
+/// source released it at switchover); confirms QEMU says it runs.
+pub fn resume(vm: &mut dyn Vm, lease: &mut dyn super::Lease) -> Result<(), String> {
     let q = vm.execute("query-migrate", json!({}))?;
     let status = q["status"].as_str().unwrap_or("none");
     if status != "completed" {
         return Err(format!("the incoming stream is {status}, not completed"));
     }
+    lease.acquire().map_err(|e| format!("cannot take the guest's lease: {e}"))?;
     vm.execute("cont", json!({}))?;
     let st = vm.execute("query-status", json!({}))?;
     match st["status"].as_str() {
@@ -87,15 +89,18 @@ mod tests {
             ("cont", ok()),
             ("query-status", Ok(json!({"status": "running", "running": true}))),
         ]);
-        assert_eq!(resume(&mut vm), Ok(()));
+        assert_eq!(resume(&mut vm, &mut crate::migration::NoLease), Ok(()));
         let mut early = Transcript::new(vec![("query-migrate", Ok(json!({"status": "active"})))]);
-        assert_eq!(resume(&mut early), Err("the incoming stream is active, not completed".into()));
+        assert_eq!(
+            resume(&mut early, &mut crate::migration::NoLease),
+            Err("the incoming stream is active, not completed".into())
+        );
         assert!(!early.commands().contains(&"cont"));
         let mut stuck = Transcript::new(vec![
             ("query-migrate", Ok(json!({"status": "completed"}))),
             ("cont", ok()),
             ("query-status", Ok(json!({"status": "paused"}))),
         ]);
-        assert_eq!(resume(&mut stuck), Err("after cont the guest is paused".into()));
+        assert_eq!(resume(&mut stuck, &mut crate::migration::NoLease), Err("after cont the guest is paused".into()));
     }
 }

@@ -88,6 +88,27 @@ impl std::fmt::Display for PeerError {
     }
 }
 
+/// The guest's storage lease as the source's QEMU holds it (sanlock), handed over at
+/// switchover: released once the source is paused for good, so the destination can take it
+/// before it runs the guest; taken back (only if nobody took it) before the source may resume.
+pub trait Lease {
+    fn release(&mut self) -> Result<(), String>;
+    /// Takes the lease, only if nobody holds it.
+    fn acquire(&mut self) -> Result<(), String>;
+}
+
+/// A cluster without a lease area.
+pub struct NoLease;
+
+impl Lease for NoLease {
+    fn release(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    fn acquire(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// The destination blade, as the source's migration sees it.
 pub trait Peer {
     /// Start the guest paused, listening for the stream; answers the port.

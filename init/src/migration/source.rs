@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{bytes_per_s, caps_arg, Clock, Ending, Outcome, Peer, PeerError, Phase, Progress, Settings, Vm};
+use super::{bytes_per_s, caps_arg, Clock, Ending, Lease, Outcome, Peer, PeerError, Phase, Progress, Settings, Vm};
 
 /// One migration, as decided by the source's supervisor.
 #[derive(Debug, Clone)]
@@ -55,6 +55,7 @@ const FIGURE_POLLS: u32 = 8;
 pub fn migrate(
     vm: &mut dyn Vm,
     peer: &mut dyn Peer,
+    lease: &mut dyn Lease,
     plan: &Plan,
     clock: &mut dyn Clock,
     report: &mut dyn FnMut(Phase, Option<&Progress>),
@@ -157,7 +158,14 @@ pub fn migrate(
     figures(&mut out, &q);
     out.phase = Phase::Resuming;
     report(Phase::Resuming, None);
-    // The source is paused for good now (postmigrate): the destination must say it runs.
+    // The source is paused for good now (postmigrate): its lease goes to the destination, which
+    // takes it before it runs the guest and must then say it runs.
+    if let Err(e) = lease.release() {
+        // Still ours: the destination cannot run it; this copy resumes.
+        out.resumed_on_source = recover(vm, g);
+        let _ = peer.abort(g);
+        return fail(out, clock, format!("cannot hand the guest's lease over: {e}"));
+    }
     match peer.resume(g) {
         Ok(()) => {
             // QEMU says "completed" a moment before it has computed its figures (they read 0
@@ -179,11 +187,22 @@ pub fn migrate(
             report(Phase::Done, None);
             out
         }
-        Err(PeerError::Refused(why)) => {
-            // It answered that it does not run the guest: the only copy is ours.
-            out.resumed_on_source = recover(vm, g);
-            fail(out, clock, format!("destination {} could not resume the guest: {why}", plan.to))
-        }
+        Err(PeerError::Refused(why)) => match lease.acquire() {
+            Ok(()) => {
+                // It answered that it does not run the guest, and the lease is ours again.
+                out.resumed_on_source = recover(vm, g);
+                fail(out, clock, format!("destination {} could not resume the guest: {why}", plan.to))
+            }
+            Err(e) => {
+                out.result = Ending::InDoubt;
+                out.resumed_on_source = false;
+                let why = format!(
+                    "destination {} could not resume the guest ({why}) and its lease could not be taken back ({e}); it stays paused here until `bladevisor resolve {}`",
+                    plan.to, plan.guest
+                );
+                fail(out, clock, why)
+            }
+        },
         Err(PeerError::Unreachable(why)) => {
             out.result = Ending::InDoubt;
             out.resumed_on_source = false;
@@ -220,6 +239,7 @@ fn recover(vm: &mut dyn Vm, g: &str) -> bool {
 mod tests {
     use super::*;
     use crate::migration::testing::Transcript;
+    use crate::migration::NoLease;
     use serde_json::Value;
 
     #[derive(Default)]
@@ -284,9 +304,45 @@ mod tests {
         Transcript::new(SETUP.iter().map(|c| (*c, ok())).chain(rest).collect())
     }
 
+    /// A lease that records what was done with it.
+    #[derive(Default)]
+    struct FakeLease {
+        release_fails: bool,
+        reacquire_fails: bool,
+        calls: Vec<&'static str>,
+    }
+
+    impl Lease for FakeLease {
+        fn release(&mut self) -> Result<(), String> {
+            self.calls.push("release");
+            if self.release_fails {
+                Err("sanlock is not answering".into())
+            } else {
+                Ok(())
+            }
+        }
+        fn acquire(&mut self) -> Result<(), String> {
+            self.calls.push("acquire");
+            if self.reacquire_fails {
+                Err("held by host 2".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
     fn run(vm: &mut Transcript, peer: &mut FakePeer, plan: &Plan) -> (Outcome, Vec<Phase>) {
+        run_leased(vm, peer, &mut NoLease, plan)
+    }
+
+    fn run_leased(
+        vm: &mut Transcript,
+        peer: &mut FakePeer,
+        lease: &mut dyn Lease,
+        plan: &Plan,
+    ) -> (Outcome, Vec<Phase>) {
         let mut phases = vec![];
-        let out = migrate(vm, peer, plan, &mut FakeClock(Duration::ZERO), &mut |ph, _| {
+        let out = migrate(vm, peer, lease, plan, &mut FakeClock(Duration::ZERO), &mut |ph, _| {
             if phases.last() != Some(&ph) {
                 phases.push(ph)
             }
@@ -443,6 +499,59 @@ mod tests {
         let mut peer = FakePeer { resume: Some(PeerError::Refused("its QEMU exited".into())), ..Default::default() };
         let (out, _) = run(&mut vm, &mut peer, &plan());
         assert_eq!((out.result, out.phase, out.resumed_on_source), (Ending::Failed, Phase::Resuming, true));
+    }
+
+    #[test]
+    fn the_lease_is_handed_over_only_once_the_source_is_paused_for_good() {
+        let mut vm = after_setup(vec![("query-migrate", completed())]);
+        let mut peer = FakePeer::default();
+        let mut lease = FakeLease::default();
+        let (out, _) = run_leased(&mut vm, &mut peer, &mut lease, &plan());
+        assert_eq!(out.result, Ending::Completed);
+        assert_eq!(lease.calls, ["release"], "released before the destination resumes, never taken back");
+        assert_eq!(peer.calls.last().map(String::as_str), Some("resume web"));
+    }
+
+    #[test]
+    fn a_refused_resume_takes_the_lease_back_before_the_source_resumes() {
+        let mut vm = after_setup(vec![
+            ("query-migrate", completed()),
+            ("migrate_cancel", ok()),
+            ("query-status", status("postmigrate")),
+            ("cont", ok()),
+        ]);
+        let mut peer =
+            FakePeer { resume: Some(PeerError::Refused("cannot take the lease".into())), ..Default::default() };
+        let mut lease = FakeLease::default();
+        let (out, _) = run_leased(&mut vm, &mut peer, &mut lease, &plan());
+        assert_eq!((out.result, out.resumed_on_source), (Ending::Failed, true));
+        assert_eq!(lease.calls, ["release", "acquire"]);
+    }
+
+    #[test]
+    fn a_lease_that_cannot_be_taken_back_leaves_the_guest_paused_in_doubt() {
+        let mut vm = after_setup(vec![("query-migrate", completed())]);
+        let mut peer = FakePeer { resume: Some(PeerError::Refused("its QEMU exited".into())), ..Default::default() };
+        let mut lease = FakeLease { reacquire_fails: true, ..Default::default() };
+        let (out, _) = run_leased(&mut vm, &mut peer, &mut lease, &plan());
+        assert_eq!((out.result, out.resumed_on_source), (Ending::InDoubt, false));
+        assert!(!vm.commands().contains(&"cont"), "never resumed without the lease: {:?}", vm.commands());
+        assert!(out.error.unwrap().contains("held by host 2"));
+    }
+
+    #[test]
+    fn a_lease_that_cannot_be_released_keeps_the_guest_here() {
+        let mut vm = after_setup(vec![
+            ("query-migrate", completed()),
+            ("migrate_cancel", ok()),
+            ("query-status", status("postmigrate")),
+            ("cont", ok()),
+        ]);
+        let mut peer = FakePeer::default();
+        let mut lease = FakeLease { release_fails: true, ..Default::default() };
+        let (out, _) = run_leased(&mut vm, &mut peer, &mut lease, &plan());
+        assert_eq!((out.result, out.resumed_on_source), (Ending::Failed, true));
+        assert_eq!(peer.calls.last().map(String::as_str), Some("abort web"), "the destination never resumed");
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct Edge {
     cancels: BTreeMap<u64, Arc<AtomicBool>>,
     /// Guests whose console is followed.
     followed: BTreeSet<String>,
+    /// The lease area, when the cluster has one.
+    pub(super) area: Option<crate::leases::Area>,
     consoles: crate::qemu::console::Consoles,
 }
 
@@ -75,10 +77,38 @@ impl Blade for Facts<'_> {
         self.sup.service_status(&service_name(guest), Instant::now())
     }
     fn lun(&self, alias: &str) -> Option<LunState> {
-        crate::storage::lock(self.storage).luns.iter().find(|l| l.alias == alias).map(|l| l.state)
+        let state = crate::storage::lock(self.storage).luns.iter().find(|l| l.alias == alias).map(|l| l.state)?;
+        // The map can be in sysfs a moment before udev makes its node: QEMU needs the node.
+        let node = std::path::Path::new("/dev/mapper").join(alias);
+        Some(if state != LunState::Missing && !node.exists() { LunState::Missing } else { state })
     }
     fn memory(&self) -> Memory {
         self.memory.get_or_init(super::memory).clone()
+    }
+}
+
+/// A guest's lease as its QEMU process holds it, moved with sanlock's client commands (the
+/// process registered itself through `lease-exec`). Without a lease area, nothing to move.
+struct ProcessLease {
+    area: Option<crate::leases::Area>,
+    guest: String,
+    pid: Option<u32>,
+}
+
+impl ProcessLease {
+    fn run(&self, argv: impl Fn(&crate::leases::Area, &str, u32) -> Vec<String>) -> Result<(), String> {
+        let Some(area) = &self.area else { return Ok(()) };
+        let pid = self.pid.ok_or_else(|| format!("guest {} has no process", self.guest))?;
+        crate::leases::run(&argv(area, &self.guest, pid), Duration::from_secs(60)).map(|_| ())
+    }
+}
+
+impl mig::Lease for ProcessLease {
+    fn release(&mut self) -> Result<(), String> {
+        self.run(crate::leases::Area::release_argv)
+    }
+    fn acquire(&mut self) -> Result<(), String> {
+        self.run(crate::leases::Area::acquire_argv)
     }
 }
 
@@ -129,6 +159,25 @@ impl Init {
                 return;
             }
             Request::Operator(Operator::ReadLun { .. }) => Err(Refusal::invalid("LUN reads are served by the API")),
+            Request::Operator(Operator::LeasesInit { force }) => {
+                let Some(area) = self.edge.area.clone() else {
+                    let _ = reply.send(Err(Refusal::conflict("this cluster has no [ha] lease area")));
+                    return;
+                };
+                let cluster = self.boot.as_ref().and_then(|b| b.cluster.as_ref());
+                let guests: Vec<String> = cluster.map(|c| c.guests.keys().cloned().collect()).unwrap_or_default();
+                crate::spawn_worker("leases-init", move || {
+                    let r = super::leasekeeper::init(&area, &guests, force).map(Answer::Done).map_err(|(exists, e)| {
+                        if exists {
+                            Refusal::conflict(e)
+                        } else {
+                            Refusal::failed(e)
+                        }
+                    });
+                    let _ = reply.send(r);
+                });
+                return;
+            }
             req @ (Request::Operator(_) | Request::Peer(_)) => {
                 let ticket = self.edge.ticket(reply);
                 match &mut self.coord {
@@ -217,6 +266,12 @@ impl Init {
         HttpPeer::of(c, &self.node, node, self.api_port.unwrap_or(7480))
     }
 
+    /// A guest's lease as its process here holds it.
+    fn lease_of(&self, guest: &str) -> ProcessLease {
+        let pid = self.sup.service_status(&service_name(guest), Instant::now()).and_then(|s| s.pid);
+        ProcessLease { area: self.edge.area.clone(), guest: guest.to_string(), pid }
+    }
+
     /// These blades as peers, or why each cannot be.
     fn peers_named(&self, nodes: Vec<String>) -> Vec<(String, Result<HttpPeer, String>)> {
         nodes.into_iter().map(|n| (n.clone(), self.peer(&n))).collect()
@@ -238,6 +293,11 @@ impl Init {
         };
         if kind == ServiceKind::Start {
             spec.enabled = true;
+        }
+        if let Some(area) = &self.edge.area {
+            let exe = std::env::current_exe().map(|p| p.display().to_string());
+            let exe = exe.unwrap_or_else(|_| "/usr/sbin/bladevisor".into());
+            spec = crate::leases::leased(spec, area, guest, kind == ServiceKind::Incoming, &exe);
         }
         // Guests stop before the storage under them.
         if self.sup.state("multipathd").is_some() {
@@ -295,16 +355,17 @@ impl Init {
                 });
             }
             Effect::Resume { guest, ticket } => {
+                let mut lease = self.lease_of(&guest);
                 crate::spawn_worker(&format!("resume-{guest}"), move || {
                     let result = qmp_wait(&qmp_path(&guest), Duration::from_secs(5))
-                        .and_then(|mut vm| mig::dest::resume(&mut vm));
+                        .and_then(|mut vm| mig::dest::resume(&mut vm, &mut lease));
                     report(Report::Resumed { guest, result, ticket });
                 });
             }
             Effect::Resolve { guest, to, peers, ticket } => {
-                let (peers, me) = (self.peers_named(peers), self.node.clone());
+                let (peers, me, lease) = (self.peers_named(peers), self.node.clone(), self.lease_of(&guest));
                 crate::spawn_worker(&format!("resolve-{guest}"), move || {
-                    let result = resolve_in_doubt(&me, &guest, &to, peers);
+                    let result = resolve_in_doubt(&me, &guest, &to, peers, lease);
                     report(Report::Resolved { guest, result, ticket });
                 });
             }
@@ -375,6 +436,7 @@ impl Init {
         let settings = self.coord.as_ref().map(|c| c.settings().clone()).unwrap_or_default();
         let plan = mig::source::Plan::new(&guest, &to, to_ip, &settings, bandwidth_mbps);
         self.edge.cancels.insert(id, plan.cancel.clone());
+        let mut lease = self.lease_of(&guest);
         crate::spawn_worker(&format!("migrate-{guest}"), move || {
             let progress = report.clone();
             let mut on_progress = move |phase: Phase, p: Option<&Progress>| {
@@ -382,7 +444,7 @@ impl Init {
             };
             let mut clock = mig::RealClock::start();
             let outcome = match Qmp::connect(&qmp_path(&guest), Duration::from_secs(10)) {
-                Ok(mut vm) => mig::source::migrate(&mut vm, &mut peer, &plan, &mut clock, &mut on_progress),
+                Ok(mut vm) => mig::source::migrate(&mut vm, &mut peer, &mut lease, &plan, &mut clock, &mut on_progress),
                 Err(e) => Outcome::failed(Phase::Preparing, format!("cannot reach the guest's QMP: {e}"), true),
             };
             info!(guest = %guest, "migration worker done");
@@ -421,9 +483,12 @@ fn resolve_in_doubt(
     guest: &str,
     to: &str,
     peers: Vec<(String, Result<HttpPeer, String>)>,
+    mut lease: ProcessLease,
 ) -> Result<Option<String>, String> {
     let destination = peers.iter().find(|(n, _)| n == to).and_then(|(_, p)| p.clone().ok());
-    let resume_here = || {
+    let mut resume_here = || {
+        // The lease was handed over at switchover: only if nobody took it may this copy run.
+        mig::Lease::acquire(&mut lease).map_err(|e| format!("cannot take the guest's lease back: {e}"))?;
         Qmp::connect(&qmp_path(guest), Duration::from_secs(10))
             .and_then(|mut q| q.execute("cont", serde_json::json!({})))
             .map(|_| None)

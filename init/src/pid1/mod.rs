@@ -5,16 +5,15 @@
 
 pub mod boot;
 pub mod edge;
+pub mod leasekeeper;
 pub mod mounts;
 pub mod powerbutton;
 pub mod shutdown;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 use signal_hook::consts::*;
 use tracing::{error, info, warn};
 
@@ -74,16 +73,10 @@ pub fn dispatch(tx: Sender<Event>) -> api::Dispatch {
     })
 }
 
-/// Reaps every exited child (ours or an orphan re-parented to us) without blocking.
+/// Reaps every exited child (ours or an orphan re-parented to us) without blocking; a child a
+/// worker claimed (`crate::child::run`) is left to that worker.
 pub fn reap_all(mut on_exit: impl FnMut(u32, Exit)) {
-    loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => on_exit(pid.as_raw() as u32, Exit::Code(code)),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => on_exit(pid.as_raw() as u32, Exit::Signal(sig as i32)),
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => continue,
-        }
-    }
+    crate::child::reap(|pid, e| on_exit(pid, if e < 0 { Exit::Signal(-e) } else { Exit::Code(e) }));
 }
 
 /// The state the main loop owns.
@@ -114,10 +107,6 @@ pub struct Init {
 const NO_LEASES: &str = "no [ha] lease area: one copy per guest rests on the blades asking each other, \
                          not on a lock on the SAN (README: storage leases)";
 
-/// What `status` says while the lease machinery that `[ha]` configures is not in this release.
-const LEASES_NOT_YET: &str = "[ha] is configured, but this release takes no storage leases yet: one copy per guest \
-                              rests on the blades asking each other";
-
 /// How long an orderly shutdown may take before what is left is killed regardless.
 const SHUTDOWN_CAP_EXTRA: Duration = Duration::from_secs(5);
 /// The loop wakes at least this often, to reap anything a coalesced SIGCHLD hid.
@@ -141,6 +130,9 @@ impl Init {
         self.shutdown = Some((action, Instant::now()));
         if let Some(c) = &mut self.coord {
             c.shutting_down();
+        }
+        if let Some(area) = &self.edge.area {
+            leasekeeper::leave(area.clone(), self.sup.stop_budget());
         }
         self.sup.begin_shutdown(&mut self.rt, Instant::now());
     }
@@ -173,6 +165,12 @@ impl Init {
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             memory: memory(),
             services: self.sup.status(Instant::now()),
+            leases: self
+                .edge
+                .area
+                .as_ref()
+                .zip(self.coord.as_ref().and_then(|c| c.leases()))
+                .map(|(a, s)| a.status(s.clone())),
         }
     }
 
@@ -208,6 +206,17 @@ impl Init {
             }
         }
         let mut coord = Coordinator::new(&self.node, outcome.cluster.as_ref());
+        if let Some(area) =
+            outcome.cluster.as_ref().and_then(|c| crate::leases::Area::of(c, &self.node, Path::new("/dev/mapper")))
+        {
+            for spec in crate::leases::daemon_services() {
+                if let Err(e) = self.sup.add(spec, Instant::now()) {
+                    error!("lease daemons: {e}");
+                }
+            }
+            leasekeeper::keep(area.clone(), self.tx.clone());
+            self.edge.area = Some(area);
+        }
         if let Some(c) = &outcome.cluster {
             if coord.guest_specs().next().is_some() && !self.kvm {
                 warn!("/dev/kvm is not usable here: guests run under TCG (emulation), far slower");
@@ -321,8 +330,7 @@ impl Init {
         let cluster = self.boot.as_ref().and_then(|b| b.cluster.as_ref());
         match cluster {
             Some(c) if c.ha.is_none() => vec![NO_LEASES.to_string()],
-            Some(_) => vec![LEASES_NOT_YET.to_string()],
-            None => vec![],
+            _ => vec![],
         }
     }
 

@@ -137,6 +137,9 @@ pub struct Status {
     pub cpus: usize,
     pub memory: Memory,
     pub services: Vec<ServiceStatus>,
+    /// The lease area and where this blade stands in it (absent: the cluster has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leases: Option<crate::leases::LeaseStatus>,
 }
 
 /// `GET /v1/capacity`: what a blade choosing a migration target needs to know of this one.

@@ -63,6 +63,11 @@ pub enum Operator {
     },
     /// Re-read the alias table.
     StorageReload,
+    /// Write the lease area's lockspace and guest leases (refused on an initialised area unless
+    /// forced).
+    LeasesInit {
+        force: bool,
+    },
 }
 
 /// What another blade of the cluster asks (with the cluster's token).

@@ -93,6 +93,9 @@ pub fn route(method: &str, target: &str) -> Result<Request, RouteError> {
             Op(Operator::Service { name: name(s), action: ServiceAction::parse(action).ok_or(RouteError::NotFound)? })
         }
         ("POST", ["v1", "storage", "reload"]) => Op(Operator::StorageReload),
+        ("POST", ["v1", "leases", "init"]) => {
+            Op(Operator::LeasesInit { force: query(target, "force")?.is_some_and(|f| f == "1" || f == "true") })
+        }
         ("POST", ["v1", "guests", g, "migrate"]) => {
             let bandwidth_mbps = match query(target, "max-bandwidth-mbps")?.map(|b| b.parse::<f64>()) {
                 None => None,
@@ -129,7 +132,7 @@ pub fn route(method: &str, target: &str) -> Result<Request, RouteError> {
         | (_, ["v1", "guests", _, _])
         | (_, ["v1", "power" | "incoming", ..])
         | (_, ["v1", "services" | "nodes", _, _])
-        | (_, ["v1", "storage", "reload"])
+        | (_, ["v1", "storage" | "leases", "reload" | "init"])
         | (_, ["v1", "luns", _, "read"]) => return Err(RouteError::MethodNotAllowed),
         _ => return Err(RouteError::NotFound),
     })
@@ -174,6 +177,7 @@ impl Request {
                 Operator::Console { name, offset } => format!("/v1/guests/{}/console?offset={offset}", enc(name)),
                 Operator::ReadLun { alias, offset } => format!("/v1/luns/{}/read?offset={offset}", enc(alias)),
                 Operator::StorageReload => "/v1/storage/reload".into(),
+                Operator::LeasesInit { force } => format!("/v1/leases/init{}", if *force { "?force=1" } else { "" }),
             },
             Request::Peer(p) => match p {
                 Peer::Incoming { guest, from, caps } => format!(
@@ -241,6 +245,8 @@ mod tests {
             Op(Operator::Console { name: "web".into(), offset: 77 }),
             Op(Operator::ReadLun { alias: "vm1".into(), offset: 8192 }),
             Op(Operator::StorageReload),
+            Op(Operator::LeasesInit { force: true }),
+            Op(Operator::LeasesInit { force: false }),
             P(Peer::Incoming { guest: odd.clone(), from: "blade1".into(), caps: vec!["events".into(), "x,y".into()] }),
             P(Peer::Incoming { guest: "web".into(), from: "blade1".into(), caps: vec![] }),
             P(Peer::IncomingResume("web".into())),

@@ -95,6 +95,7 @@ pub fn service(g: &GuestSpec, run: &Path, kvm: bool) -> ServiceSpec {
         owns,
         shared: if kvm { vec!["/dev/kvm".into()] } else { vec![] },
         taps: g.nics.iter().enumerate().map(|(i, n)| (tap_name(&g.name, i), n.bridge.clone())).collect(),
+        drops_itself: false,
     };
     // Its taps are attached to its bridges: it starts once they are set up.
     let mut after: Vec<String> = g.nics.iter().map(|n| crate::net::bridge_service_name(&n.bridge)).collect();

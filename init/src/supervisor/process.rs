@@ -82,7 +82,7 @@ impl Runtime for ProcessRuntime {
         if let Some(u) = &spec.unprivileged {
             hand_over(u).map_err(std::io::Error::other)?;
         }
-        let ids = spec.unprivileged.as_ref().map(|u| (u.uid, u.gid));
+        let ids = spec.unprivileged.as_ref().filter(|u| !u.drops_itself).map(|u| (u.uid, u.gid));
         let (reader, writer) = std::io::pipe()?;
         let mut cmd = Command::new(&spec.argv[0]);
         cmd.args(&spec.argv[1..])

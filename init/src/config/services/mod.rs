@@ -156,6 +156,9 @@ pub struct Unprivileged {
     /// Persistent tap devices created for it (owned by the user) and attached to a bridge:
     /// `(tap, bridge)`.
     pub taps: Vec<(String, String)>,
+    /// The program drops to `uid`/`gid` itself (`bladevisor lease-exec`, once it holds the
+    /// guest's storage lease); PID 1 only hands the files over.
+    pub drops_itself: bool,
 }
 
 fn default_stop_timeout() -> f64 {
