@@ -304,7 +304,10 @@ pub fn render_status(s: &Status) -> String {
             let pid = g.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
             let up =
                 if g.state == crate::proto::GuestState::Running { format!("{:.0} s", g.uptime_s) } else { "-".into() };
-            let note = g.reason.clone().unwrap_or_else(|| g.disks.join(" "));
+            let mut note = g.reason.clone().unwrap_or_else(|| g.disks.join(" "));
+            if let Some(l) = &g.lease {
+                note = format!("{note} [lease {l}]");
+            }
             out.push_str(&format!("{:<16} {:<18} {:>7} {:>8} {:>9}  {note}\n", g.name, g.state, pid, g.restarts, up));
         }
     }

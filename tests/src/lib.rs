@@ -374,6 +374,12 @@ impl Blade {
     }
 
     /// Waits for a console line containing `needle`; returns that line and when it was seen.
+    /// The blade loses power: its QEMU is killed outright (no shutdown, no lease released).
+    pub fn pull_the_plug(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn wait_console(&mut self, needle: &str, limit: Duration) -> Result<(String, Duration), String> {
         let end = Instant::now() + limit;
         loop {

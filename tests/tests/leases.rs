@@ -4,14 +4,22 @@
 //! blades say why; `leases init` on one blade lets both join without a reboot and the guest
 //! starts, its QEMU holding its lease; a second init is refused; an operator's `--force` start
 //! on the other blade gets past the owner check but not past the lease; a migration hands the
-//! lease over and the guest runs on at the destination, once. Needs the image built.
+//! lease over and the guest runs on at the destination, once; the destination loses its lease
+//! LUN (fenced: its QEMU is stopped) and blade1 starts the guest from its disk once sanlock deems
+//! blade2 dead, never both at once; blade2 rejoins when its paths return, and when blade1 loses
+//! power blade2 starts the guest. Failover times are printed beside sanlock's floor. Needs the
+//! image built.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bladevisor::leases::Lockspace;
 use bladevisor::proto::ServiceAction;
 use bladevisor_lab::demo::*;
-use bladevisor_lab::{ok, Blade, Image, Operator, Request, TwoBlades};
+use bladevisor_lab::{ok, Blade, Image, Operator, Request, TwoBlades, LEASE_LUN};
+use serde_json::json;
+
+/// The lease LUN is the third of the HA lab's LUNs (after lab-vm1 and lab-vm2).
+const LEASE_LUN_INDEX: usize = 2;
 
 fn lockspace(b: &Blade) -> Option<Lockspace> {
     b.status().ok()?.leases.map(|l| l.state)
@@ -75,4 +83,64 @@ fn the_lease_decides_which_blade_runs_the_guest() {
     let at = last_count(b2);
     wait(&lab, "the counter to go on on blade2", Duration::from_secs(120), || last_count(b2) > at + 2);
     assert!(demo(b1).is_none_or(|g| g.pid.is_none()), "blade1 keeps no copy: {:?}", demo(b1));
+    wait(&lab, "blade2 to see it holds the lease", Duration::from_secs(60), || {
+        demo(b2).and_then(|g| g.lease).as_deref() == Some("held here")
+    });
+
+    // 5. blade2 loses every path to the lease LUN but keeps its network: sanlock cannot renew,
+    //    stops the guest's QEMU there (fenced), and once blade2 is deemed dead blade1 starts the
+    //    guest from its disk. Never both at once.
+    let boots = console(b1).matches("bladevisor test guest").count();
+    let lost = Instant::now();
+    let mut q = ok(b2.qmp());
+    for p in 0..2 {
+        ok(q.execute("device_del", json!({ "id": format!("lun{LEASE_LUN_INDEX}p{p}") })));
+    }
+    let both = |lab: &TwoBlades| {
+        lab.blades.iter().all(|b| demo(b).is_some_and(|g| g.pid.is_some() && g.state.as_str() == "running"))
+    };
+    wait(&lab, "blade2 to stop its guest (fenced)", Duration::from_secs(180), || {
+        assert!(!both(&lab), "two copies run\n{}", lab.report());
+        demo(b2).is_none_or(|g| g.state.as_str() != "running")
+    });
+    let fenced = lost.elapsed();
+    wait(&lab, "blade1 to restart the guest (HA)", Duration::from_secs(400), || {
+        assert!(!both(&lab), "two copies run\n{}", lab.report());
+        state(b1) == "running"
+    });
+    let failover = lost.elapsed();
+    wait(&lab, "the restarted guest to boot on blade1", Duration::from_secs(300), || {
+        console(b1).matches("bladevisor test guest").count() > boots
+    });
+    println!(
+        "fencing: blade2 lost its lease LUN; its guest stopped after {:.1} s, ran on blade1 after {:.1} s \
+         (sanlock's floor for io-timeout-s = 2: 8 x 2 s = 16 s to stop, 16 s + 60 s = 76 s to take over)",
+        fenced.as_secs_f64(),
+        failover.as_secs_f64()
+    );
+
+    // 6. The paths come back and blade2 joins again by itself; then blade1 loses power: blade2
+    //    starts the guest (its turn comes 10 s after blade1's).
+    for p in 0..2 {
+        let dev = json!({
+            "driver": "scsi-hd", "id": format!("lun{LEASE_LUN_INDEX}p{p}"), "bus": format!("hba{p}.0"),
+            "drive": format!("lun{LEASE_LUN_INDEX}"), "wwn": u64::from_str_radix(&LEASE_LUN.1[2..], 16).unwrap(),
+            "serial": "LABLUN0099", "share-rw": true,
+        });
+        ok(q.execute("device_add", dev));
+    }
+    wait(&lab, "blade2 to rejoin the lease area", Duration::from_secs(300), || {
+        lockspace(b2) == Some(Lockspace::Joined)
+    });
+    let lost = Instant::now();
+    lab.blades[0].pull_the_plug();
+    let b2 = &lab.blades[1];
+    wait(&lab, "blade2 to restart the guest (HA)", Duration::from_secs(400), || state(b2) == "running");
+    println!(
+        "HA failover (blade1 lost to the guest running on blade2): {:.1} s; floor 76 s + a 5 s probe + blade2's 10 s turn",
+        lost.elapsed().as_secs_f64()
+    );
+    wait(&lab, "blade2 to see it holds the lease", Duration::from_secs(60), || {
+        demo(b2).and_then(|g| g.lease).as_deref() == Some("held here")
+    });
 }

@@ -323,6 +323,24 @@ pub fn metrics(s: &Status) -> String {
             })
             .collect(),
     );
+    if let Some(l) = &s.leases {
+        metric(
+            "bladevisor_lease_area_joined",
+            "1 once this blade has joined the cluster's sanlock lockspace (guests may take leases).",
+            "gauge",
+            vec![(String::new(), if l.state == crate::leases::Lockspace::Joined { 1.0 } else { 0.0 })],
+        );
+        metric(
+            "bladevisor_guest_lease_held_here",
+            "1 when this blade holds the guest's storage lease (its QEMU runs here).",
+            "gauge",
+            s.guests
+                .iter()
+                .filter(|x| x.lease.is_some())
+                .map(|x| (g(x), if x.lease.as_deref() == Some("held here") { 1.0 } else { 0.0 }))
+                .collect(),
+        );
+    }
     metric(
         "bladevisor_guest_restarts_total",
         "Restarts of the guest since boot.",
@@ -411,6 +429,7 @@ mod tests {
                 disks: vec![],
                 reason: None,
                 runs_on: None,
+                lease: None,
             }],
             drained: None,
             drained_nodes: vec![],

@@ -170,10 +170,8 @@ impl Coordinator {
                     _ => "?".into(),
                 };
                 self.set_place(guest, Place::Here);
-                if let Some(g) = self.guests.get(guest) {
-                    // From now on it is this blade's guest, with its own restart policy.
-                    self.effects.push(Effect::SetRestart(guest.to_string(), g.spec.restart));
-                }
+                // From now on it is this blade's guest, started as any other.
+                self.effects.push(Effect::Adopt(guest.to_string()));
                 if let Some(m) = self.migration_mut(id) {
                     m.phase = Phase::Done;
                 }

@@ -13,7 +13,9 @@
 //! A crash of PID 1 loses this state with the blade's processes (the guests' QEMUs are its
 //! children, in its cgroups): a reboot places the guests afresh, asking the other blades first.
 
+pub mod effects;
 pub mod evacuation;
+pub mod ha;
 pub mod incoming;
 pub mod outgoing;
 pub mod owner;
@@ -22,19 +24,19 @@ pub mod placement;
 mod tests;
 pub mod view;
 
+pub use effects::{Effect, Report, ServiceKind};
 pub use view::guest_state;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use crate::config::guest::GuestSpec;
-use crate::config::{ClusterConfig, RestartPolicy};
-use crate::migration::{MigrationStatus, Outcome, Phase, Progress, Settings};
+use crate::config::ClusterConfig;
+use crate::migration::{MigrationStatus, Phase, Settings};
 use crate::proto::request::{Answer, Operator, Peer, Refusal, Reply, Request};
-use crate::proto::{Capacity, Memory, ServiceAction};
+use crate::proto::Memory;
 use crate::storage::LunState;
 use crate::supervisor::{ServiceState, ServiceStatus};
-use owner::Verdict;
 
 /// Names a caller waiting for a reply; the edge holds the channel behind it.
 pub type Ticket = u64;
@@ -99,132 +101,6 @@ pub struct Guest {
     pub waiting: Option<String>,
 }
 
-/// How a guest's service is added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServiceKind {
-    /// Defined and not started (not autostarted: an operator starts it).
-    Defined,
-    /// Started now.
-    Start,
-    /// Started paused, waiting for a migration stream; never restarted.
-    Incoming,
-}
-
-/// What the edge carries out for the coordinator.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
-    Reply(Ticket, Reply),
-    /// Add the guest's service (and follow its console).
-    AddService {
-        guest: String,
-        kind: ServiceKind,
-    },
-    /// An action on the guest's existing service; the supervisor's answer is the reply.
-    Service {
-        guest: String,
-        action: ServiceAction,
-        ticket: Option<Ticket>,
-    },
-    /// Remove the guest's service, stopping its process without applying its restart policy.
-    Discard(String),
-    SetRestart(String, RestartPolicy),
-    /// Ask `peers` whether they run the guest; answered by [`Report::OwnersAnswered`].
-    AskOwners {
-        guest: String,
-        peers: Vec<String>,
-        force: bool,
-        ticket: Option<Ticket>,
-    },
-    /// Drive the guest's migration to `to`; progress and outcome come back as reports.
-    MigrateOut {
-        guest: String,
-        to: String,
-        migration: u64,
-        bandwidth_mbps: Option<f64>,
-    },
-    CancelMigration(u64),
-    /// Open the incoming guest's stream listener on a port of `ports` not in `taken`.
-    Listen {
-        guest: String,
-        caps: Vec<String>,
-        ports: (u16, u16),
-        taken: Vec<u16>,
-        ticket: Ticket,
-    },
-    /// Run the arrived guest (`cont` once its stream completed).
-    Resume {
-        guest: String,
-        ticket: Ticket,
-    },
-    /// Ask every blade in `peers` again about a guest in doubt after a migration to `to`, and
-    /// keep one copy.
-    Resolve {
-        guest: String,
-        to: String,
-        peers: Vec<String>,
-        ticket: Ticket,
-    },
-    /// Tell every other blade this one is drained (or not).
-    TellDrained(bool),
-    /// Ask the other blades whether they remember this one as drained.
-    AskDrain,
-    /// Ask these blades for their capacity (an evacuation choosing targets).
-    AskCapacity(Vec<String>),
-    /// A read-only QMP query to the guest's QEMU.
-    Qmp {
-        guest: String,
-        command: serde_json::Value,
-        ticket: Ticket,
-    },
-}
-
-/// What workers and the edge report.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Report {
-    OwnersAnswered {
-        guest: String,
-        verdict: Verdict,
-        force: bool,
-        ticket: Option<Ticket>,
-    },
-    Listening {
-        guest: String,
-        result: Result<u16, String>,
-        ticket: Ticket,
-    },
-    Resumed {
-        guest: String,
-        result: Result<(), String>,
-        ticket: Ticket,
-    },
-    MigrationProgress {
-        id: u64,
-        phase: Phase,
-        progress: Option<Progress>,
-    },
-    MigrationDone {
-        guest: String,
-        id: u64,
-        outcome: Outcome,
-    },
-    /// What the other blades remember of this blade's drain (asked at boot).
-    DrainKnown(Option<String>),
-    Capacities(Vec<(String, Result<Capacity, String>)>),
-    /// An in-doubt guest, settled: Ok(None) resumed here, Ok(Some(node)) runs on that blade.
-    Resolved {
-        guest: String,
-        result: Result<Option<String>, String>,
-        ticket: Ticket,
-    },
-    /// Where this blade stands in the cluster's lease area.
-    Leases(crate::leases::Lockspace),
-    /// The edge could not add a guest's service.
-    ServiceRefused {
-        guest: String,
-        why: String,
-    },
-}
-
 /// Recent migrations kept for status.
 const KEEP_MIGRATIONS: usize = 16;
 
@@ -247,6 +123,13 @@ pub struct Coordinator {
     shutting_down: bool,
     /// The lease area, when the cluster has one: no guest starts before it is joined.
     leases: Option<crate::leases::Lockspace>,
+    /// Nodes by sanlock host id, and this blade's.
+    host_ids: BTreeMap<u32, String>,
+    /// Who holds the leases of this blade's `ha` guests, as last probed; when each was first
+    /// seen held by a blade that stopped renewing; when to probe next.
+    lease_states: BTreeMap<String, crate::leases::LeaseState>,
+    dead_seen: BTreeMap<String, Instant>,
+    next_probe: Option<Instant>,
     /// When placement looks again at guests waiting for disks or the lease area.
     recheck: Option<Instant>,
     /// Something placement depends on changed: look again.
@@ -300,6 +183,12 @@ impl Coordinator {
             evacuation: None,
             shutting_down: false,
             leases: cluster.and_then(|c| c.ha.as_ref()).map(|_| crate::leases::Lockspace::Joining),
+            host_ids: cluster
+                .map(|c| c.nodes.iter().filter_map(|(n, cfg)| Some((cfg.host_id?, n.clone()))).collect())
+                .unwrap_or_default(),
+            lease_states: BTreeMap::new(),
+            dead_seen: BTreeMap::new(),
+            next_probe: None,
             dirty: true,
             recheck: None,
             effects: vec![],
@@ -458,6 +347,7 @@ impl Coordinator {
             Report::Resolved { guest, result, ticket } => self.resolved(&guest, result, ticket),
             Report::ServiceRefused { guest, why } => self.service_refused(&guest, &why),
             Report::Leases(state) => self.leases = Some(state),
+            Report::LeaseStates(states) => self.lease_states_known(states, blade, now),
         }
     }
 
@@ -472,6 +362,7 @@ impl Coordinator {
     pub fn tick(&mut self, blade: &dyn Blade, now: Instant) {
         self.watch_incoming(blade, now);
         self.place(blade, now);
+        self.probe_leases(now);
     }
 
     fn new_migration(&mut self, guest: &str, direction: crate::migration::Direction, peer: &str, now: Instant) -> u64 {

@@ -37,7 +37,9 @@ impl Coordinator {
     /// One guest as `/v1/status` shows it, or None when it has nothing to do with this blade.
     pub(super) fn status_of(&self, g: &Guest, blade: &dyn Blade) -> Option<GuestStatus> {
         let s = blade.service(&g.spec.name);
-        if s.is_none() && g.place == Place::Here && !self.is_home(g) {
+        // A guest that may come here (by migration, or by an HA restart) shows once it has
+        // something to show: a process, a place, or its lease's holder.
+        if s.is_none() && g.place == Place::Here && !self.is_home(g) && self.lease_of(&g.spec.name).is_none() {
             return None;
         }
         let disks_ready = g.spec.disks.iter().all(|d| matches!(blade.lun(&d.alias), Some(l) if l != LunState::Missing));
@@ -73,6 +75,7 @@ impl Coordinator {
             disks: g.spec.disks.iter().map(|d| d.alias.clone()).collect(),
             reason,
             runs_on,
+            lease: self.lease_of(&g.spec.name),
         })
     }
 

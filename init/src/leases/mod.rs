@@ -170,6 +170,66 @@ impl Area {
     }
 }
 
+/// Who holds a guest's lease, as the lease LUN says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "lease")]
+pub enum LeaseState {
+    /// Never taken, or released (its QEMU ended cleanly, or a migration handed it over).
+    Free,
+    /// Held by this host id; `live` while that host renews its lockspace.
+    Held { host_id: u32, live: bool },
+    /// Could not be read.
+    Unknown { why: String },
+}
+
+impl Area {
+    /// Reads a guest's lease leader record.
+    pub fn read_lease_argv(&self, guest: &str) -> Vec<String> {
+        argv(&["direct", "read_leader", "-r", &self.resource_arg(guest)])
+    }
+
+    /// Every host of the lockspaces, as this blade's sanlock sees their renewals (`gets -h 1`
+    /// prints each host's state word; `host_status` does not).
+    pub fn host_status_argv(&self) -> Vec<String> {
+        argv(&["client", "gets", "-h", "1"])
+    }
+}
+
+fn field(output: &str, name: &str) -> Option<u64> {
+    output.lines().find_map(|l| l.trim().strip_prefix(name)?.trim().parse().ok())
+}
+
+/// `sanlock client gets -h 1` lines (`h 2 gen 1 timestamp 840 LIVE`): each host's state word.
+pub fn host_states(output: &str) -> std::collections::BTreeMap<u32, String> {
+    output
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            match w.as_slice() {
+                ["h", id, "gen", _, "timestamp", _, state, ..] => Some((id.parse().ok()?, state.to_string())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// A lease's holder from its leader record (`owner_id`, `timestamp`: 0 once released) and the
+/// hosts' states: held by a host that is not LIVE means that host stopped renewing.
+pub fn lease_state(leader: Result<&str, &str>, hosts: &std::collections::BTreeMap<u32, String>) -> LeaseState {
+    let out = match leader {
+        Ok(o) => o,
+        Err(e) => return LeaseState::Unknown { why: first_line(e) },
+    };
+    match (field(out, "owner_id"), field(out, "timestamp")) {
+        (Some(0), _) | (_, Some(0)) => LeaseState::Free,
+        (Some(id), Some(_)) => {
+            let id = id as u32;
+            LeaseState::Held { host_id: id, live: hosts.get(&id).is_none_or(|s| s != "DEAD") }
+        }
+        _ => LeaseState::Unknown { why: format!("unreadable leader record: {}", first_line(out)) },
+    }
+}
+
 /// Where this blade stands in the lease area.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "state", content = "why")]
@@ -195,7 +255,12 @@ pub fn read_leader_says(lockspace: &str, ok: bool, output: &str) -> Lockspace {
         (true, false) => {
             Lockspace::NotInitialised(format!("the lease LUN holds another lockspace: {}", first_line(output)))
         }
-        (false, _) => Lockspace::NotInitialised(format!("no lockspace on the lease LUN ({})", first_line(output))),
+        // A blank LUN reads back zeros (sanlock: -1, or -223 for a bad magic); an I/O error
+        // (-5) or anything else is a LUN that cannot be read.
+        (false, _) if ["done -1", "error -1", "-223"].iter().any(|c| output.lines().any(|l| l.trim().ends_with(c))) => {
+            Lockspace::NotInitialised(format!("no lockspace on the lease LUN ({})", first_line(output)))
+        }
+        (false, _) => Lockspace::Failed(format!("cannot read the lease LUN: {}", first_line(output))),
     }
 }
 
@@ -255,6 +320,24 @@ mod tests {
         assert!(
             matches!(read_leader_says("lab", false, "read_leader error -223\n"), Lockspace::NotInitialised(w) if w.contains("-223"))
         );
+        let blank = "read_leader done -1";
+        assert!(matches!(read_leader_says("lab", false, blank), Lockspace::NotInitialised(_)));
+        let lost = "read_leader done -5\n";
+        assert!(matches!(read_leader_says("lab", false, lost), Lockspace::Failed(w) if w.contains("cannot read")));
+    }
+
+    #[test]
+    fn a_lease_is_free_held_by_a_live_host_or_held_by_a_dead_one() {
+        let hosts = host_states("h 1 gen 3 timestamp 8840 LIVE\nh 2 gen 1 timestamp 770 DEAD\n");
+        assert_eq!(hosts.get(&2).map(String::as_str), Some("DEAD"));
+        let leader = |owner, ts| format!("read_leader done 0\nowner_id {owner}\nowner_generation 1\ntimestamp {ts}\n");
+        assert_eq!(lease_state(Ok(&leader(1, 812)), &hosts), LeaseState::Held { host_id: 1, live: true });
+        assert_eq!(lease_state(Ok(&leader(2, 700)), &hosts), LeaseState::Held { host_id: 2, live: false });
+        assert_eq!(lease_state(Ok(&leader(2, 0)), &hosts), LeaseState::Free, "released");
+        assert_eq!(lease_state(Ok(&leader(0, 0)), &hosts), LeaseState::Free, "never taken");
+        assert!(matches!(lease_state(Err("read_leader error -5"), &hosts), LeaseState::Unknown { .. }));
+        // A host this blade has not heard of yet is not taken for dead.
+        assert_eq!(lease_state(Ok(&leader(7, 12)), &hosts), LeaseState::Held { host_id: 7, live: true });
     }
 
     #[test]

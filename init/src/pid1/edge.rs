@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use super::workers::{ask_about, cannot_start, qmp_path, qmp_wait, resolve_in_doubt, ProcessLease};
 use super::{BootAsk, Event, Init};
 use crate::api::peer::HttpPeer;
-use crate::coord::owner::{self, Answer as OwnerAnswer};
+use crate::coord::owner;
 use crate::coord::{service_name, Blade, Effect, Report, ServiceKind, Ticket};
 use crate::migration::{self as mig, Outcome, Phase, Progress};
 use crate::proto::request::{Answer, ConsoleText, Operator, QmpReturn, Read, Refusal, Reply, Request};
@@ -85,47 +86,6 @@ impl Blade for Facts<'_> {
     fn memory(&self) -> Memory {
         self.memory.get_or_init(super::memory).clone()
     }
-}
-
-/// A guest's lease as its QEMU process holds it, moved with sanlock's client commands (the
-/// process registered itself through `lease-exec`). Without a lease area, nothing to move.
-struct ProcessLease {
-    area: Option<crate::leases::Area>,
-    guest: String,
-    pid: Option<u32>,
-}
-
-impl ProcessLease {
-    fn run(&self, argv: impl Fn(&crate::leases::Area, &str, u32) -> Vec<String>) -> Result<(), String> {
-        let Some(area) = &self.area else { return Ok(()) };
-        let pid = self.pid.ok_or_else(|| format!("guest {} has no process", self.guest))?;
-        crate::leases::run(&argv(area, &self.guest, pid), Duration::from_secs(60)).map(|_| ())
-    }
-}
-
-impl mig::Lease for ProcessLease {
-    fn release(&mut self) -> Result<(), String> {
-        self.run(crate::leases::Area::release_argv)
-    }
-    fn acquire(&mut self) -> Result<(), String> {
-        self.run(crate::leases::Area::acquire_argv)
-    }
-}
-
-/// Connects to a guest's QMP socket, waiting for its QEMU to create it.
-fn qmp_wait(path: &std::path::Path, limit: Duration) -> Result<Qmp, String> {
-    let end = Instant::now() + limit;
-    loop {
-        match Qmp::connect(path, Duration::from_secs(10)) {
-            Ok(q) => return Ok(q),
-            Err(e) if Instant::now() >= end => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
-fn qmp_path(guest: &str) -> std::path::PathBuf {
-    crate::qemu::qmp_path(&crate::run_dir(), guest)
 }
 
 impl Init {
@@ -283,7 +243,8 @@ impl Init {
         c.nodes.keys().filter(|n| **n != self.node).filter_map(|n| self.peer(n).ok()).collect()
     }
 
-    fn add_guest_service(&mut self, guest: &str, kind: ServiceKind) -> Result<(), String> {
+    /// The service that runs a guest here, as `kind` starts it.
+    fn guest_spec(&self, guest: &str, kind: ServiceKind) -> Result<crate::config::ServiceSpec, String> {
         let spec = self.coord.as_ref().and_then(|c| c.guest_specs().find(|g| g.name == guest).cloned());
         let g = spec.ok_or_else(|| format!("no guest named {guest}"))?;
         let run = crate::run_dir();
@@ -303,7 +264,13 @@ impl Init {
         if self.sup.state("multipathd").is_some() {
             spec.after.push("multipathd".into());
         }
+        Ok(spec)
+    }
+
+    fn add_guest_service(&mut self, guest: &str, kind: ServiceKind) -> Result<(), String> {
+        let spec = self.guest_spec(guest, kind)?;
         self.sup.add(spec, Instant::now())?;
+        let run = crate::run_dir();
         if self.edge.followed.insert(guest.to_string()) {
             let sock = crate::qemu::run_dir(&run, guest).join("console.sock");
             crate::qemu::console::follow(self.edge.consoles.clone(), guest.to_string(), sock);
@@ -331,7 +298,10 @@ impl Init {
                 }
             }
             Effect::Discard(guest) => self.sup.discard(&service_name(&guest), &mut self.rt, now),
-            Effect::SetRestart(guest, policy) => self.sup.set_restart(&service_name(&guest), policy),
+            Effect::Adopt(guest) => match self.guest_spec(&guest, ServiceKind::Start) {
+                Ok(spec) => self.sup.replace_spec(&service_name(&guest), spec),
+                Err(e) => warn!(guest = %guest, "cannot adopt: {e}"),
+            },
             Effect::AskOwners { guest, peers, force, ticket } => {
                 let (peers, me) = (self.peers_named(peers), self.node.clone());
                 crate::spawn_worker(&format!("owner-{guest}"), move || {
@@ -398,6 +368,23 @@ impl Init {
                     report(Report::Capacities(answers));
                 });
             }
+            Effect::ProbeLeases(guests) => {
+                let Some(area) = self.edge.area.clone() else { return };
+                crate::spawn_worker("lease-probe", move || {
+                    let limit = Duration::from_secs(20);
+                    let hosts = crate::leases::run(&area.host_status_argv(), limit).unwrap_or_default();
+                    let hosts = crate::leases::host_states(&hosts);
+                    let states = guests
+                        .into_iter()
+                        .map(|g| {
+                            let r = crate::leases::run(&area.read_lease_argv(&g), limit);
+                            let state = crate::leases::lease_state(r.as_deref().map_err(|e| e.as_str()), &hosts);
+                            (g, state)
+                        })
+                        .collect();
+                    report(Report::LeaseStates(states));
+                });
+            }
             Effect::Qmp { guest, command, ticket } => {
                 let Some(reply) = self.edge.take(ticket) else { return };
                 crate::spawn_worker(&format!("qmp-{guest}"), move || {
@@ -450,59 +437,5 @@ impl Init {
             info!(guest = %guest, "migration worker done");
             report(Report::MigrationDone { guest, id, outcome });
         });
-    }
-}
-
-fn cannot_start(why: String) -> Outcome {
-    Outcome::failed(Phase::Preparing, why, true)
-}
-
-/// Asks every blade about `guest` at once (a blade that cannot be asked answers unreachable).
-fn ask_about(guest: &str, peers: Vec<(String, Result<HttpPeer, String>)>) -> Vec<(String, OwnerAnswer)> {
-    std::thread::scope(|s| {
-        let asks: Vec<_> = peers
-            .into_iter()
-            .map(|(node, p)| {
-                s.spawn(move || match p {
-                    Ok(mut p) => {
-                        p.timeout = Duration::from_secs(5);
-                        (node, p.about(guest))
-                    }
-                    Err(e) => (node, OwnerAnswer::Unreachable(e)),
-                })
-            })
-            .collect();
-        asks.into_iter().filter_map(|a| a.join().ok()).collect()
-    })
-}
-
-/// Asks every other blade about an in-doubt guest and keeps exactly one copy: Ok(None) when the
-/// guest was resumed here, Ok(Some(node)) when that blade runs it.
-fn resolve_in_doubt(
-    me: &str,
-    guest: &str,
-    to: &str,
-    peers: Vec<(String, Result<HttpPeer, String>)>,
-    mut lease: ProcessLease,
-) -> Result<Option<String>, String> {
-    let destination = peers.iter().find(|(n, _)| n == to).and_then(|(_, p)| p.clone().ok());
-    let mut resume_here = || {
-        // The lease was handed over at switchover: only if nobody took it may this copy run.
-        mig::Lease::acquire(&mut lease).map_err(|e| format!("cannot take the guest's lease back: {e}"))?;
-        Qmp::connect(&qmp_path(guest), Duration::from_secs(10))
-            .and_then(|mut q| q.execute("cont", serde_json::json!({})))
-            .map(|_| None)
-    };
-    match owner::resolve_in_doubt(me, to, &ask_about(guest, peers)) {
-        owner::Resolution::RunsThere(node) => Ok(Some(node)),
-        owner::Resolution::ResumeHere => resume_here(),
-        owner::Resolution::AbortThereResumeHere => {
-            let mut p = destination.ok_or_else(|| format!("{to} cannot be asked to remove its paused copy"))?;
-            match mig::Peer::abort(&mut p, guest) {
-                Ok(()) => resume_here(),
-                Err(e) => Err(format!("{to} holds a paused copy and did not remove it: {e}")),
-            }
-        }
-        owner::Resolution::StillUnknown(why) => Err(format!("still cannot ask every blade: {why}")),
     }
 }

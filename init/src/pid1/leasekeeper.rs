@@ -50,6 +50,10 @@ pub fn keep(area: Area, tx: Sender<Event>) {
                 report(&tx, &mut last, Lockspace::Failed("sanlock is not running (see its service)".into()));
             } else if leases::run(&area.inquire_argv(), Duration::from_secs(30)).is_ok() {
                 report(&tx, &mut last, Lockspace::Joined);
+            } else if last == Some(Lockspace::Joined) {
+                // Said first: reading the LUN below may hang while its paths are gone.
+                let why = "this blade left the lease area (sanlock could not renew it: its guests' QEMUs were stopped)";
+                report(&tx, &mut last, Lockspace::Failed(why.into()));
             } else if !area.path.exists() {
                 report(&tx, &mut last, Lockspace::Failed(format!("{} is not there", area.path.display())));
             } else {

@@ -105,6 +105,10 @@ pub struct GuestStatus {
     /// For a guest `elsewhere`: the blade this one believes runs it (what an owner check reads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs_on: Option<String>,
+    /// Who holds its storage lease (`held here`, `held by blade2`, `free`, ...), when the
+    /// cluster has a lease area and it has been read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 #[cfg(test)]

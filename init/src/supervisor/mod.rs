@@ -471,9 +471,13 @@ impl Supervisor {
 
     /// Changes a service's restart policy from now on (a guest that arrived by migration gets
     /// its own policy once it runs).
-    pub fn set_restart(&mut self, name: &str, policy: crate::config::RestartPolicy) {
+    /// Replaces how a service is started from now on, leaving its running process alone (an
+    /// arrived guest's QEMU was started paused for its stream; its next start is a normal one).
+    /// The name and dependencies stay.
+    pub fn replace_spec(&mut self, name: &str, spec: ServiceSpec) {
         if let Some(u) = self.units.get_mut(name) {
-            u.spec.restart = policy;
+            let after = std::mem::take(&mut u.spec.after);
+            u.spec = ServiceSpec { name: u.spec.name.clone(), after, ..spec };
         }
     }
 

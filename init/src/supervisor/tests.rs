@@ -11,6 +11,7 @@ struct Fake {
     ready: BTreeSet<String>,
     fail_spawn: BTreeSet<String>,
     released: Vec<String>,
+    argvs: Vec<String>,
 }
 
 impl Runtime for Fake {
@@ -21,6 +22,7 @@ impl Runtime for Fake {
         self.next_pid += 1;
         let pid = 100 + self.next_pid;
         self.spawned.push((spec.name.clone(), pid));
+        self.argvs.push(spec.argv.join(" "));
         Ok(pid)
     }
     fn signal(&mut self, name: &str, _pid: u32, sig: Signal) {
@@ -259,9 +261,25 @@ fn a_discarded_service_is_killed_without_its_policy_and_forgotten() {
     let mut again = ServiceSpec::new("g", vec!["/bin/g".into()], crate::config::RestartPolicy::Never);
     again.enabled = true;
     s.add(again, t0).unwrap();
-    s.set_restart("g", crate::config::RestartPolicy::Always);
+    s.replace_spec("g", ServiceSpec::new("g", vec!["/bin/g".into()], crate::config::RestartPolicy::Always));
     s.tick(&mut rt, t0);
     assert_eq!(rt.spawned.len(), 2);
     s.on_exit(rt.pid("g"), Exit::Code(1), &mut rt, t0);
     assert_eq!(s.state("g"), Some(ServiceState::Backoff), "the policy set later applies");
+}
+
+#[test]
+fn a_replaced_spec_leaves_the_running_process_and_starts_the_next_one() {
+    let t0 = Instant::now();
+    let mut rt = Fake::default();
+    let mut s = Supervisor::new(specs("[services.vm]\nargv=[\"/bin/qemu\", \"-incoming\", \"defer\"]\n"), t0);
+    s.tick(&mut rt, t0);
+    let pid = rt.pid("vm");
+    // The arrived guest is ours now: its next start is a normal one.
+    s.replace_spec("vm", specs("[services.other]\nargv=[\"/bin/qemu\"]\nrestart = \"always\"\n").remove(0));
+    assert_eq!((s.state("vm"), rt.spawned.len()), (Some(ServiceState::Running), 1), "the process is left alone");
+    assert!(s.on_exit(pid, Exit::Code(1), &mut rt, t0));
+    s.tick(&mut rt, t0 + Duration::from_secs(60));
+    assert_eq!(rt.argvs, ["/bin/qemu -incoming defer", "/bin/qemu"], "restarted as the new spec says, under its name");
+    assert_eq!(rt.spawned.last().map(|(n, _)| n.as_str()), Some("vm"));
 }

@@ -10,6 +10,7 @@ use super::placement::OWNER_RETRY;
 use super::*;
 use crate::migration::{Ending, Outcome};
 use crate::proto::request::{Answer, Operator, Peer, Refusal, Reply, Why};
+use crate::proto::{Capacity, ServiceAction};
 use crate::proto::{GuestState, GuestStatus};
 
 const CLUSTER: &str = r#"
@@ -428,7 +429,7 @@ fn a_guest_arrives_paused_then_runs_here_under_its_own_restart_policy() {
     lab.report(Report::Resumed { guest: "batch".into(), result: Ok(()), ticket: t });
     assert_eq!(lab.replies[&t], Ok(Answer::done("guest batch runs on blade1")));
     assert_eq!(lab.state("batch"), GuestState::Running);
-    assert!(lab.asked.iter().any(|e| matches!(e, Effect::SetRestart(g, _) if g == "batch")));
+    assert!(lab.asked.contains(&Effect::Adopt("batch".into())), "its next start is a normal one");
 }
 
 #[test]
@@ -608,25 +609,4 @@ fn a_disk_that_appears_without_an_event_is_noticed_within_a_second() {
     assert!(lab.asked_owners("db").is_some(), "looked at again after a second");
 }
 
-#[test]
-fn no_guest_starts_before_this_blade_has_joined_the_lease_area() {
-    let ha = CLUSTER
-        .replace("[nodes.blade1]\n", "[nodes.blade1]\nhost-id = 1\n")
-        .replace("[nodes.blade2]\n", "[nodes.blade2]\nhost-id = 2\n")
-        .replace("[nodes.blade3]\n", "[nodes.blade3]\nhost-id = 3\n")
-        .replace("[aliases]\n", "[ha]\nlease-alias = \"leases\"\n[aliases]\nleases = { wwid = \"3600a0009\" }\n");
-    let mut lab = Lab::with(&ha, "blade1");
-    lab.report(Report::DrainKnown(None));
-    lab.tick();
-    assert_eq!(lab.status("db").reason.as_deref(), Some("waiting for this blade to join the lease area"));
-    assert!(lab.asked_owners("db").is_none());
-    let r = Lab::refused(lab.operator(start("db")));
-    assert!(r.message.contains("join the lease area"), "{r:?}");
-    lab.report(Report::Leases(crate::leases::Lockspace::NotInitialised("no lockspace".into())));
-    lab.tick();
-    assert!(lab.status("db").reason.unwrap().contains("bladevisor leases init"));
-    lab.report(Report::Leases(crate::leases::Lockspace::Joined));
-    lab.tick();
-    lab.all_free();
-    assert_eq!(lab.state("db"), GuestState::Running);
-}
+mod ha;
