@@ -3,7 +3,9 @@
 //! with `ha = true`. The story: nothing starts on an area that is not initialised, and both
 //! blades say why; `leases init` on one blade lets both join without a reboot and the guest
 //! starts, its QEMU holding its lease; a second init is refused; an operator's `--force` start
-//! on the other blade gets past the owner check but not past the lease; a migration hands the
+//! on the other blade gets past the owner check but not past the lease, with the peer link up
+//! and cut; a migration whose destination dies leaves the guest and its lease where they were;
+//! a migration hands the
 //! lease over and the guest runs on at the destination, once; the destination loses its lease
 //! LUN (fenced: its QEMU is stopped) and blade1 starts the guest from its disk once sanlock deems
 //! blade2 dead, never both at once; blade2 rejoins when its paths return, and when blade1 loses
@@ -72,6 +74,42 @@ fn the_lease_decides_which_blade_runs_the_guest() {
     assert_eq!(demo(b1).and_then(|g| g.pid), Some(pid), "blade1's QEMU was never disturbed");
     let stop = Request::Operator(Operator::Guest { name: "demo".into(), action: ServiceAction::Stop, force: false });
     let _ = post(b2, stop);
+
+    // 3b. The peer link is cut, storage fine: blade2 cannot ask blade1 any more; nothing
+    //     moves, and a forced start there is still refused by the lease.
+    let restarts = demo(b2).map(|g| g.restarts).unwrap_or(0);
+    ok(ok(b1.qmp()).execute("set_link", json!({ "name": "peer", "up": false })));
+    let force = Request::Operator(Operator::Guest { name: "demo".into(), action: ServiceAction::Start, force: true });
+    let (code, body) = post(b2, force);
+    assert_eq!(code, 200, "the override is accepted: {body}");
+    wait(&lab, "the forced start to fail on the lease again", Duration::from_secs(120), || {
+        demo(b2).is_some_and(|g| g.restarts > restarts && g.pid.is_none())
+    });
+    let _ =
+        post(b2, Request::Operator(Operator::Guest { name: "demo".into(), action: ServiceAction::Stop, force: false }));
+    assert_eq!(demo(b1).and_then(|g| g.pid), Some(pid), "blade1's guest never moved");
+    ok(ok(b1.qmp()).execute("set_link", json!({ "name": "peer", "up": true })));
+
+    // 3c. A migration whose destination dies mid-stream: the guest runs on at blade1, which
+    //     never gave its lease up.
+    let (code, body) = post(b1, migrate("blade2", Some(0.2)));
+    assert_eq!(code, 200, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_u64().expect("migration id");
+    wait(&lab, "the stream to be under way", Duration::from_secs(120), || {
+        migration(b1, id).progress.is_some_and(|p| p.transferred_bytes > 0) && state(b2) == "incoming"
+    });
+    let (code, body) = post(b2, guest("demo", ServiceAction::Kill));
+    assert_eq!(code, 200, "{body}");
+    wait(&lab, "the failed migration's outcome", Duration::from_secs(120), || migration(b1, id).outcome.is_some());
+    let o = migration(b1, id).outcome.unwrap();
+    assert_eq!((o.result, o.resumed_on_source), (bladevisor::migration::Ending::Failed, true), "{o:?}");
+    assert_eq!(demo(b1).and_then(|g| g.pid), Some(pid), "the same QEMU runs on at blade1");
+    wait(&lab, "blade1 to hold the lease still", Duration::from_secs(60), || {
+        demo(b1).and_then(|g| g.lease).as_deref() == Some("held here")
+    });
+    wait(&lab, "blade2 to drop its incoming process", Duration::from_secs(60), || {
+        demo(b2).is_none_or(|g| g.pid.is_none())
+    });
 
     // 4. A migration hands the lease over: the guest runs on at blade2, once.
     let (code, body) = post(b1, migrate("blade2", None));
