@@ -130,8 +130,6 @@ pub struct Coordinator {
     lease_states: BTreeMap<String, crate::leases::LeaseState>,
     dead_seen: BTreeMap<String, Instant>,
     next_probe: Option<Instant>,
-    /// When placement looks again at guests waiting for disks or the lease area.
-    recheck: Option<Instant>,
     /// Something placement depends on changed: look again.
     dirty: bool,
     effects: Vec<Effect>,
@@ -190,7 +188,6 @@ impl Coordinator {
             dead_seen: BTreeMap::new(),
             next_probe: None,
             dirty: true,
-            recheck: None,
             effects: vec![],
         }
     }

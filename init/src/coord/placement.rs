@@ -14,9 +14,6 @@ use crate::proto::ServiceAction;
 use crate::storage::LunState;
 use crate::supervisor::ServiceState;
 
-/// How often placement looks again at a guest waiting for its disks or the lease area.
-const RECHECK: Duration = Duration::from_secs(1);
-
 /// How long a guest refused because a peer could not be asked waits before asking again.
 pub const OWNER_RETRY: Duration = Duration::from_secs(15);
 
@@ -37,9 +34,7 @@ impl Coordinator {
     /// Whether placement has anything to look at: a change since it last looked, or an owner
     /// check to repeat.
     fn placement_due(&self, now: Instant) -> bool {
-        self.dirty
-            || self.recheck.is_some_and(|t| t <= now)
-            || self.guests.values().any(|g| matches!(g.check, OwnerCheck::RetryAt(t) if t <= now))
+        self.dirty || self.guests.values().any(|g| matches!(g.check, OwnerCheck::RetryAt(t) if t <= now))
     }
 
     /// Places this blade's own guests that have no service and no place elsewhere yet.
@@ -48,7 +43,6 @@ impl Coordinator {
             return;
         }
         self.dirty = false;
-        self.recheck = None;
         let names: Vec<String> = self.guests.keys().cloned().collect();
         for name in names {
             self.place_one(&name, blade, now);
@@ -74,8 +68,6 @@ impl Coordinator {
             }
         }
         if let Some(why) = cannot_run(&spec, blade).or_else(|| self.no_lease_yet()) {
-            // A disk's node or the lease area may come without an event: look again soon.
-            self.recheck = Some(now + RECHECK);
             self.set_waiting(name, Some(why));
             return;
         }

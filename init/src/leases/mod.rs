@@ -244,23 +244,24 @@ pub enum Lockspace {
     Failed(String),
 }
 
-/// Reads `sanlock direct read_leader -s` of an area: initialised when it names the lockspace.
-pub fn read_leader_says(lockspace: &str, ok: bool, output: &str) -> Lockspace {
+/// Reads `sanlock direct read_leader -s` of an area: Ok when it holds `lockspace`, else where
+/// that leaves the blade.
+pub fn read_leader_says(lockspace: &str, ok: bool, output: &str) -> Result<(), Lockspace> {
     let named = output.lines().any(|l| {
         let l = l.trim();
         l.strip_prefix("space_name").map(|v| v.trim() == lockspace).unwrap_or(false)
     });
     match (ok, named) {
-        (true, true) => Lockspace::Joining,
+        (true, true) => Ok(()),
         (true, false) => {
-            Lockspace::NotInitialised(format!("the lease LUN holds another lockspace: {}", first_line(output)))
+            Err(Lockspace::NotInitialised(format!("the lease LUN holds another lockspace: {}", first_line(output))))
         }
         // A blank LUN reads back zeros (sanlock: -1, or -223 for a bad magic); an I/O error
         // (-5) or anything else is a LUN that cannot be read.
         (false, _) if ["done -1", "error -1", "-223"].iter().any(|c| output.lines().any(|l| l.trim().ends_with(c))) => {
-            Lockspace::NotInitialised(format!("no lockspace on the lease LUN ({})", first_line(output)))
+            Err(Lockspace::NotInitialised(format!("no lockspace on the lease LUN ({})", first_line(output))))
         }
-        (false, _) => Lockspace::Failed(format!("cannot read the lease LUN: {}", first_line(output))),
+        (false, _) => Err(Lockspace::Failed(format!("cannot read the lease LUN: {}", first_line(output)))),
     }
 }
 
@@ -313,17 +314,17 @@ mod tests {
     #[test]
     fn an_area_without_this_clusters_lockspace_is_not_initialised() {
         let good = "space_name lab\nresource_name 7e0b\nlocal_host_id 0\n";
-        assert_eq!(read_leader_says("lab", true, good), Lockspace::Joining);
+        assert_eq!(read_leader_says("lab", true, good), Ok(()));
         assert!(
-            matches!(read_leader_says("lab", true, "space_name other\n"), Lockspace::NotInitialised(w) if w.contains("another"))
+            matches!(read_leader_says("lab", true, "space_name other\n"), Err(Lockspace::NotInitialised(w)) if w.contains("another"))
         );
         assert!(
-            matches!(read_leader_says("lab", false, "read_leader error -223\n"), Lockspace::NotInitialised(w) if w.contains("-223"))
+            matches!(read_leader_says("lab", false, "read_leader error -223\n"), Err(Lockspace::NotInitialised(w)) if w.contains("-223"))
         );
         let blank = "read_leader done -1";
-        assert!(matches!(read_leader_says("lab", false, blank), Lockspace::NotInitialised(_)));
+        assert!(matches!(read_leader_says("lab", false, blank), Err(Lockspace::NotInitialised(_))));
         let lost = "read_leader done -5\n";
-        assert!(matches!(read_leader_says("lab", false, lost), Lockspace::Failed(w) if w.contains("cannot read")));
+        assert!(matches!(read_leader_says("lab", false, lost), Err(Lockspace::Failed(w)) if w.contains("cannot read")));
     }
 
     #[test]

@@ -283,6 +283,7 @@ fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&Cluste
         s.sources = sources.clone();
         s.default_paths = cfg.default_paths;
         s.multipath_conf = plan.multipath_conf.clone();
+        s.dev_mapper = Some(PathBuf::from("/dev/mapper"));
     }
     let (table, source, problems) = storage::resolve(&sources);
     for p in problems {

@@ -78,10 +78,7 @@ impl Blade for Facts<'_> {
         self.sup.service_status(&service_name(guest), Instant::now())
     }
     fn lun(&self, alias: &str) -> Option<LunState> {
-        let state = crate::storage::lock(self.storage).luns.iter().find(|l| l.alias == alias).map(|l| l.state)?;
-        // The map can be in sysfs a moment before udev makes its node: QEMU needs the node.
-        let node = std::path::Path::new("/dev/mapper").join(alias);
-        Some(if state != LunState::Missing && !node.exists() { LunState::Missing } else { state })
+        crate::storage::lock(self.storage).luns.iter().find(|l| l.alias == alias).map(|l| l.state)
     }
     fn memory(&self) -> Memory {
         self.memory.get_or_init(super::memory).clone()

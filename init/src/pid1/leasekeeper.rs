@@ -33,8 +33,8 @@ fn report(tx: &Sender<Event>, last: &mut Option<Lockspace>, state: Lockspace) {
     }
 }
 
-/// Whether the area holds this cluster's lockspace.
-pub fn initialised(area: &Area) -> Lockspace {
+/// Whether the area holds this cluster's lockspace (Ok), or where that leaves this blade.
+pub fn initialised(area: &Area) -> Result<(), Lockspace> {
     match leases::run(&area.read_argv(), Duration::from_secs(30)) {
         Ok(out) => leases::read_leader_says(&area.lockspace, true, &out),
         Err(e) => leases::read_leader_says(&area.lockspace, false, &e),
@@ -58,14 +58,14 @@ pub fn keep(area: Area, tx: Sender<Event>) {
                 report(&tx, &mut last, Lockspace::Failed(format!("{} is not there", area.path.display())));
             } else {
                 match initialised(&area) {
-                    Lockspace::Joining => {
+                    Ok(()) => {
                         report(&tx, &mut last, Lockspace::Joining);
                         match leases::run(&area.join_argv(), join_limit) {
                             Ok(_) => report(&tx, &mut last, Lockspace::Joined),
                             Err(e) => report(&tx, &mut last, Lockspace::Failed(e)),
                         }
                     }
-                    other => report(&tx, &mut last, other),
+                    Err(state) => report(&tx, &mut last, state),
                 }
             }
             std::thread::sleep(POLL);
@@ -103,7 +103,7 @@ pub fn leave(area: Area, limit: Duration) {
 /// `bladevisor leases init`: writes the lockspace and one lease per guest, refusing an area that
 /// already holds this cluster's lockspace unless `force` (which breaks every lease held on it).
 pub fn init(area: &Area, guests: &[String], force: bool) -> Result<String, (bool, String)> {
-    if matches!(initialised(area), Lockspace::Joining) && !force {
+    if initialised(area).is_ok() && !force {
         return Err((
             true,
             format!(

@@ -62,13 +62,16 @@ pub fn expected(alias: &Alias, most_seen: u32, default_paths: u32) -> u32 {
     alias.paths.unwrap_or(most_seen.max(default_paths)).max(1)
 }
 
-/// Assesses every alias from what sysfs shows. `most_seen` (per WWID) is updated.
+/// Assesses every alias from what sysfs shows. `most_seen` (per WWID) is updated. A map whose
+/// `/dev/mapper/<alias>` node udev has not made yet (`node(alias)` is false) is still missing:
+/// nothing can open it.
 pub fn assess(
     aliases: &[Alias],
     maps: &[Map],
     disks: &[Disk],
     most_seen: &mut BTreeMap<String, u32>,
     default_paths: u32,
+    node: &dyn Fn(&str) -> bool,
 ) -> Vec<LunStatus> {
     aliases
         .iter()
@@ -95,6 +98,7 @@ pub fn assess(
             let want = expected(a, *seen, default_paths);
             let state = match (map, up) {
                 (None, _) | (Some(_), 0) => LunState::Missing,
+                _ if !node(&a.alias) => LunState::Missing,
                 _ if up < want => LunState::Degraded,
                 _ => LunState::Healthy,
             };
@@ -287,7 +291,7 @@ mod tests {
     }
 
     fn run(s: &Sysfs, a: &[Alias], seen: &mut BTreeMap<String, u32>) -> Vec<LunStatus> {
-        assess(a, &s.maps(), &s.disks(), seen, 1)
+        assess(a, &s.maps(), &s.disks(), seen, 1, &|_| true)
     }
 
     /// The changes as the log shows them.
@@ -355,6 +359,23 @@ mod tests {
         assert_eq!(expected(&a, 4, 2), 4);
         assert_eq!(expected(&alias("vm1", W, Some(3)), 4, 2), 3);
         assert_eq!(expected(&a, 0, 0), 1);
+    }
+
+    #[test]
+    fn a_map_whose_node_udev_has_not_made_yet_is_missing_then_healthy() {
+        let (_t, s) = setup();
+        let aliases = [alias("vm1", W, Some(2))];
+        let mut seen = BTreeMap::new();
+        let early = assess(&aliases, &s.maps(), &s.disks(), &mut seen, 1, &|_| false);
+        assert_eq!((early[0].state, early[0].paths_up), (LunState::Missing, 2), "nothing can open it yet");
+        let later = assess(&aliases, &s.maps(), &s.disks(), &mut seen, 1, &|a| a == "vm1");
+        assert_eq!(later[0].state, LunState::Healthy);
+        // The node's arrival is an event: placement reacts to it.
+        let events = changes(&early, &later);
+        assert!(
+            events.iter().any(|e| matches!(e, StorageEvent::StateChanged { to: LunState::Healthy, .. })),
+            "{events:?}"
+        );
     }
 
     #[test]

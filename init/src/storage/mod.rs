@@ -81,6 +81,8 @@ pub struct Storage {
     pub default_paths: u32,
     most_seen: std::collections::BTreeMap<String, u32>,
     pub multipath_conf: PathBuf,
+    /// Where the maps' nodes appear (`/dev/mapper`); unset (tests), nodes are not looked at.
+    pub dev_mapper: Option<PathBuf>,
     /// Boot is still waiting for the maps: changes are not logged one by one.
     pub settling: bool,
 }
@@ -90,7 +92,10 @@ pub type Shared = Arc<Mutex<Storage>>;
 impl Storage {
     /// Re-reads sysfs and returns every change since the last time.
     pub fn refresh(&mut self, sys: &Sysfs) -> Vec<StorageEvent> {
-        let luns = health::assess(&self.table, &sys.maps(), &sys.disks(), &mut self.most_seen, self.default_paths);
+        let dev = self.dev_mapper.clone();
+        let node = move |alias: &str| dev.as_ref().is_none_or(|d| d.join(alias).exists());
+        let luns =
+            health::assess(&self.table, &sys.maps(), &sys.disks(), &mut self.most_seen, self.default_paths, &node);
         let mut events = health::changes(&self.luns, &luns);
         let hbas = sys.fc_hosts();
         for h in &hbas {
