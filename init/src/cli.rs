@@ -8,8 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::api::client::send;
 use crate::httpc::Endpoint;
 use crate::migration::{Ending, MigrationStatus};
-use crate::proto::request::{ConsoleText, Done, EvacuationStarted, MigrationStarted, Operator, Read, Request};
+use crate::proto::request::{
+    ConsoleText, Done, EvacuationStarted, MigrationStarted, Operator, Read, ReloadedAll, Request, Rescanned,
+};
 use crate::proto::{PowerAction, ServiceAction, Status};
+use crate::storage::reload::ReloadReport;
 use crate::supervisor::ServiceState;
 
 #[derive(Parser, Debug)]
@@ -47,8 +50,16 @@ enum Cmd {
         #[arg(value_parser = action_of)]
         action: ServiceAction,
     },
-    /// Re-read the alias table and apply it (maps in use stay up; a bad table is refused).
-    ReloadAliases,
+    /// Re-read the alias table and apply it: rescan the SCSI hosts, reconfigure multipathd, and
+    /// report each new alias (found, with how many paths) and each removed one (maps in use
+    /// stay up; a bad table is refused and the last good one stays).
+    ReloadAliases {
+        /// On every blade of the cluster at once (this one asks the others), each one's result.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Rescan every SCSI host (FC ports that are Online; never a LIP), nothing else.
+    Rescan,
     /// Start, stop (ACPI power-off), restart or kill (as a crash would) a guest.
     Guest {
         name: String,
@@ -143,8 +154,34 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 
 /// Sends an operator's request; anything but success ends the command with the blade's message.
 fn ask<T: serde::de::DeserializeOwned>(cli: &Cli, op: Operator) -> T {
+    ask_for(cli, op, Duration::from_secs(30))
+}
+
+fn ask_for<T: serde::de::DeserializeOwned>(cli: &Cli, op: Operator, limit: Duration) -> T {
     let req = Request::Operator(op);
-    send(&endpoint(cli), &req, cli.token.as_deref(), Duration::from_secs(30)).unwrap_or_else(|e| fail(e))
+    send(&endpoint(cli), &req, cli.token.as_deref(), limit).unwrap_or_else(|e| fail(e))
+}
+
+/// A reload's outcome: the summary, then one line per new, removed and kept alias.
+pub fn render_reload(r: &ReloadReport) -> String {
+    let mut out =
+        format!("alias table reloaded ({}) in {:.1} s; {}\n", r.source, r.took_ms as f64 / 1000.0, r.scan.summary());
+    for a in &r.added {
+        out.push_str(&format!(
+            "  new     {:<20} {:<9} {} paths  ({})\n",
+            a.alias,
+            a.state.as_str(),
+            a.paths_up,
+            a.wwid
+        ));
+    }
+    for x in &r.removed {
+        out.push_str(&format!("  removed {:<20} {}\n", x.alias, x.note));
+    }
+    for k in &r.retired {
+        out.push_str(&format!("  KEPT    {:<20} {}\n", k.alias, k.warning()));
+    }
+    out
 }
 
 /// Sends an operator's request and prints the blade's message.
@@ -240,16 +277,21 @@ pub fn render_status(s: &Status) -> String {
         out.push_str(&format!("drained  {d} (no guest is placed here until `bladevisor undrain`)\n"));
     }
     if let Some(l) = &s.leases {
-        let state = match &l.state {
-            crate::leases::Lockspace::Joined => "joined".to_string(),
-            crate::leases::Lockspace::Joining => "joining".to_string(),
-            crate::leases::Lockspace::NotInitialised(w) => format!("NOT INITIALISED ({w}): bladevisor leases init"),
-            crate::leases::Lockspace::Failed(w) => format!("FAILED: {w}"),
-        };
         out.push_str(&format!(
-            "leases   lockspace {} as host {} on {}: {state} (io timeout {} s, failover {} s)\n",
-            l.lockspace, l.host_id, l.path, l.io_timeout_s, l.failover_s
+            "leases   lockspace {} as host {} on {}: {} (io timeout {} s, failover {} s, {} HA restarts here)\n",
+            l.lockspace,
+            l.host_id,
+            l.path,
+            l.state.describe(),
+            l.io_timeout_s,
+            l.failover_s,
+            l.ha_restarts
         ));
+        // The last few lease events: what an operator asks after a failover.
+        for e in l.events.iter().rev().take(5).rev() {
+            let guest = e.guest.as_deref().map(|g| format!("{g}: ")).unwrap_or_default();
+            out.push_str(&format!("  lease event {} s ago: {guest}{}\n", e.age_s, e.what));
+        }
     }
     if let Some(a) = s.shutting_down {
         out.push_str(&format!("shutdown {} in progress\n", a.as_str()));
@@ -352,7 +394,27 @@ pub fn main() {
         Cmd::Poweroff => post(&cli, Operator::Power(PowerAction::Poweroff)),
         Cmd::Halt => post(&cli, Operator::Power(PowerAction::Halt)),
         Cmd::Service { name, action } => post(&cli, Operator::Service { name: name.clone(), action: *action }),
-        Cmd::ReloadAliases => post(&cli, Operator::StorageReload),
+        Cmd::ReloadAliases { all: false } => {
+            let r: ReloadReport = ask_for(&cli, Operator::StorageReload { all: false }, Duration::from_secs(120));
+            print!("{}", render_reload(&r));
+        }
+        Cmd::ReloadAliases { all: true } => {
+            let r: ReloadedAll = ask_for(&cli, Operator::StorageReload { all: true }, Duration::from_secs(240));
+            println!("{}", r.ok);
+            for b in &r.blades {
+                match (&b.report, &b.error) {
+                    (Some(rep), _) => print!("{}: {}", b.node, render_reload(rep)),
+                    (None, e) => println!("{}: FAILED: {}", b.node, e.as_deref().unwrap_or("no answer")),
+                }
+            }
+            if r.blades.iter().any(|b| b.error.is_some()) {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Rescan => {
+            let r: Rescanned = ask_for(&cli, Operator::StorageRescan, Duration::from_secs(60));
+            println!("{}", r.ok);
+        }
         Cmd::Guest { name, action, force } => {
             post(&cli, Operator::Guest { name: name.clone(), action: *action, force: *force })
         }

@@ -2,9 +2,11 @@
 //! console captured to a file, QMP, the API port forwarded to the host, optional SAN disks and
 //! optional PXE. The integration tests, the benchmarks and `tests/lab` all use it.
 
+pub mod bench;
 pub mod demo;
 pub mod hostile;
 pub mod http;
+pub mod live;
 pub mod qmp;
 
 use std::io::Read as _;
@@ -82,6 +84,21 @@ pub struct Lun {
     /// e.g. 0x5000c50015ea71ac
     pub wwn: String,
     pub serial: String,
+}
+
+impl Lun {
+    /// The `-blockdev` (or QMP `blockdev-add`) of LUN number `i`: its file.
+    pub fn blockdev(&self, i: usize) -> String {
+        format!("driver=file,filename={},node-name=lun{i},locking=off,cache.direct=off", self.file.display())
+    }
+
+    /// The `-device` (or QMP `device_add`) of its path through `hba`: a `scsi-hd` with the
+    /// LUN's WWN (NAA, as arrays give them) or, when `wwn` is empty, only its serial (a
+    /// vendor-specific ID, as the seed's `Vendor_...` LUNs have).
+    pub fn device(&self, i: usize, hba: usize) -> String {
+        let wwn = if self.wwn.is_empty() { String::new() } else { format!(",wwn={}", self.wwn) };
+        format!("scsi-hd,id=lun{i}p{hba},bus=hba{hba}.0,drive=lun{i}{wwn},serial={},share-rw=on", self.serial)
+    }
 }
 
 /// The lab's SAN, as the baked cluster.toml's `[aliases]` names it: (alias, WWN) of each LUN.
@@ -185,6 +202,9 @@ pub struct BladeSpec {
     pub host_api_port: Option<u16>,
     /// A second NIC on the peer link between two blades.
     pub peer: Option<PeerNic>,
+    /// Whether the SAN's controllers announce LUNs added and removed (virtio-scsi `hotplug`);
+    /// off, they behave like FC HBAs: a new LUN appears only when the host is rescanned.
+    pub san_hotplug: bool,
 }
 
 /// One end of the lab's peer link: a point-to-point Ethernet between two QEMUs, as UDP
@@ -207,6 +227,7 @@ impl BladeSpec {
             luns: vec![],
             host_api_port: None,
             peer: None,
+            san_hotplug: true,
         }
     }
 }
@@ -286,28 +307,17 @@ impl Blade {
             ]);
         }
         if !spec.luns.is_empty() {
+            let hotplug = if spec.san_hotplug { "" } else { ",hotplug=off" };
             a.extend([
                 "-device".into(),
-                "virtio-scsi-pci,id=hba0".into(),
+                format!("virtio-scsi-pci,id=hba0{hotplug}"),
                 "-device".into(),
-                "virtio-scsi-pci,id=hba1".into(),
+                format!("virtio-scsi-pci,id=hba1{hotplug}"),
             ]);
             for (i, lun) in spec.luns.iter().enumerate() {
-                a.extend([
-                    "-blockdev".into(),
-                    format!(
-                        "driver=file,filename={},node-name=lun{i},locking=off,cache.direct=off",
-                        lun.file.display()
-                    ),
-                ]);
+                a.extend(["-blockdev".into(), lun.blockdev(i).to_string()]);
                 for hba in 0..2 {
-                    a.extend([
-                        "-device".into(),
-                        format!(
-                            "scsi-hd,id=lun{i}p{hba},bus=hba{hba}.0,drive=lun{i},wwn={},serial={},share-rw=on",
-                            lun.wwn, lun.serial
-                        ),
-                    ]);
+                    a.extend(["-device".into(), lun.device(i, hba).to_string()]);
                 }
             }
         }
@@ -505,10 +515,24 @@ impl TwoBlades {
 
     fn start_in(name: &str, img: &Image, dir: PathBuf, luns: Vec<Lun>, api_ports: [Option<u16>; 2]) -> TwoBlades {
         let http = http::HttpDir::serve(&dir);
+        Self::start_served(name, img, dir, http, luns, api_ports, true)
+    }
+
+    /// Boots both blades with `http` already serving `dir` (the configuration may name its port).
+    pub fn start_served(
+        name: &str,
+        img: &Image,
+        dir: PathBuf,
+        http: http::HttpDir,
+        luns: Vec<Lun>,
+        api_ports: [Option<u16>; 2],
+        san_hotplug: bool,
+    ) -> TwoBlades {
         let link = (free_udp_port(), free_udp_port());
         let blades = [1, 2].map(|n| {
             let mut spec = Self::spec(name, n, http.port, link, &luns);
             spec.host_api_port = api_ports[n - 1];
+            spec.san_hotplug = san_hotplug;
             let bdir = dir.join(format!("blade{n}"));
             std::fs::create_dir_all(&bdir).expect("blade dir");
             Blade::start_in(spec, img, bdir)

@@ -181,4 +181,14 @@ fn the_lease_decides_which_blade_runs_the_guest() {
     wait(&lab, "blade2 to see it holds the lease", Duration::from_secs(60), || {
         demo(b2).and_then(|g| g.lease).as_deref() == Some("held here")
     });
+    // status and the CLI tell the operator what happened.
+    let l = ok(b2.status()).leases.expect("lease status");
+    assert!(l.ha_restarts >= 1, "{l:?}");
+    assert!(
+        l.events.iter().any(|e| e.guest.as_deref() == Some("demo") && e.what.contains("which stopped renewing")),
+        "{:?}",
+        l.events
+    );
+    let (ok_, text) = cli(b2, &["status"]);
+    assert!(ok_ && text.contains("HA restart here"), "{text}");
 }

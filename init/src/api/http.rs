@@ -340,6 +340,12 @@ pub fn metrics(s: &Status) -> String {
                 .map(|x| (g(x), if x.lease.as_deref() == Some("held here") { 1.0 } else { 0.0 }))
                 .collect(),
         );
+        metric(
+            "bladevisor_ha_restarts_total",
+            "Guests this blade started from their disks because their blade died (HA restarts).",
+            "counter",
+            vec![(String::new(), l.ha_restarts as f64)],
+        );
     }
     metric(
         "bladevisor_guest_restarts_total",

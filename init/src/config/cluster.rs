@@ -153,6 +153,9 @@ pub fn parse_cluster(file: &Path, text: &str) -> Result<ClusterConfig, ConfigErr
     if !(1..=64).contains(&cfg.storage.default_paths) {
         return Err(at("storage", "default-paths", "storage: default-paths must be 1-64".into()));
     }
+    if cfg.storage.aliases_refresh_s.is_some_and(|s| !(5..=86400).contains(&s)) {
+        return Err(at("storage", "aliases-refresh-s", "storage: aliases-refresh-s must be 5-86400 seconds".into()));
+    }
     if !cfg.aliases_table.is_empty() {
         let table = std::mem::take(&mut cfg.aliases_table);
         cfg.aliases = Some(super::aliases::from_toml_table(file, text, table)?);
@@ -253,6 +256,10 @@ pub struct StorageConfig {
     /// How long an FC port that is not Online gets after its LIP.
     #[serde(default = "twenty", deserialize_with = "crate::config::values::seconds")]
     pub lip_timeout_s: f64,
+    /// Re-fetch the served alias file this often (conditional GETs) and apply it when it
+    /// changed; unset, the file is read at boot and at each reload only.
+    #[serde(default)]
+    pub aliases_refresh_s: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -267,7 +274,13 @@ fn twenty() -> f64 {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { aliases_url: None, default_paths: one(), wait_s: sixty(), lip_timeout_s: twenty() }
+        StorageConfig {
+            aliases_url: None,
+            default_paths: one(),
+            wait_s: sixty(),
+            lip_timeout_s: twenty(),
+            aliases_refresh_s: None,
+        }
     }
 }
 

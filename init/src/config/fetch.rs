@@ -37,6 +37,34 @@ const MAX_TRY: Duration = Duration::from_secs(30);
 /// answer, a redirect, a reply cut short of its `Content-Length`, an oversized one and a slow
 /// one are errors that name the URL. Chunked replies are decoded.
 pub fn get(url: &str, deadline: Instant, max_bytes: usize) -> Result<String, String> {
+    match get_if_changed(url, deadline, max_bytes, &Validators::default())? {
+        Fetched::Body { text, .. } => Ok(text),
+        Fetched::NotModified => Err(format!("{url}: HTTP 304 to an unconditional GET")),
+    }
+}
+
+/// What a server said identifies a version of a file (its `ETag` and `Last-Modified`), sent
+/// back as `If-None-Match` / `If-Modified-Since` so that an unchanged file costs a 304.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+/// A conditional GET's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    NotModified,
+    Body { text: String, validators: Validators },
+}
+
+/// A validator worth echoing: short, printable ASCII (it goes back into a request line).
+fn validator(v: Option<String>) -> Option<String> {
+    v.filter(|v| !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| (0x20..0x7f).contains(&b)))
+}
+
+/// `get`, conditional on `known` (a 304 is `NotModified`).
+pub fn get_if_changed(url: &str, deadline: Instant, max_bytes: usize, known: &Validators) -> Result<Fetched, String> {
     let (ep, path) = parse_http_url(url)?;
     let Endpoint::Tcp(hostport) = &ep else { return Err(format!("{url}: not a TCP URL")) };
     let fail = |e: String| format!("{url}: {e}");
@@ -51,9 +79,17 @@ pub fn get(url: &str, deadline: Instant, max_bytes: usize) -> Result<String, Str
     let mut stream = TcpStream::connect_timeout(&addr, left).map_err(|e| fail(e.to_string()))?;
     stream.set_write_timeout(Some(left)).map_err(|e| fail(e.to_string()))?;
     let host = hostport.strip_suffix(":80").unwrap_or(hostport);
+    let mut conditions = String::new();
+    if let Some(e) = validator(known.etag.clone()) {
+        conditions.push_str(&format!("If-None-Match: {e}\r\n"));
+    }
+    if let Some(m) = validator(known.last_modified.clone()) {
+        conditions.push_str(&format!("If-Modified-Since: {m}\r\n"));
+    }
     // One write: a request in several segments may meet a server that reads only the first.
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept-Encoding: identity\r\n\r\n");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept-Encoding: identity\r\n{conditions}\r\n"
+    );
     stream.write_all(request.as_bytes()).map_err(|e| fail(e.to_string()))?;
     let mut r = Bounded { stream, deadline, buf: Vec::new() };
     r.response(max_bytes).map_err(fail)
@@ -73,9 +109,9 @@ impl Bounded {
         read_before(&mut self.stream, self.deadline, |s, t| s.set_read_timeout(t), &mut self.buf)
     }
 
-    fn response(&mut self, max_bytes: usize) -> Result<String, String> {
+    fn response(&mut self, max_bytes: usize) -> Result<Fetched, String> {
         // The head: status line and headers, bounded.
-        let (code, reason, head_len, length, chunked, location) = loop {
+        let (code, reason, head_len, length, chunked, location, validators) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut resp = httparse::Response::new(&mut headers);
             match resp.parse(&self.buf) {
@@ -109,6 +145,10 @@ impl Bounded {
                         length,
                         te.is_some(),
                         header("location"),
+                        Validators {
+                            etag: validator(header("etag")),
+                            last_modified: validator(header("last-modified")),
+                        },
                     );
                 }
                 Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD_BYTES => {
@@ -122,6 +162,9 @@ impl Bounded {
                 Err(e) => return Err(format!("malformed HTTP response: {e}")),
             }
         };
+        if code == 304 {
+            return Ok(Fetched::NotModified);
+        }
         if (300..400).contains(&code) {
             return Err(format!(
                 "HTTP {code} redirect to {:?}: redirects are not followed; give the blade the final URL",
@@ -153,7 +196,8 @@ impl Bounded {
             }
             std::mem::take(&mut self.buf)
         };
-        String::from_utf8(body).map_err(|_| "the reply is not UTF-8 text".into())
+        let text = String::from_utf8(body).map_err(|_| "the reply is not UTF-8 text".to_string())?;
+        Ok(Fetched::Body { text, validators })
     }
 
     /// Decodes a chunked body of at most `max_bytes`.
@@ -259,6 +303,46 @@ mod tests {
             }
         });
         format!("http://{addr}/cluster.toml")
+    }
+
+    /// A server like nginx: an ETag on every answer, 304 when the request names it.
+    fn etag_server(etag: &'static str, body: &'static str) -> (String, std::sync::mpsc::Receiver<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                let mut buf = [0u8; 2048];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let resp = if req.contains(&format!("If-None-Match: {etag}\r\n")) {
+                    format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n\r\n")
+                } else {
+                    format!("HTTP/1.1 200 OK\r\nETag: {etag}\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                };
+                let _ = tx.send(req);
+                let _ = s.write_all(resp.as_bytes());
+            }
+        });
+        (format!("http://{addr}/aliases"), rx)
+    }
+
+    #[test]
+    fn a_conditional_get_of_an_unchanged_file_is_not_modified() {
+        let (url, asked) = etag_server("\"v1\"", "vm1 3600a\n");
+        let soon = || Instant::now() + Duration::from_secs(5);
+        let first = get_if_changed(&url, soon(), 4096, &Validators::default()).unwrap();
+        let Fetched::Body { text, validators } = first else { panic!("{first:?}") };
+        assert_eq!(text, "vm1 3600a\n");
+        assert_eq!(validators.etag.as_deref(), Some("\"v1\""));
+        assert!(!asked.recv().unwrap().contains("If-None-Match"));
+        assert_eq!(get_if_changed(&url, soon(), 4096, &validators).unwrap(), Fetched::NotModified);
+        assert!(asked.recv().unwrap().contains("If-None-Match: \"v1\"\r\n"));
+        // A validator that could break the request line is not echoed.
+        let evil = Validators { etag: Some("\"x\"\r\nX-Evil: 1".into()), last_modified: None };
+        assert!(matches!(get_if_changed(&url, soon(), 4096, &evil).unwrap(), Fetched::Body { .. }));
+        assert!(!asked.recv().unwrap().contains("X-Evil"));
     }
 
     #[test]

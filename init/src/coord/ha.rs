@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::{Blade, Coordinator, Effect, Place, ServiceKind};
-use crate::leases::{LeaseState, Lockspace};
+use crate::leases::{LeaseEvent, LeaseState, Lockspace, KEEP_EVENTS};
 use crate::supervisor::ServiceState;
 
 /// How often this blade reads who holds its `ha` guests' leases.
@@ -40,14 +40,57 @@ impl Coordinator {
 
     /// What the lease LUN says of each guest's lease, as `status` shows it.
     pub fn lease_of(&self, guest: &str) -> Option<String> {
+        Some(self.describe_lease(self.lease_states.get(guest)?))
+    }
+
+    fn describe_lease(&self, state: &LeaseState) -> String {
         let node = |id: &u32| self.host_ids.get(id).cloned().unwrap_or_else(|| format!("host {id}"));
-        Some(match self.lease_states.get(guest)? {
+        match state {
             LeaseState::Free => "free".into(),
             LeaseState::Held { host_id, .. } if self.host_ids.get(host_id) == Some(&self.node) => "held here".into(),
             LeaseState::Held { host_id, live: true } => format!("held by {}", node(host_id)),
             LeaseState::Held { host_id, live: false } => format!("held by {}, which stopped renewing", node(host_id)),
             LeaseState::Unknown { why } => format!("unknown ({why})"),
-        })
+        }
+    }
+
+    /// Keeps one lease event for status (the last [`KEEP_EVENTS`]).
+    fn lease_event(&mut self, now: Instant, guest: Option<&str>, what: String) {
+        if self.lease_events.len() == KEEP_EVENTS {
+            self.lease_events.pop_front();
+        }
+        self.lease_events.push_back((now, guest.map(String::from), what));
+    }
+
+    /// The lease events, with their age at `now`, and the HA restarts made here.
+    pub fn lease_events(&self, now: Instant) -> (u64, Vec<LeaseEvent>) {
+        let events = self
+            .lease_events
+            .iter()
+            .map(|(at, guest, what)| LeaseEvent {
+                age_s: now.saturating_duration_since(*at).as_secs(),
+                guest: guest.clone(),
+                what: what.clone(),
+            })
+            .collect();
+        (self.ha_restarts, events)
+    }
+
+    /// The lease keeper's word on the lockspace: a change is an event (joining it lets guests
+    /// start; losing it means sanlock stops the guests holding leases here).
+    pub(super) fn lockspace_is(&mut self, state: Lockspace, now: Instant) {
+        let before = self.leases.replace(state.clone());
+        if before.as_ref() == Some(&state) {
+            return;
+        }
+        let what = match (&before, &state) {
+            (Some(Lockspace::Joined), _) => format!(
+                "left the lockspace: {} (sanlock stops every guest holding a lease here once it cannot renew)",
+                state.describe()
+            ),
+            _ => format!("lockspace {}", state.describe()),
+        };
+        self.lease_event(now, None, what);
     }
 
     /// The probe's answer: a guest whose lease is held by a dead blade is started here when it
@@ -60,7 +103,13 @@ impl Coordinator {
                 }
                 _ => None,
             };
-            self.lease_states.insert(guest.clone(), state);
+            let before = self.lease_states.insert(guest.clone(), state.clone());
+            // Unknown is a probe that failed, not a change of hands: only known states count.
+            let known = |s: &LeaseState| !matches!(s, LeaseState::Unknown { .. });
+            if known(&state) && before.as_ref().is_none_or(|b| b != &state && known(b)) {
+                let what = format!("lease {}", self.describe_lease(&state));
+                self.lease_event(now, Some(&guest), what);
+            }
             match dead {
                 Some(node) => self.maybe_restart(&guest, &node, blade, now),
                 None => {
@@ -92,6 +141,10 @@ impl Coordinator {
         }
         warn!(guest = %guest, dead = %dead, "HA restart: its lease is held by {dead}, which stopped renewing; starting it here from its disk");
         self.dead_seen.remove(guest);
+        self.ha_restarts += 1;
+        let what =
+            format!("HA restart here: its lease is held by {dead}, which stopped renewing; started from its disk");
+        self.lease_event(now, Some(guest), what);
         self.set_place(guest, Place::Here);
         self.set_waiting(guest, None);
         if let Some(g) = self.guests.get_mut(guest) {

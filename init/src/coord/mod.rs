@@ -130,6 +130,9 @@ pub struct Coordinator {
     lease_states: BTreeMap<String, crate::leases::LeaseState>,
     dead_seen: BTreeMap<String, Instant>,
     next_probe: Option<Instant>,
+    /// What happened to the lease area and the leases (for status), and the HA restarts made.
+    lease_events: std::collections::VecDeque<(Instant, Option<String>, String)>,
+    ha_restarts: u64,
     /// Something placement depends on changed: look again.
     dirty: bool,
     effects: Vec<Effect>,
@@ -186,6 +189,8 @@ impl Coordinator {
                 .unwrap_or_default(),
             lease_states: BTreeMap::new(),
             dead_seen: BTreeMap::new(),
+            lease_events: Default::default(),
+            ha_restarts: 0,
             next_probe: None,
             dirty: true,
             effects: vec![],
@@ -343,7 +348,7 @@ impl Coordinator {
             Report::Capacities(answers) => self.capacities(&answers, blade, now),
             Report::Resolved { guest, result, ticket } => self.resolved(&guest, result, ticket),
             Report::ServiceRefused { guest, why } => self.service_refused(&guest, &why),
-            Report::Leases(state) => self.leases = Some(state),
+            Report::Leases(state) => self.lockspace_is(state, now),
             Report::LeaseStates(states) => self.lease_states_known(states, blade, now),
         }
     }

@@ -79,6 +79,25 @@ impl Coordinator {
         })
     }
 
+    /// The guests with a process here (running, starting, arriving, stopping) and the aliases
+    /// of their disks: what a reload of the alias table must not take away.
+    pub fn disks_in_use(&self, blade: &dyn Blade) -> Vec<(String, Vec<String>)> {
+        self.guests
+            .values()
+            .filter(|g| {
+                blade.state(&g.spec.name).is_some_and(|s| {
+                    !matches!(
+                        s,
+                        crate::supervisor::ServiceState::Stopped
+                            | crate::supervisor::ServiceState::Failed
+                            | crate::supervisor::ServiceState::Exited
+                    )
+                })
+            })
+            .map(|g| (g.spec.name.clone(), g.spec.disks.iter().map(|d| d.alias.clone()).collect()))
+            .collect()
+    }
+
     pub fn guest_status(&self, blade: &dyn Blade) -> Vec<GuestStatus> {
         self.guests.values().filter_map(|g| self.status_of(g, blade)).collect()
     }

@@ -144,10 +144,31 @@ pub struct LeaseStatus {
     /// elsewhere after this many seconds).
     pub io_timeout_s: u32,
     pub failover_s: u64,
+    /// HA restarts this blade made since it booted.
+    #[serde(default)]
+    pub ha_restarts: u64,
+    /// The lease events this blade saw, oldest first (the last [`KEEP_EVENTS`]): lockspace
+    /// joined and lost, a guest's lease changing hands, HA restarts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<LeaseEvent>,
+}
+
+/// How many lease events `status` keeps.
+pub const KEEP_EVENTS: usize = 32;
+
+/// One thing that happened to the lease area or a guest's lease, as this blade saw it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeaseEvent {
+    /// How long ago, in seconds, when `status` was read (the blade's monotonic clock: a blade
+    /// without time synchronisation still orders its events right).
+    pub age_s: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<String>,
+    pub what: String,
 }
 
 impl Area {
-    pub fn status(&self, state: Lockspace) -> LeaseStatus {
+    pub fn status(&self, state: Lockspace, ha_restarts: u64, events: Vec<LeaseEvent>) -> LeaseStatus {
         LeaseStatus {
             lockspace: self.lockspace.clone(),
             host_id: self.host_id,
@@ -155,6 +176,8 @@ impl Area {
             state,
             io_timeout_s: self.ha.io_timeout_s,
             failover_s: self.ha.failover_s(),
+            ha_restarts,
+            events,
         }
     }
 
@@ -242,6 +265,18 @@ pub enum Lockspace {
     NotInitialised(String),
     /// Something else is wrong (sanlock down, the LUN missing, ...).
     Failed(String),
+}
+
+impl Lockspace {
+    /// For an operator: what the state means and, where one is needed, what to do.
+    pub fn describe(&self) -> String {
+        match self {
+            Lockspace::Joined => "joined".into(),
+            Lockspace::Joining => "joining".into(),
+            Lockspace::NotInitialised(w) => format!("NOT INITIALISED ({w}): bladevisor leases init"),
+            Lockspace::Failed(w) => format!("FAILED: {w}"),
+        }
+    }
 }
 
 /// Reads `sanlock direct read_leader -s` of an area: Ok when it holds `lockspace`, else where

@@ -291,6 +291,13 @@ fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&Cluste
         out.problems.push(format!("aliases: {p}"));
     }
     let sys = Sysfs::new(&plan.sys);
+    let scanner = storage::rescan::Scanner::new(sys.clone());
+    {
+        let mut s = crate::storage::lock(&plan.storage);
+        s.sys = Some(sys.clone());
+        s.scanner = Some(scanner.clone());
+        s.map_wait = storage::reload::MAP_WAIT;
+    }
     let b = hba::bring_up(&sys, crate::config::values::secs(cfg.lip_timeout_s), || {
         std::thread::sleep(Duration::from_millis(500))
     });
@@ -300,8 +307,18 @@ fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&Cluste
         storage::watch(plan.storage.clone(), sys, storage_sink(tx));
         return;
     };
+    // While the blade runs: the kernel's unit attentions, and the served file's refresh.
+    storage::uevent::listen(scanner);
+    match (cfg.aliases_refresh_s, &sources.url) {
+        (Some(every), Some(url)) => {
+            info!(url = %url, every_s = every, "the alias file is refreshed every {every} s");
+            storage::refresh::run(plan.storage.clone(), url.clone(), Duration::from_secs(every.into()));
+        }
+        (Some(_), None) => warn!("[storage] aliases-refresh-s is set but no alias file is served: nothing to refresh"),
+        _ => {}
+    }
     let names: Vec<String> = table.iter().map(|a| a.alias.clone()).collect();
-    if let Err(e) = storage::apply(&plan.storage, table, source) {
+    if let Err(e) = storage::apply(&plan.storage, table, vec![], source) {
         error!("{e}");
         out.problems.push(e);
         return;

@@ -109,9 +109,36 @@ impl Init {
             }
             Request::Operator(Operator::Service { name, action }) => self.service_action(&name, action),
             Request::Operator(Operator::Console { name, offset }) => self.console(&name, offset),
-            Request::Operator(Operator::StorageReload) => {
+            Request::Operator(Operator::StorageReload { all: false }) => {
                 self.reload_storage(move |r| {
-                    let _ = reply.send(r.map(Answer::Done).map_err(Refusal::failed));
+                    let _ = reply.send(r.map(|r| Answer::Reloaded(Box::new(r))).map_err(Refusal::failed));
+                });
+                return;
+            }
+            Request::Operator(Operator::StorageReload { all: true }) => {
+                let nodes: Vec<String> = self
+                    .boot
+                    .as_ref()
+                    .and_then(|b| b.cluster.as_ref())
+                    .map(|c| c.nodes.keys().filter(|n| **n != self.node).cloned().collect())
+                    .unwrap_or_default();
+                let (me, peers, shared) = (self.node.clone(), self.peers_named(nodes), self.storage.clone());
+                crate::spawn_worker("storage-reload-all", move || {
+                    let all = super::storage::reload_everywhere(me, || crate::storage::reload(&shared), peers);
+                    let _ = reply.send(Ok(Answer::ReloadedAll(all)));
+                });
+                return;
+            }
+            Request::Operator(Operator::StorageRescan) => {
+                let scanner = crate::storage::lock(&self.storage).scanner.clone();
+                let Some(scanner) = scanner else {
+                    let _ = reply.send(Err(Refusal::unavailable("storage is not up yet")));
+                    return;
+                };
+                crate::spawn_worker("storage-rescan", move || {
+                    let scan = scanner.all(crate::storage::reload::SCAN_DEADLINE);
+                    let ok = scan.summary();
+                    let _ = reply.send(Ok(Answer::Rescanned(crate::proto::request::Rescanned { ok, scan })));
                 });
                 return;
             }

@@ -10,6 +10,7 @@ pub mod leasekeeper;
 pub mod mounts;
 pub mod powerbutton;
 pub mod shutdown;
+pub mod storage;
 pub mod workers;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ use crate::api::{self, Auth};
 use crate::config;
 use crate::coord::{Coordinator, Report};
 use crate::proto;
-use crate::proto::request::{Refusal, Reply, Request};
+use crate::proto::request::{Operator, Refusal, Reply, Request};
 use crate::supervisor::cgroup::Cgroups;
 use crate::supervisor::policy::Exit;
 use crate::supervisor::process::ProcessRuntime;
@@ -60,9 +61,24 @@ const LOOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sends the main loop a question made with a reply channel and waits for the answer (None
 /// when the loop does not answer in time).
 pub fn ask_loop<T>(tx: &Sender<Event>, make: impl FnOnce(Sender<T>) -> Event) -> Option<T> {
+    ask_loop_for(tx, LOOP_TIMEOUT, make)
+}
+
+fn ask_loop_for<T>(tx: &Sender<Event>, limit: Duration, make: impl FnOnce(Sender<T>) -> Event) -> Option<T> {
     let (rtx, rrx) = mpsc::channel();
     tx.send(make(rtx)).ok()?;
-    rrx.recv_timeout(LOOP_TIMEOUT).ok()
+    rrx.recv_timeout(limit).ok()
+}
+
+/// How long an API caller waits for its answer: a reload rescans and waits for new maps
+/// (bounded by `storage::reload`), `--all` for every blade's.
+fn answer_limit(req: &Request) -> Duration {
+    use crate::storage::reload::{MAP_WAIT, SCAN_DEADLINE};
+    match req {
+        Request::Operator(Operator::StorageReload { all: false }) => SCAN_DEADLINE + MAP_WAIT + LOOP_TIMEOUT,
+        Request::Operator(Operator::StorageReload { all: true }) => (SCAN_DEADLINE + MAP_WAIT + LOOP_TIMEOUT) * 2,
+        _ => LOOP_TIMEOUT,
+    }
 }
 
 /// What the API's listeners hand their requests to: the main loop, through its channel.
@@ -70,7 +86,7 @@ pub fn dispatch(tx: Sender<Event>) -> api::Dispatch {
     let tx = std::sync::Mutex::new(tx);
     std::sync::Arc::new(move |req| {
         let tx = tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        ask_loop(&tx, |r| Event::Call(req, r))
+        ask_loop_for(&tx, answer_limit(&req), |r| Event::Call(req, r))
             .unwrap_or_else(|| Err(Refusal::unavailable("the supervisor did not answer in time")))
     })
 }
@@ -171,8 +187,8 @@ impl Init {
                 .edge
                 .area
                 .as_ref()
-                .zip(self.coord.as_ref().and_then(|c| c.leases()))
-                .map(|(a, s)| a.status(s.clone())),
+                .zip(self.coord.as_ref().and_then(|c| c.leases().map(|l| (l, c.lease_events(Instant::now())))))
+                .map(|(a, (s, (restarts, events)))| a.status(s.clone(), restarts, events)),
         }
     }
 
@@ -238,7 +254,7 @@ impl Init {
 
     /// Re-reads the alias table on a worker (it may fetch over the network) and hands the
     /// outcome to `done`.
-    fn reload_storage(&self, done: impl FnOnce(Result<String, String>) + Send + 'static) {
+    fn reload_storage(&self, done: impl FnOnce(Result<crate::storage::reload::ReloadReport, String>) + Send + 'static) {
         let shared = self.storage.clone();
         crate::spawn_worker("storage-reload", move || done(crate::storage::reload(&shared)));
     }
@@ -250,7 +266,7 @@ impl Init {
                 // Re-read the alias table (applied without tearing down maps in use) and check
                 // image.toml (whose changes apply at the next boot).
                 self.reload_storage(|r| match r {
-                    Ok(m) => info!("SIGHUP: {m}"),
+                    Ok(r) => info!("SIGHUP: {}", r.message),
                     Err(e) => error!("SIGHUP: {e}"),
                 });
                 match config::load_image(&config::etc_dir().join("image.toml")) {
@@ -293,6 +309,7 @@ impl Init {
         if self.shutdown.is_none() {
             self.tick_guests();
         }
+        self.note_disks_in_use();
         let now = Instant::now();
         *next = self.sup.tick(&mut self.rt, now).unwrap_or(now + IDLE_WAKE);
         if self.ready_ms.is_none() && self.shutdown.is_none() && self.boot_settled() {
@@ -317,6 +334,16 @@ impl Init {
         None
     }
 
+    /// Tells storage which aliases the guests here use (a reload keeps those).
+    fn note_disks_in_use(&self) {
+        let Some(c) = &self.coord else { return };
+        let used = storage::in_use(c.disks_in_use(&self.facts()).into_iter());
+        let mut s = crate::storage::lock(&self.storage);
+        if s.in_use != used {
+            s.in_use = used;
+        }
+    }
+
     /// Boot is settled when no enabled service is still on its way up.
     fn boot_settled(&self) -> bool {
         self.boot.is_some()
@@ -330,10 +357,12 @@ impl Init {
     /// What the operator should know that is not a fault.
     fn warnings(&self) -> Vec<String> {
         let cluster = self.boot.as_ref().and_then(|b| b.cluster.as_ref());
-        match cluster {
+        let mut w = match cluster {
             Some(c) if c.ha.is_none() => vec![NO_LEASES.to_string()],
             _ => vec![],
-        }
+        };
+        w.extend(crate::storage::lock(&self.storage).warnings());
+        w
     }
 
     /// Why the blade is not fully healthy: problems found at boot, and services that failed.

@@ -61,8 +61,13 @@ pub enum Operator {
         alias: String,
         offset: u64,
     },
-    /// Re-read the alias table.
-    StorageReload,
+    /// Re-read the alias table and apply it (rescan, reconfigure); `all`: on every blade of the
+    /// cluster, this one asking the others.
+    StorageReload {
+        all: bool,
+    },
+    /// Rescan every SCSI host (FC ports Online only), nothing else.
+    StorageRescan,
     /// Write the lease area's lockspace and guest leases (refused on an initialised area unless
     /// forced).
     LeasesInit {
@@ -160,6 +165,32 @@ pub enum Answer {
     Qmp(QmpReturn),
     Guest(GuestHere),
     Capacity(Capacity),
+    Reloaded(Box<crate::storage::reload::ReloadReport>),
+    ReloadedAll(ReloadedAll),
+    Rescanned(Rescanned),
+}
+
+/// `reload-aliases --all`: each blade's outcome (this one's first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadedAll {
+    pub ok: String,
+    pub blades: Vec<BladeReload>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BladeReload {
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::storage::reload::ReloadReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `bladevisor rescan`: each host's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rescanned {
+    pub ok: String,
+    pub scan: crate::storage::rescan::ScanReport,
 }
 
 impl Answer {
@@ -179,6 +210,9 @@ impl Answer {
             Answer::Qmp(q) => serde_json::to_string(q),
             Answer::Guest(g) => serde_json::to_string(g),
             Answer::Capacity(c) => serde_json::to_string(c),
+            Answer::Reloaded(r) => serde_json::to_string(r),
+            Answer::ReloadedAll(r) => serde_json::to_string(r),
+            Answer::Rescanned(r) => serde_json::to_string(r),
         };
         r.unwrap_or_else(|e| format!("{{\"error\":\"cannot render the answer: {e}\"}}"))
     }

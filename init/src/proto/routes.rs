@@ -92,7 +92,10 @@ pub fn route(method: &str, target: &str) -> Result<Request, RouteError> {
         ("POST", ["v1", "services", s, action]) => {
             Op(Operator::Service { name: name(s), action: ServiceAction::parse(action).ok_or(RouteError::NotFound)? })
         }
-        ("POST", ["v1", "storage", "reload"]) => Op(Operator::StorageReload),
+        ("POST", ["v1", "storage", "reload"]) => {
+            Op(Operator::StorageReload { all: query(target, "all")?.is_some_and(|f| f == "1" || f == "true") })
+        }
+        ("POST", ["v1", "storage", "rescan"]) => Op(Operator::StorageRescan),
         ("POST", ["v1", "leases", "init"]) => {
             Op(Operator::LeasesInit { force: query(target, "force")?.is_some_and(|f| f == "1" || f == "true") })
         }
@@ -132,7 +135,7 @@ pub fn route(method: &str, target: &str) -> Result<Request, RouteError> {
         | (_, ["v1", "guests", _, _])
         | (_, ["v1", "power" | "incoming", ..])
         | (_, ["v1", "services" | "nodes", _, _])
-        | (_, ["v1", "storage" | "leases", "reload" | "init"])
+        | (_, ["v1", "storage" | "leases", "reload" | "init" | "rescan"])
         | (_, ["v1", "luns", _, "read"]) => return Err(RouteError::MethodNotAllowed),
         _ => return Err(RouteError::NotFound),
     })
@@ -176,7 +179,8 @@ impl Request {
                 Operator::GuestQmp { guest, .. } => format!("/v1/guests/{}/qmp", enc(guest)),
                 Operator::Console { name, offset } => format!("/v1/guests/{}/console?offset={offset}", enc(name)),
                 Operator::ReadLun { alias, offset } => format!("/v1/luns/{}/read?offset={offset}", enc(alias)),
-                Operator::StorageReload => "/v1/storage/reload".into(),
+                Operator::StorageReload { all } => format!("/v1/storage/reload{}", if *all { "?all=1" } else { "" }),
+                Operator::StorageRescan => "/v1/storage/rescan".into(),
                 Operator::LeasesInit { force } => format!("/v1/leases/init{}", if *force { "?force=1" } else { "" }),
             },
             Request::Peer(p) => match p {
@@ -244,7 +248,9 @@ mod tests {
             Op(Operator::GuestQmp { guest: "web".into(), command: serde_json::Value::Null }),
             Op(Operator::Console { name: "web".into(), offset: 77 }),
             Op(Operator::ReadLun { alias: "vm1".into(), offset: 8192 }),
-            Op(Operator::StorageReload),
+            Op(Operator::StorageReload { all: false }),
+            Op(Operator::StorageReload { all: true }),
+            Op(Operator::StorageRescan),
             Op(Operator::LeasesInit { force: true }),
             Op(Operator::LeasesInit { force: false }),
             P(Peer::Incoming { guest: odd.clone(), from: "blade1".into(), caps: vec!["events".into(), "x,y".into()] }),

@@ -3,13 +3,22 @@
 //!
 //! - `hba`: FC ports Online (LIP where needed), SCSI hosts scanned
 //! - `multipath`: the multipath.conf we write, multipathd's control socket
+//! - `rescan`: SCSI hosts rescanned while the blade runs, in parallel, bounded in time
+//! - `table` and `reload`: a new alias table applied while the blade runs (added, removed, kept)
+//! - `refresh`: the served alias file fetched again (conditionally) and applied when it changed
+//! - `uevent`: the kernel's unit attentions (REPORTED LUNS DATA HAS CHANGED): that target rescanned
 //! - `sysfs`: what the kernel shows of HBAs, disks and maps, under any root
 //! - `health`: per alias, healthy / degraded / missing, and the log lines for each change
 
 pub mod hba;
 pub mod health;
 pub mod multipath;
+pub mod refresh;
+pub mod reload;
+pub mod rescan;
 pub mod sysfs;
+pub mod table;
+pub mod uevent;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -85,6 +94,17 @@ pub struct Storage {
     pub dev_mapper: Option<PathBuf>,
     /// Boot is still waiting for the maps: changes are not logged one by one.
     pub settling: bool,
+    /// Aliases removed from the table that a guest here still uses (kept until it stops).
+    pub retired: Vec<table::Retired>,
+    /// The aliases the guests running here use (alias -> guest), kept up to date by PID 1.
+    pub in_use: std::collections::BTreeMap<String, String>,
+    /// The kernel's view (None in tests that have no tree), and the scanner of its hosts.
+    pub sys: Option<Sysfs>,
+    pub scanner: Option<rescan::Scanner>,
+    /// How long a reload waits for its new aliases' maps ([`reload::MAP_WAIT`] on a blade).
+    pub map_wait: Duration,
+    /// Why the last refresh of the served alias file was not applied, while that holds.
+    pub refresh_problem: Option<String>,
 }
 
 pub type Shared = Arc<Mutex<Storage>>;
@@ -94,8 +114,8 @@ impl Storage {
     pub fn refresh(&mut self, sys: &Sysfs) -> Vec<StorageEvent> {
         let dev = self.dev_mapper.clone();
         let node = move |alias: &str| dev.as_ref().is_none_or(|d| d.join(alias).exists());
-        let luns =
-            health::assess(&self.table, &sys.maps(), &sys.disks(), &mut self.most_seen, self.default_paths, &node);
+        let aliases = table::in_force(&self.table, &self.retired);
+        let luns = health::assess(&aliases, &sys.maps(), &sys.disks(), &mut self.most_seen, self.default_paths, &node);
         let mut events = health::changes(&self.luns, &luns);
         let hbas = sys.fc_hosts();
         for h in &hbas {
@@ -132,19 +152,37 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// What an operator should know that does not make the blade degraded: aliases kept for
+    /// their guests, a served alias file that was refused.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w: Vec<String> = self.retired.iter().map(|r| r.warning()).collect();
+        w.extend(self.refresh_problem.clone());
+        w
+    }
+}
+
 pub fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Storage> {
     // A panic while holding the lock leaves a usable snapshot: take it anyway.
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Watches sysfs every second for the life of the blade, logging every change and handing it
-/// to `sink` (the main loop).
+/// to `sink` (the main loop); releases aliases kept for guests that have stopped.
 pub fn watch(shared: Shared, sys: Sysfs, sink: impl Fn(StorageEvent) + Send + 'static) {
+    let releasing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     crate::spawn_worker("storage-watch", move || loop {
         let (events, quiet) = {
             let mut s = lock(&shared);
             (s.refresh(&sys), s.settling)
         };
+        if reload::has_free_retired(&shared) && !releasing.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let (shared, releasing) = (shared.clone(), releasing.clone());
+            crate::spawn_worker("storage-release", move || {
+                reload::release_retired(&shared);
+                releasing.store(false, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
         for e in events {
             // While boot waits for the maps to assemble, "missing" is expected, not news: the
             // boot sequence reports the outcome once it stops waiting.
@@ -166,10 +204,10 @@ pub fn settled(shared: &Shared) {
     }
 }
 
-/// Applies a table: writes multipath.conf and, when multipathd already runs, reconfigures it
-/// (maps in use are reloaded, not torn down).
-pub fn apply(shared: &Shared, table: Vec<Alias>, source: String) -> Result<(), String> {
-    let conf = multipath::render_conf(&table);
+/// Puts a table in force with the retired aliases still in use: writes multipath.conf (the
+/// caller reconfigures multipathd).
+pub fn apply(shared: &Shared, table: Vec<Alias>, retired: Vec<table::Retired>, source: String) -> Result<(), String> {
+    let conf = multipath::render_conf(&table::in_force(&table, &retired));
     let path = lock(shared).multipath_conf.clone();
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -180,13 +218,15 @@ pub fn apply(shared: &Shared, table: Vec<Alias>, source: String) -> Result<(), S
         info!(aliases = table.len(), "alias table from {source}");
         s.table = table;
         s.table_source = source;
+        s.retired = retired;
     }
     Ok(())
 }
 
-/// Re-reads the alias table from its sources and applies it; an invalid or unreachable one
-/// leaves the last good table in force. For the API's reload and SIGHUP.
-pub fn reload(shared: &Shared) -> Result<String, String> {
+/// Re-reads the alias table from its sources and applies it (rescan, reconfigure, new maps
+/// waited for, removed ones flushed); an invalid or unreachable one leaves the last good table
+/// in force. For the API's reload and SIGHUP.
+pub fn reload(shared: &Shared) -> Result<reload::ReloadReport, String> {
     let sources = lock(shared).sources.clone();
     let (table, source, problems) = resolve(&sources);
     for p in &problems {
@@ -198,12 +238,7 @@ pub fn reload(shared: &Shared) -> Result<String, String> {
     if !problems.is_empty() && sources.url.is_some() {
         return Err(format!("{}; the last good table stays in force", problems.join("; ")));
     }
-    apply(shared, table, source.clone())?;
-    match multipath::command("reconfigure", Duration::from_secs(30)) {
-        Ok(r) => info!("multipathd reconfigure: {r}"),
-        Err(e) => warn!("{e}"),
-    }
-    Ok(format!("alias table reloaded from {source}"))
+    reload::apply_table(shared, table, source).map_err(|e| format!("{e}; the last good table stays in force"))
 }
 
 #[cfg(test)]
@@ -261,7 +296,8 @@ mod tests {
             multipath_conf: t.path().join("multipath.conf"),
             ..Default::default()
         }));
-        reload(&shared).unwrap();
+        let r = reload(&shared).unwrap();
+        assert!(r.message.starts_with("alias table reloaded (baked "), "{}", r.message);
         assert_eq!(lock(&shared).table[0].alias, "vm1");
         assert!(std::fs::read_to_string(t.path().join("multipath.conf")).unwrap().contains("alias \"vm1\""));
         std::fs::write(&baked, "vm1 3600a\nvm2 3600a\n").unwrap();

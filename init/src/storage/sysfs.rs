@@ -109,7 +109,20 @@ impl Sysfs {
 
     /// Scans every channel, target and LUN of a SCSI host (returns once the scan is done).
     pub fn scan(&self, host: &str) -> std::io::Result<()> {
-        fs::write(self.root.join("class/scsi_host").join(host).join("scan"), "- - -")
+        self.scan_scope(host, "- - -")
+    }
+
+    /// Scans what `words` names (`C T L`, each a number or `-`) of a SCSI host.
+    pub fn scan_scope(&self, host: &str, words: &str) -> std::io::Result<()> {
+        fs::write(self.root.join("class/scsi_host").join(host).join("scan"), words)
+    }
+
+    /// Removes a SCSI device (a path whose LUN the array no longer presents).
+    pub fn delete_disk(&self, dev: &str) -> std::io::Result<()> {
+        if dev.contains('/') || dev.starts_with('.') {
+            return Err(std::io::Error::other(format!("not a device name: {dev}")));
+        }
+        fs::write(self.root.join("block").join(dev).join("device/delete"), "1")
     }
 
     pub fn disks(&self) -> Vec<Disk> {

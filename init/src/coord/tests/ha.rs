@@ -57,6 +57,30 @@ fn a_guest_whose_blade_died_is_restarted_by_the_next_of_its_blades_in_its_turn()
     lab.report(Report::LeaseStates(vec![("web".into(), dead)]));
     assert!(started_here(&lab, "web"), "its turn: started from its disk (the lease decides)");
     assert!(lab.asked_owners("web").is_none(), "no owner check: the lease is the lock");
+    // status tells the story: joined, the lease seen held by a dead blade, the restart.
+    let (restarts, events) = lab.c.lease_events(lab.now);
+    let story: Vec<String> =
+        events.iter().map(|e| format!("{}: {}", e.guest.as_deref().unwrap_or("-"), e.what)).collect();
+    assert_eq!(restarts, 1, "{story:?}");
+    assert_eq!(story.len(), 3, "{story:?}");
+    assert_eq!(story[0], "-: lockspace joined");
+    assert_eq!(story[1], "web: lease held by blade1, which stopped renewing");
+    assert!(story[2].starts_with("web: HA restart here: its lease is held by blade1"), "{story:?}");
+    assert_eq!(events[0].age_s, crate::coord::ha::STAGGER.as_secs(), "ages run from the probe to now");
+}
+
+#[test]
+fn losing_the_lockspace_is_an_event_and_a_failed_probe_is_not_a_change_of_hands() {
+    use crate::leases::{LeaseState, Lockspace};
+    let mut lab = ha_blade2(LeaseState::Held { host_id: 1, live: true });
+    lab.report(Report::LeaseStates(vec![("web".into(), LeaseState::Unknown { why: "timeout".into() })]));
+    lab.report(Report::LeaseStates(vec![("web".into(), LeaseState::Held { host_id: 1, live: true })]));
+    lab.report(Report::Leases(Lockspace::Failed("cannot read the lease LUN".into())));
+    let (_, events) = lab.c.lease_events(lab.now);
+    let story: Vec<&str> = events.iter().map(|e| e.what.as_str()).collect();
+    assert_eq!(story.len(), 3, "{story:?}");
+    assert_eq!(story[1], "lease held by blade1");
+    assert!(story[2].starts_with("left the lockspace: FAILED: cannot read the lease LUN"), "{story:?}");
 }
 
 #[test]
