@@ -101,6 +101,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LeasesCmd,
     },
+    /// Operators' tokens: a new one, or the hash of one, as the configuration names them.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
     /// Runs a guest's QEMU holding its storage lease (how PID 1 starts leased guests).
     #[command(hide = true)]
     LeaseExec {
@@ -122,6 +127,15 @@ enum Cmd {
         #[arg(long, short)]
         follow: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Make a random token for operator <name>: prints the token (give it to the operator,
+    /// once) and the configuration section that admits it (only its SHA-256).
+    New { name: String },
+    /// Print the configuration line for a token read from standard input.
+    Hash,
 }
 
 fn endpoint(cli: &Cli) -> Endpoint {
@@ -464,6 +478,27 @@ pub fn main() {
         }
         Cmd::Undrain => post(&cli, Operator::Undrain),
         Cmd::Leases { cmd: LeasesCmd::Init { force } } => post(&cli, Operator::LeasesInit { force: *force }),
+        Cmd::Token { cmd: TokenCmd::New { name } } => {
+            use crate::config::credentials::{new_token, sha256_hex};
+            if !crate::config::services::is_safe_name(name) {
+                fail(format!("operator {name:?}: names are letters, digits, '-' and '_'"));
+            }
+            let token = new_token().unwrap_or_else(|e| fail(e));
+            println!("token for {name} (give it to them once; it is not kept anywhere): {token}");
+            println!(
+                "\n# in the cluster configuration:\n[operators.{name}]\ntoken-sha256 = \"{}\"",
+                sha256_hex(&token)
+            );
+        }
+        Cmd::Token { cmd: TokenCmd::Hash } => {
+            let mut token = String::new();
+            let _ = std::io::stdin().read_line(&mut token);
+            let token = token.trim_end_matches(['\n', '\r']);
+            if let Some(why) = crate::config::values::token_problem(token) {
+                fail(why);
+            }
+            println!("token-sha256 = \"{}\"", crate::config::credentials::sha256_hex(token));
+        }
         Cmd::LeaseExec { uid, gid, resource, register_only, argv } => {
             let plan = crate::leases::exec::Plan {
                 uid: *uid,

@@ -7,6 +7,8 @@ pub struct KernelCmdline {
     pub config_url: Option<String>,
     /// `bladevisor.aliases=<http URL>`: fetch the alias file from here.
     pub aliases_url: Option<String>,
+    /// `bladevisor.credentials=<http URL>`: fetch this blade's credentials file from here.
+    pub credentials_url: Option<String>,
     /// `bladevisor.node=<name>`: this blade's name in the configuration.
     pub node: Option<String>,
     /// Keys that start with `bladevisor.` but mean nothing to this version: reported, not fatal.
@@ -52,6 +54,7 @@ pub fn parse(line: &str) -> KernelCmdline {
         match key {
             "config" => k.config_url = value,
             "aliases" => k.aliases_url = value,
+            "credentials" => k.credentials_url = value,
             "node" => k.node = value,
             _ => k.unknown.push(w.clone()),
         }

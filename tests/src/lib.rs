@@ -64,9 +64,24 @@ impl Image {
 
 /// A free TCP port on the host's loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    unique_port(|| {
+        TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    })
 }
 
+/// A port no other blade of this test process was given: the kernel may hand a freed port out
+/// again, and two blades started at once must not both get it.
+fn unique_port(mut pick: impl FnMut() -> u16) -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let p = pick();
+        if !given.contains(&p) {
+            given.push(p);
+            return p;
+        }
+    }
+}
 /// How the blade boots.
 #[derive(Debug, Clone)]
 pub enum Boot {
@@ -152,8 +167,13 @@ pub fn lun_marker(alias: &str) -> Vec<u8> {
     format!("bladevisor lab LUN {alias}\n").into_bytes()
 }
 
-/// The token of the lab's served configurations (never baked into the image).
+/// The operator token of the lab (the single-blade labs' served configuration holds it as the
+/// first release's `[cluster] token`; the two-blade lab's names its SHA-256 as operator `lab`).
 pub const LAB_TOKEN: &str = "lab-token-change-me";
+/// The two-blade lab's peer token, in the credentials file it serves (never in a configuration).
+pub const LAB_PEER_TOKEN: &str = "lab-peer-token-change-me";
+/// The credentials file's name in the lab's served folder.
+pub const CREDENTIALS: &str = "credentials";
 
 /// Serves the image's baked lab configuration with [`LAB_TOKEN`] added, as a deployment server
 /// serves the cluster's configuration, from `dir/www`. Returns the server (keep it while the
@@ -342,6 +362,23 @@ impl Blade {
     }
 
     pub fn start_in(spec: BladeSpec, img: &Image, dir: PathBuf) -> Blade {
+        let mut tries = 0;
+        loop {
+            let mut b = Self::spawn(spec.clone(), img, dir.clone());
+            // A port that was free when picked may be taken by the time QEMU binds it (another
+            // process's outgoing connection): QEMU then exits at once. Pick another.
+            std::thread::sleep(Duration::from_millis(700));
+            let lost = matches!(b.child.try_wait(), Ok(Some(_)))
+                && std::fs::read_to_string(dir.join("qemu.stderr"))
+                    .is_ok_and(|e| e.contains("Could not set up host forwarding"));
+            tries += 1;
+            if !lost || spec.host_api_port.is_some() || tries == 3 {
+                return b;
+            }
+        }
+    }
+
+    fn spawn(spec: BladeSpec, img: &Image, dir: PathBuf) -> Blade {
         let api_port = spec.host_api_port.unwrap_or_else(free_port);
         let args = Self::qemu_args(&spec, img, &dir, api_port);
         std::fs::write(dir.join("qemu.args"), args.join("\n")).ok();
@@ -450,9 +487,13 @@ impl Blade {
 
 /// A free UDP port on the host's loopback.
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free UDP port")
+    unique_port(|| {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("a free UDP port")
+    })
 }
-
 /// The two-blade lab: blade1 and blade2 on one SAN (the same LUN files, both paths each), a peer
 /// link between them, and the cluster configuration (`tests/two-blades.toml`) served over HTTP.
 pub struct TwoBlades {
@@ -464,7 +505,10 @@ pub struct TwoBlades {
 impl TwoBlades {
     /// The spec of blade `n` (1 or 2) of the two-blade lab.
     pub fn spec(name: &str, n: usize, config_port: u16, link: (u16, u16), luns: &[Lun]) -> BladeSpec {
-        let cmdline = format!("bladevisor.node=blade{n} bladevisor.config=http://10.0.2.2:{config_port}/cluster.toml");
+        let cmdline = format!(
+            "bladevisor.node=blade{n} bladevisor.config=http://10.0.2.2:{config_port}/cluster.toml \
+             bladevisor.credentials=http://10.0.2.2:{config_port}/{CREDENTIALS}"
+        );
         let mut spec =
             BladeSpec::new(&format!("{name}-blade{n}"), &format!("52:54:00:b1:ad:0{n}"), Boot::Direct { cmdline });
         let (local_port, remote_port) = if n == 1 { link } else { (link.1, link.0) };
@@ -529,6 +573,7 @@ impl TwoBlades {
         san_hotplug: bool,
     ) -> TwoBlades {
         let link = (free_udp_port(), free_udp_port());
+        std::fs::write(dir.join(CREDENTIALS), format!("peer-token = \"{LAB_PEER_TOKEN}\"\n")).expect("credentials");
         let blades = [1, 2].map(|n| {
             let mut spec = Self::spec(name, n, http.port, link, &luns);
             spec.host_api_port = api_ports[n - 1];

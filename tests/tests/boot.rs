@@ -40,7 +40,7 @@ fn a_blade_boots_to_ready_answers_its_api_and_powers_off_in_order() {
     let phases: Vec<(&str, usize)> = status.boot_phases.iter().map(|p| (p.name.as_str(), p.problems)).collect();
     assert_eq!(
         phases,
-        [("udev", 0), ("network", 0), ("configuration", 0), ("identity", 0), ("storage", 0)],
+        [("udev", 0), ("network", 0), ("configuration", 0), ("credentials", 0), ("identity", 0), ("storage", 0)],
         "{:?}",
         status.boot_phases
     );

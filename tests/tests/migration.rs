@@ -10,7 +10,7 @@ use std::time::Duration;
 use bladevisor::migration::Ending;
 use bladevisor::proto::{PowerAction, ServiceAction};
 use bladevisor_lab::demo::*;
-use bladevisor_lab::{ok, Image, Operator, Request, TwoBlades};
+use bladevisor_lab::{ok, Image, Operator, Peer, Request, TwoBlades};
 
 #[test]
 fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
@@ -30,6 +30,16 @@ fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("guest demo runs on blade1"), "{body}");
     assert!(demo(b2).is_none_or(|g| g.pid.is_none()), "still no copy on blade2: {:?}", demo(b2));
+
+    // 1b. The operator's token does not make its holder a blade: a peer's call with it is
+    //     refused (only the peer token from the blades' credentials file opens those).
+    let forged = Request::Peer(Peer::Drained { node: "blade1".into(), drained: true });
+    let (code, body) = post(b2, forged.clone());
+    assert_eq!(code, 403, "{body}");
+    let r = ok(b2.call(&forged, Some(bladevisor_lab::LAB_PEER_TOKEN)));
+    assert_eq!(r.code, 200, "the peer token opens it: {}", r.body);
+    let undo = Request::Peer(Peer::Drained { node: "blade1".into(), drained: false });
+    assert_eq!(ok(b2.call(&undo, Some(bladevisor_lab::LAB_PEER_TOKEN))).code, 200);
 
     // 2. The destination's QEMU dies mid-stream (a slow stream, so there is a middle): the
     //    guest keeps running on blade1, same process, counter going on; blade2 has nothing.

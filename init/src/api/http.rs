@@ -4,10 +4,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::server::{ApiRequest, ApiResponse, Handler, Throttle};
 use super::{Auth, Dispatch};
+use crate::config::credentials::Caller;
 use crate::config::error::shorten;
 use crate::proto::request::{Answer, Operator, Read, Refusal, Reply, Request, Why};
 use crate::proto::routes::{route, RouteError};
@@ -147,9 +148,13 @@ impl Handler for Api {
             }
         };
         if request.needs_token() {
-            if let Some((code, why)) = refuse(&self.auth, req.authorization.as_deref()) {
-                self.log_refusal(&req, why);
-                return message(code, "error", why);
+            match check(&self.auth, req.authorization.as_deref(), matches!(request, Request::Peer(_))) {
+                Err((code, why)) => {
+                    self.log_refusal(&req, why);
+                    return message(code, "error", why);
+                }
+                Ok(Some(Caller::Operator(name))) => info!(operator = %name, "{}", what()),
+                Ok(_) => {}
             }
         }
         match request {
@@ -185,23 +190,20 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Why a mutating call is refused, if it is: the HTTP code and the reason.
-pub fn refuse(auth: &Auth, authorization: Option<&str>) -> Option<(u16, &'static str)> {
+/// Who makes a call that needs credentials (None: the local socket), or why it is refused:
+/// the HTTP code and the reason. Calls between blades (`peer_call`) take only the peer token.
+pub fn check(auth: &Auth, authorization: Option<&str>, peer_call: bool) -> Result<Option<Caller>, (u16, &'static str)> {
     match auth {
-        Auth::Local => None,
-        Auth::ReadOnly => Some((403, "no token is configured for this cluster: the API is read-only")),
-        Auth::Token(t) => {
-            let ok = authorization
-                .and_then(|a| a.strip_prefix("Bearer "))
-                .is_some_and(|given| constant_time_eq(given.as_bytes(), t.as_bytes()));
-            (!ok).then_some((401, "this call needs the cluster's token (Authorization: Bearer ...)"))
-        }
+        Auth::Local => Ok(None),
+        Auth::ReadOnly => Err((403, "this blade has no credentials (README: credentials): the API is read-only")),
+        Auth::Keys(keys) => match authorization.and_then(|a| a.strip_prefix("Bearer ")).and_then(|t| keys.caller(t)) {
+            None => Err((401, "this call needs an operator's token (Authorization: Bearer ...)")),
+            Some(Caller::Operator(_)) if peer_call => {
+                Err((403, "only another blade of the cluster may make this call"))
+            }
+            Some(c) => Ok(Some(c)),
+        },
     }
-}
-
-/// Compares without leaking, through timing, how much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn esc(v: &str) -> String {
@@ -387,14 +389,22 @@ mod tests {
     }
 
     #[test]
-    fn mutating_calls_need_the_token_over_the_network() {
-        let t = Auth::Token("s3cret".into());
-        assert_eq!(refuse(&t, Some("Bearer s3cret")), None);
-        assert_eq!(refuse(&t, Some("Bearer s3cre")).unwrap().0, 401);
-        assert_eq!(refuse(&t, Some("s3cret")).unwrap().0, 401);
-        assert_eq!(refuse(&t, None).unwrap().0, 401);
-        assert_eq!(refuse(&Auth::ReadOnly, Some("Bearer x")).unwrap().0, 403);
-        assert_eq!(refuse(&Auth::Local, None), None);
+    fn mutating_calls_need_an_operators_token_and_peer_calls_the_peer_token() {
+        use crate::config::credentials::{sha256, Keys};
+        let t = Auth::Keys(Keys {
+            operators: vec![("alice".into(), sha256("alice-s3cret-0123"))],
+            peer: Some("peer-s3cret-0123".into()),
+        });
+        let alice = Some(Caller::Operator("alice".into()));
+        assert_eq!(check(&t, Some("Bearer alice-s3cret-0123"), false), Ok(alice));
+        assert_eq!(check(&t, Some("Bearer peer-s3cret-0123"), false), Ok(Some(Caller::Peer)));
+        assert_eq!(check(&t, Some("Bearer peer-s3cret-0123"), true), Ok(Some(Caller::Peer)));
+        assert_eq!(check(&t, Some("Bearer alice-s3cret-0123"), true).unwrap_err().0, 403, "operators are not blades");
+        assert_eq!(check(&t, Some("Bearer alice-s3cret-012"), false).unwrap_err().0, 401);
+        assert_eq!(check(&t, Some("alice-s3cret-0123"), false).unwrap_err().0, 401);
+        assert_eq!(check(&t, None, false).unwrap_err().0, 401);
+        assert_eq!(check(&Auth::ReadOnly, Some("Bearer x"), false).unwrap_err().0, 403);
+        assert_eq!(check(&Auth::Local, None, true), Ok(None));
     }
 
     #[test]

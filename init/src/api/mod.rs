@@ -21,8 +21,8 @@ pub type Dispatch = std::sync::Arc<dyn Fn(Request) -> Reply + Send + Sync>;
 pub enum Auth {
     /// The local control socket: root only by its file mode.
     Local,
-    /// The network: `Authorization: Bearer <token>`.
-    Token(String),
+    /// The network: `Authorization: Bearer <token>`, an operator's or the blades' peer token.
+    Keys(crate::config::credentials::Keys),
     /// The network, with no token configured: mutating (and LUN-reading) calls are refused.
     ReadOnly,
 }

@@ -12,7 +12,7 @@ use crate::migration::{Peer as MigrationPeer, PeerError};
 use crate::proto::request::{Done, GuestHere, Listening, Peer, Read, Request};
 use crate::proto::{Capacity, GuestState, Status};
 
-/// Another blade's API: its name, `ip:port`, and the cluster's token.
+/// Another blade's API: its name, `ip:port`, and the blades' peer token.
 #[derive(Debug, Clone)]
 pub struct HttpPeer {
     /// This blade's name, sent along so the peer can check who asks.
@@ -24,15 +24,22 @@ pub struct HttpPeer {
 }
 
 impl HttpPeer {
-    /// The peer `node` of the cluster, or why it cannot be reached.
-    pub fn of(cfg: &crate::config::ClusterConfig, local: &str, node: &str, api_port: u16) -> Result<HttpPeer, String> {
+    /// The peer `node` of the cluster, or why it cannot be reached; `token` is the blades' peer
+    /// token.
+    pub fn of(
+        cfg: &crate::config::ClusterConfig,
+        local: &str,
+        node: &str,
+        api_port: u16,
+        token: Option<String>,
+    ) -> Result<HttpPeer, String> {
         let n = cfg.nodes.get(node).ok_or_else(|| format!("{node} is not in [nodes]"))?;
         let ip = n.peer_ip().ok_or_else(|| format!("{node} has no peer-link or static management address"))?;
         Ok(HttpPeer {
             local: local.into(),
             node: node.into(),
             addr: format!("{ip}:{api_port}"),
-            token: cfg.cluster.token.clone(),
+            token,
             timeout: Duration::from_secs(40),
         })
     }

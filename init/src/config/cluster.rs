@@ -14,9 +14,14 @@ use super::services::is_safe_name;
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Cluster {
     pub name: String,
-    /// Bearer token for mutating API calls. Never logged.
+    /// The first release's shared token (peer token and an operator token at once). Never
+    /// logged; a warning says that reading the configuration gives it away.
     #[serde(default, skip_serializing)]
     pub token: Option<String>,
+    /// Where blades fetch their credentials file (the peer token) at boot;
+    /// `bladevisor.credentials=` wins.
+    #[serde(default)]
+    pub credentials_url: Option<String>,
 }
 
 /// How a blade's management interface gets its address.
@@ -106,6 +111,12 @@ pub struct ClusterConfig {
     /// The lease area; without it there is no storage lock (a warning says so).
     #[serde(default)]
     pub ha: Option<super::ha::Ha>,
+    /// Operators, each known by the SHA-256 of their token.
+    #[serde(default)]
+    pub operators: BTreeMap<String, super::credentials::Operator>,
+    /// The same, checked.
+    #[serde(skip)]
+    pub operator_keys: Vec<(String, [u8; 32])>,
 }
 
 /// A bridge for guests. Its uplink puts it on the same L2 segment on every blade; it must not
@@ -150,6 +161,7 @@ pub fn parse_cluster(file: &Path, text: &str) -> Result<ClusterConfig, ConfigErr
             return Err(at("cluster", "token", format!("cluster token: {why}")));
         }
     }
+    cfg.operator_keys = super::credentials::operator_keys(file, text, &cfg.operators)?;
     if !(1..=64).contains(&cfg.storage.default_paths) {
         return Err(at("storage", "default-paths", "storage: default-paths must be 1-64".into()));
     }

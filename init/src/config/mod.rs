@@ -3,6 +3,7 @@
 
 pub mod aliases;
 pub mod cluster;
+pub mod credentials;
 pub mod error;
 pub mod fetch;
 pub mod guest;

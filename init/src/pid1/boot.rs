@@ -46,6 +46,11 @@ pub struct BootOutcome {
     pub problems: Vec<String>,
     /// The named steps of the boot as they ran, with how long each took.
     pub phases: Vec<crate::proto::BootPhase>,
+    /// What callers are checked against: operators from the configuration, the peer token from
+    /// the credentials file (or the first release's `[cluster] token`).
+    pub keys: crate::config::credentials::Keys,
+    /// Where the peer token came from, or why there is none (for status).
+    pub credentials: String,
 }
 
 impl BootOutcome {
@@ -231,6 +236,10 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
         cluster
     });
 
+    // 2b. The credentials: operators' token hashes from the configuration, the peer token from
+    //     the credentials file fetched now (never baked into the image).
+    out.phase("credentials", |out| credentials(plan, cluster.as_ref(), out));
+
     // 3. Who this blade is, and the peer link the other blades' supervisors and migration
     //    streams use.
     out.phase("identity", |out| {
@@ -258,6 +267,51 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     }
     out.cluster = cluster;
     out
+}
+
+/// Fetches the credentials file and sets the keys; a blade without a peer token serves only the
+/// read-only calls to other blades (operators' calls still work when the configuration names
+/// operators), and says why.
+fn credentials(plan: &BootPlan, cluster: Option<&ClusterConfig>, out: &mut BootOutcome) {
+    use crate::config::credentials::{parse_credentials, MAX_CREDENTIALS_BYTES};
+    let Some(c) = cluster else {
+        out.credentials = "none: no cluster configuration".into();
+        return;
+    };
+    out.keys.operators = c.operator_keys.clone();
+    let url = plan.cmdline.credentials_url.clone().or(c.cluster.credentials_url.clone());
+    match (url, &c.cluster.token) {
+        (Some(u), _) => {
+            let limit = crate::config::values::secs(plan.settings.config_timeout_s);
+            let fetched = get_with_retries(&u, limit, Duration::from_secs(1), MAX_CREDENTIALS_BYTES, |n, e| {
+                warn!(attempt = n, "cannot fetch the credentials yet: {e}")
+            });
+            match fetched
+                .map_err(|(e, tries)| format!("cannot fetch {u} after {tries} tries: {e}"))
+                .and_then(|t| parse_credentials(&u, &t))
+            {
+                Ok(cred) => {
+                    out.keys.peer = Some(cred.peer_token);
+                    out.credentials = format!("fetched from {u}");
+                }
+                Err(e) => {
+                    let why = format!("credentials: {e}: calls between blades are refused (read-only for peers)");
+                    error!("{why}");
+                    out.problems.push(why);
+                    out.credentials = format!("none: {e}");
+                }
+            }
+        }
+        (None, Some(t)) => {
+            out.keys.peer = Some(t.clone());
+            out.keys.operators.push(("cluster-token".into(), crate::config::credentials::sha256(t)));
+            out.credentials = "the configuration's [cluster] token".into();
+        }
+        (None, None) => out.credentials = "none: no credentials-url and no [cluster] token".into(),
+    }
+    if !out.keys.any() {
+        warn!("no operator and no peer token: the API is read-only");
+    }
 }
 
 fn multipathd_service() -> crate::config::ServiceSpec {

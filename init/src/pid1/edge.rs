@@ -246,8 +246,9 @@ impl Init {
     }
 
     fn peer(&self, node: &str) -> Result<HttpPeer, String> {
-        let c = self.boot.as_ref().and_then(|b| b.cluster.as_ref()).ok_or("no cluster configuration")?;
-        HttpPeer::of(c, &self.node, node, self.api_port.unwrap_or(7480))
+        let boot = self.boot.as_ref().ok_or("the blade is still booting")?;
+        let c = boot.cluster.as_ref().ok_or("no cluster configuration")?;
+        HttpPeer::of(c, &self.node, node, self.api_port.unwrap_or(7480), boot.keys.peer.clone())
     }
 
     /// A guest's lease as its process here holds it.

@@ -207,13 +207,11 @@ impl Init {
         }
         let mut outcome = outcome;
         if let Some(port) = self.api_port {
-            let token = outcome.cluster.as_ref().and_then(|c| c.cluster.token.clone());
-            let auth = match token {
-                Some(t) => Auth::Token(t),
-                None => {
-                    warn!("no cluster token configured: the API on port {port} is read-only");
-                    Auth::ReadOnly
-                }
+            let auth = if outcome.keys.any() {
+                Auth::Keys(outcome.keys.clone())
+            } else {
+                warn!("no operator or peer credentials: the API on port {port} is read-only");
+                Auth::ReadOnly
             };
             match api::serve_tcp(port, auth, dispatch(self.tx.clone())) {
                 Ok(()) => info!(port, "API listening"),
@@ -361,6 +359,13 @@ impl Init {
             Some(c) if c.ha.is_none() => vec![NO_LEASES.to_string()],
             _ => vec![],
         };
+        if cluster.is_some_and(|c| c.cluster.token.is_some()) {
+            w.push(
+                "the configuration holds [cluster] token: whoever can read it controls the cluster; give operators \
+                 [operators.<name>] token-sha256 and blades a credentials file (README: credentials)"
+                    .into(),
+            );
+        }
         w.extend(crate::storage::lock(&self.storage).warnings());
         w
     }
@@ -457,6 +462,8 @@ pub fn run() -> ! {
                     management: None,
                     problems: vec![why],
                     phases: vec![],
+                    keys: Default::default(),
+                    credentials: "none (boot failed)".into(),
                 }
             });
         let _ = boot_tx.send(Event::Boot(BootAsk::Done(Box::new(outcome))));
