@@ -273,6 +273,9 @@ pub fn render_status(s: &Status) -> String {
             s.cluster.as_ref().map(|c| format!(" (cluster {c})")).unwrap_or_default()
         ));
     }
+    if let Some(c) = &s.credentials {
+        out.push_str(&format!("peers    credentials {c}\n"));
+    }
     if let Some(m) = &s.management {
         out.push_str(&format!("mgmt     {m}\n"));
     }

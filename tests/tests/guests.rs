@@ -77,7 +77,7 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
         ok(blade.call(&Request::Operator(Operator::Console { name: "demo".into(), offset: 0 }), None)).code,
         401
     );
-    assert!(blade.console().contains("refused: this call needs the cluster's token"), "the refusal is logged");
+    assert!(blade.console().contains("refused: this call needs an operator's token"), "the refusal is logged");
     assert_eq!(guest(&blade).state, GuestState::Running);
     // An unknown guest is a clear 404.
     let r = ok(blade.call(

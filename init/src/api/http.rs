@@ -417,6 +417,7 @@ mod tests {
             uptime_s: 3.5,
             shutting_down: None,
             degraded: vec![],
+            credentials: None,
             warnings: vec![],
             orphans_reaped: 2,
             cluster: Some("lab".into()),

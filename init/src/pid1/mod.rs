@@ -169,6 +169,7 @@ impl Init {
             orphans_reaped: self.orphans_reaped,
             cluster: self.boot.as_ref().and_then(|b| b.cluster.as_ref()).map(|c| c.cluster.name.clone()),
             config_source: self.boot.as_ref().map(|b| b.config_source.clone()),
+            credentials: self.boot.as_ref().map(|b| b.credentials.clone()),
             management: self.boot.as_ref().and_then(|b| b.management.clone()),
             boot_phases: self.boot.as_ref().map(|b| b.phases.clone()).unwrap_or_default(),
             luns,

@@ -107,6 +107,9 @@ pub struct Status {
     pub cluster: Option<String>,
     /// Which configuration is in use: fetched from a URL, or the baked copy.
     pub config_source: Option<String>,
+    /// Where this blade's peer token came from, or why it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
     /// The management interface and its address.
     pub management: Option<String>,
     /// The boot's named phases in order, with how long each took (empty until boot is done).

@@ -234,11 +234,21 @@ where
         }
     }
     tokio::spawn(async move {
+        // Only a newcomer that closed an idle connection waits for the slot it freed: one that
+        // could not would queue for slots ahead of those that did (the semaphore is fair), and
+        // delay them past their wait.
+        let freed = match (&immediate, evicted) {
+            (None, true) => tokio::time::timeout(Duration::from_secs(1), shared.slots.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(|r| r.ok()),
+            _ => None,
+        };
         let permit = match immediate {
             Some(p) => p,
-            None => match tokio::time::timeout(Duration::from_secs(1), shared.slots.clone().acquire_owned()).await {
-                Ok(Ok(p)) if evicted => p,
-                _ => {
+            None => match freed {
+                Some(p) => p,
+                None => {
                     let mut stream = stream;
                     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
                     return;
