@@ -1,6 +1,7 @@
 //! Boot benchmark: prints the image's size, the blade's memory in use at ready, and the time
 //! from QEMU start to `bladevisor ready`, beside the floor for this kernel on this machine
-//! (the same kernel booting a trivial initrd that powers off at once), measured in the same run.
+//! (the same kernel booting a trivial initrd that powers off at once), measured in the same run;
+//! then where PID 1's boot spent its time, phase by phase.
 //!
 //! Usage: bench-boot [runs]   (default 3 runs of each)
 
@@ -73,6 +74,7 @@ fn main() {
     let mut ready_s = vec![];
     let mut ready_kernel_ms = vec![];
     let mut used = vec![];
+    let mut phases: Vec<(String, Vec<f64>)> = vec![];
     for i in 0..runs {
         let mut spec = BladeSpec::new(
             &format!("bench-boot-{i}"),
@@ -95,6 +97,12 @@ fn main() {
         }
         let st = b.status().unwrap_or_else(|e| panic!("{e}"));
         used.push(st.memory.used_mib as f64);
+        for p in st.boot_phases {
+            match phases.iter_mut().find(|(n, _)| *n == p.name) {
+                Some((_, v)) => v.push(p.ms as f64),
+                None => phases.push((p.name, vec![p.ms as f64])),
+            }
+        }
     }
 
     let compressed = std::fs::metadata(&img.initrd).map(|m| m.len()).unwrap_or(0);
@@ -112,4 +120,6 @@ fn main() {
         median(ready_kernel_ms) / 1000.0
     );
     println!("  floor, same kernel + 1 MiB busybox initrd, start to power-off: {:.1} s", median(floor_s));
+    let phases: Vec<String> = phases.into_iter().map(|(n, v)| format!("{n} {:.1} s", median(v) / 1000.0)).collect();
+    println!("  boot phases (PID 1's, in order, medians): {}", phases.join(", "));
 }
