@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -108,9 +108,9 @@ pub fn apply_table(shared: &Shared, new: Vec<Alias>, source: String) -> Result<R
     for r in &change.retired {
         warn!("{}", r.warning());
     }
+    let took_ms = started.elapsed().as_millis() as u64;
     let mut report =
-        ReloadReport { source, scan, added, removed, retired: change.retired, took_ms: 0, ..Default::default() };
-    report.took_ms = started.elapsed().as_millis() as u64;
+        ReloadReport { message: String::new(), source, scan, added, removed, retired: change.retired, took_ms };
     report.summarise();
     info!("{}", report.message);
     Ok(report)
@@ -257,11 +257,6 @@ pub fn release_retired(shared: &Shared) -> Vec<Removed> {
 pub fn has_free_retired(shared: &Shared) -> bool {
     let s = lock(shared);
     s.retired.iter().any(|r| !s.in_use.contains_key(&r.alias))
-}
-
-/// The multipath.conf a table and its retired aliases make.
-pub fn conf_path(shared: &Shared) -> PathBuf {
-    lock(shared).multipath_conf.clone()
 }
 
 #[cfg(test)]
