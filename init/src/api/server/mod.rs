@@ -157,6 +157,17 @@ impl Shared {
         false
     }
 
+    /// Puts a connection that holds a slot on the idle queue: it may be closed to make room
+    /// until its request head is in.
+    fn register_idle(&self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let (close_tx, close_rx) = tokio::sync::oneshot::channel();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.next += 1;
+        let id = idle.next;
+        idle.queue.push_back((id, close_tx));
+        (id, close_rx)
+    }
+
     fn forget(&self, id: u64) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.queue.retain(|(i, _)| *i != id);
@@ -226,6 +237,10 @@ where
     // served however many idle sockets are held open. Only when every slot carries a request
     // is the newcomer refused.
     let immediate = shared.slots.clone().try_acquire_owned().ok();
+    // Registered now, at accept, not when its task first runs: the accept loop takes a burst
+    // of connections before any of their tasks runs, and a newcomer in that burst must find
+    // the idle ones accepted before it already on the queue.
+    let registered = immediate.as_ref().map(|_| shared.register_idle());
     let evicted = immediate.is_none() && shared.evict_oldest_idle();
     if immediate.is_none() {
         if let Some(held_back) = refused.allow() {
@@ -256,14 +271,7 @@ where
             },
         };
         let _permit = permit;
-        let (close_tx, close_rx) = tokio::sync::oneshot::channel();
-        let id = {
-            let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.next += 1;
-            let id = idle.next;
-            idle.queue.push_back((id, close_tx));
-            id
-        };
+        let (id, close_rx) = registered.unwrap_or_else(|| shared.register_idle());
         let _guard = IdleGuard(shared.clone(), id);
         let service_shared = shared.clone();
         let service = hyper::service::service_fn(move |req| {
