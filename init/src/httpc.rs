@@ -7,11 +7,24 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Endpoint {
     Unix(PathBuf),
     /// `host:port`
     Tcp(String),
+    /// `host:port` over TLS, whose certificate must name `name` (a blade's name, a host name or
+    /// an address), verified with `config`'s roots.
+    Tls {
+        addr: String,
+        name: String,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    },
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
 }
 
 impl std::fmt::Display for Endpoint {
@@ -19,6 +32,10 @@ impl std::fmt::Display for Endpoint {
         match self {
             Endpoint::Unix(p) => write!(f, "{}", p.display()),
             Endpoint::Tcp(a) => write!(f, "http://{a}"),
+            Endpoint::Tls { addr, name, .. } if addr.split(':').next() == Some(name.as_str()) => {
+                write!(f, "https://{addr}")
+            }
+            Endpoint::Tls { addr, name, .. } => write!(f, "https://{addr} ({name})"),
         }
     }
 }
@@ -68,7 +85,7 @@ pub fn call_with_body(
 ) -> Result<Response, String> {
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let host = match ep {
-        Endpoint::Tcp(a) => a.as_str(),
+        Endpoint::Tcp(a) | Endpoint::Tls { addr: a, .. } => a.as_str(),
         Endpoint::Unix(_) => "localhost",
     };
     let req = format!(
@@ -85,17 +102,45 @@ pub fn call_with_body(
             read_bounded(&mut s, deadline, |s, t| s.set_read_timeout(t)).map_err(|e| format!("{ep}: {e}"))?
         }
         Endpoint::Tcp(a) => {
-            let addr = std::net::ToSocketAddrs::to_socket_addrs(a.as_str())
-                .map_err(io)?
-                .next()
-                .ok_or_else(|| format!("{ep}: no address"))?;
-            let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-            s.set_write_timeout(Some(timeout)).map_err(io)?;
+            let mut s = connect(a, timeout).map_err(io)?;
             s.write_all(req.as_bytes()).map_err(io)?;
             read_bounded(&mut s, deadline, |s, t| s.set_read_timeout(t)).map_err(|e| format!("{ep}: {e}"))?
         }
+        Endpoint::Tls { addr, name, config } => {
+            let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+                .map_err(|e| format!("{ep}: {name:?} is not a name a certificate can hold ({e})"))?;
+            let conn = rustls::ClientConnection::new(config.clone(), server_name).map_err(|e| format!("{ep}: {e}"))?;
+            let mut s = rustls::StreamOwned::new(conn, connect(addr, timeout).map_err(io)?);
+            // The handshake happens on this first write: a certificate that does not verify is
+            // an error here, before the request (and its token) is sent.
+            s.write_all(req.as_bytes()).map_err(|e| format!("{ep}: {}", tls_error(&e)))?;
+            s.flush().map_err(io)?;
+            read_bounded(&mut s, deadline, |s, t| s.sock.set_read_timeout(t)).map_err(|e| format!("{ep}: {e}"))?
+        }
     };
     parse_response(&raw).map_err(|e| format!("{ep}: {e}"))
+}
+
+/// A TCP connection to `host:port` within `timeout`, writes bounded by it too.
+fn connect(addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
+    let a = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+    let s = TcpStream::connect_timeout(&a, timeout)?;
+    s.set_write_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+/// A TLS failure in words an operator acts on.
+fn tls_error(e: &std::io::Error) -> String {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::InvalidCertificate(c)) => {
+            format!("the server's certificate is not one the cluster CA signed for this name ({c:?}): refused")
+        }
+        Some(rustls::Error::AlertReceived(a)) => format!("the server refused the TLS handshake ({a:?})"),
+        _ => e.to_string(),
+    }
 }
 
 /// The largest answer taken from a blade: a status of thousands of LUNs and guests fits many

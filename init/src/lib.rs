@@ -20,6 +20,7 @@ pub mod proto;
 pub mod qemu;
 pub mod storage;
 pub mod supervisor;
+pub mod tls;
 
 use std::path::PathBuf;
 
@@ -62,7 +63,7 @@ mod tests {
     /// The README's layout, lowest first: a module may use only modules of its own layer or
     /// below. Shared types sit low, decisions in the middle, effects at the top.
     const LAYERS: &[&[&str]] = &[
-        &["logging", "cmdline", "httpc", "child"],
+        &["logging", "cmdline", "tls", "httpc", "child"],
         &["config"],
         &["net"],
         &["qemu"],

@@ -175,7 +175,7 @@ memory-mib = 32
     // The boot's phases, in order (no network or storage of its own in a namespace).
     ns.wait_for("boot to be done", Duration::from_secs(30), |ns| ns.status().ready);
     let phases: Vec<String> = ns.status().boot_phases.into_iter().map(|p| p.name).collect();
-    assert_eq!(phases, ["udev", "configuration", "credentials", "identity"]);
+    assert_eq!(phases, ["udev", "configuration", "identity", "credentials"]);
     ns.wait_for("the owner check's verdict", Duration::from_secs(30), |ns| demo(ns).reason.is_some());
     let g = demo(&ns);
     assert_eq!(g.pid, None, "{g:?}");

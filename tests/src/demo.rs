@@ -78,7 +78,9 @@ pub fn cli(b: &Blade, args: &[&str]) -> (bool, String) {
     let exe = repo_root().join("target/release/bladevisor");
     assert!(exe.exists(), "{} is missing: image/build builds it", exe.display());
     let out = Command::new(&exe)
-        .args(["--api", &format!("127.0.0.1:{}", b.api_port), "--token", TOKEN])
+        .args(["--api", &format!("https://127.0.0.1:{}", b.tls_port), "--server-name", &b.spec.node, "--token", TOKEN])
+        .arg("--ca")
+        .arg(&crate::lab_pki().ca_file)
         .args(args)
         .output()
         .expect("the CLI runs");

@@ -7,6 +7,8 @@ pub mod demo;
 pub mod hostile;
 pub mod http;
 pub mod live;
+pub mod pair;
+pub mod pki;
 pub mod qmp;
 
 use std::io::Read as _;
@@ -170,10 +172,7 @@ pub fn lun_marker(alias: &str) -> Vec<u8> {
 /// The operator token of the lab (the single-blade labs' served configuration holds it as the
 /// first release's `[cluster] token`; the two-blade lab's names its SHA-256 as operator `lab`).
 pub const LAB_TOKEN: &str = "lab-token-change-me";
-/// The two-blade lab's peer token, in the credentials file it serves (never in a configuration).
-pub const LAB_PEER_TOKEN: &str = "lab-peer-token-change-me";
-/// The credentials file's name in the lab's served folder.
-pub const CREDENTIALS: &str = "credentials";
+pub use pki::{lab_pki, CREDENTIALS, LAB_PEER_TOKEN};
 
 /// Serves the image's baked lab configuration with [`LAB_TOKEN`] added, as a deployment server
 /// serves the cluster's configuration, from `dir/www`. Returns the server (keep it while the
@@ -183,7 +182,8 @@ pub fn serve_lab_config(dir: &Path) -> (http::HttpDir, String) {
     let served = baked.replacen("[cluster]\n", &format!("[cluster]\ntoken = \"{LAB_TOKEN}\"\n"), 1);
     assert_ne!(served, baked, "the baked configuration has a [cluster] table");
     let (server, url) = serve_files(dir, &[("cluster.toml", &served)]);
-    (server, format!("bladevisor.config={url}/cluster.toml"))
+    pki::serve_credentials(&dir.join("www"));
+    (server, format!("bladevisor.config={url}/cluster.toml bladevisor.credentials={url}/{CREDENTIALS}"))
 }
 
 /// Serves `files` (name, content) from `dir/www` as a deployment server does. Returns the
@@ -218,8 +218,12 @@ pub struct BladeSpec {
     pub cpus: u32,
     pub boot: Boot,
     pub luns: Vec<Lun>,
+    /// The blade's name in the cluster (what its certificate names).
+    pub node: String,
     /// Host port forwarded to the blade's API (7480); a free one when None.
     pub host_api_port: Option<u16>,
+    /// Host port forwarded to the blade's TLS API (7443); a free one when None.
+    pub host_tls_port: Option<u16>,
     /// A second NIC on the peer link between two blades.
     pub peer: Option<PeerNic>,
     /// Whether the SAN's controllers announce LUNs added and removed (virtio-scsi `hotplug`);
@@ -245,7 +249,9 @@ impl BladeSpec {
             cpus: 2,
             boot,
             luns: vec![],
+            node: "blade1".into(),
             host_api_port: None,
+            host_tls_port: None,
             peer: None,
             san_hotplug: true,
         }
@@ -259,6 +265,7 @@ pub struct Blade {
     pub console: PathBuf,
     pub qmp_path: PathBuf,
     pub api_port: u16,
+    pub tls_port: u16,
     pub started: Instant,
     child: Child,
 }
@@ -273,7 +280,7 @@ pub fn work_dir(name: &str) -> PathBuf {
 
 impl Blade {
     /// The QEMU command line for a blade (TCG: see NOTES, KVM does not work on these hosts).
-    pub fn qemu_args(spec: &BladeSpec, img: &Image, dir: &Path, api_port: u16) -> Vec<String> {
+    pub fn qemu_args(spec: &BladeSpec, img: &Image, dir: &Path, api_port: u16, tls_port: u16) -> Vec<String> {
         let mut a: Vec<String> = vec![
             "-name".into(),
             spec.name.clone(),
@@ -301,7 +308,8 @@ impl Blade {
             "-device".into(),
             "virtio-rng-pci".into(),
         ];
-        let mut netdev = format!("user,id=mgmt,hostfwd=tcp:127.0.0.1:{api_port}-:7480");
+        let mut netdev =
+            format!("user,id=mgmt,hostfwd=tcp:127.0.0.1:{api_port}-:7480,hostfwd=tcp:127.0.0.1:{tls_port}-:7443");
         match &spec.boot {
             Boot::Direct { cmdline } => {
                 a.extend(["-kernel".into(), img.kernel.display().to_string()]);
@@ -380,7 +388,8 @@ impl Blade {
 
     fn spawn(spec: BladeSpec, img: &Image, dir: PathBuf) -> Blade {
         let api_port = spec.host_api_port.unwrap_or_else(free_port);
-        let args = Self::qemu_args(&spec, img, &dir, api_port);
+        let tls_port = spec.host_tls_port.unwrap_or_else(free_port);
+        let args = Self::qemu_args(&spec, img, &dir, api_port, tls_port);
         std::fs::write(dir.join("qemu.args"), args.join("\n")).ok();
         let stderr = std::fs::File::create(dir.join("qemu.stderr")).expect("qemu.stderr");
         let started = Instant::now();
@@ -393,7 +402,8 @@ impl Blade {
             .stderr(stderr)
             .spawn()
             .expect("qemu-system-x86_64 runs (image/host-deps installs it)");
-        Blade { console: dir.join("console.log"), qmp_path: dir.join("qmp.sock"), spec, dir, api_port, started, child }
+        let (console, qmp_path) = (dir.join("console.log"), dir.join("qmp.sock"));
+        Blade { console, qmp_path, spec, dir, api_port, tls_port, started, child }
     }
 
     /// Everything the blade has printed on its serial console so far.
@@ -443,14 +453,31 @@ impl Blade {
         }
     }
 
+    /// The plain port: the status and the metrics.
     pub fn api(&self) -> Endpoint {
         Endpoint::Tcp(format!("127.0.0.1:{}", self.api_port))
     }
 
-    /// Sends a request as the route table writes it (method, URL, body), raw answer back.
+    /// The TLS port, as an operator reaches it: the blade verified with the lab CA.
+    pub fn tls_api(&self) -> Endpoint {
+        let config = lab_pki().operator.clone();
+        Endpoint::Tls { addr: format!("127.0.0.1:{}", self.tls_port), name: self.spec.node.clone(), config }
+    }
+
+    /// Sends a request as the route table writes it (method, URL, body), raw answer back: the
+    /// status and the metrics to the plain port, everything else over TLS.
     pub fn call(&self, req: &Request, token: Option<&str>) -> Result<Response, String> {
+        let ep = match req {
+            Request::Read(Read::Status | Read::Metrics) => self.api(),
+            _ => self.tls_api(),
+        };
+        self.call_at(&ep, req, token)
+    }
+
+    /// Sends a request to the endpoint given.
+    pub fn call_at(&self, ep: &Endpoint, req: &Request, token: Option<&str>) -> Result<Response, String> {
         let body = req.body().unwrap_or_default();
-        call_with_body(&self.api(), req.method(), &req.target(), token, &body, Duration::from_secs(20))
+        call_with_body(ep, req.method(), &req.target(), token, &body, Duration::from_secs(20))
     }
 
     /// `GET /v1/status` through the forwarded port.
@@ -512,6 +539,7 @@ impl TwoBlades {
         let mut spec =
             BladeSpec::new(&format!("{name}-blade{n}"), &format!("52:54:00:b1:ad:0{n}"), Boot::Direct { cmdline });
         let (local_port, remote_port) = if n == 1 { link } else { (link.1, link.0) };
+        spec.node = format!("blade{n}");
         spec.peer = Some(PeerNic { mac: format!("52:54:00:b1:be:0{n}"), local_port, remote_port });
         spec.luns = luns.to_vec();
         // One vCPU each: two TCG blades (and a guest inside one) share the host's two cores,
@@ -521,8 +549,9 @@ impl TwoBlades {
         spec
     }
 
-    /// Boots both blades; `api_ports` fixes the host ports of their APIs (free ones when None).
-    pub fn start(name: &str, img: &Image, lun_mib: u64, api_ports: [Option<u16>; 2]) -> TwoBlades {
+    /// Boots both blades; `api_ports` fixes the host ports of their APIs, plain and TLS (free
+    /// ones when None).
+    pub fn start(name: &str, img: &Image, lun_mib: u64, api_ports: [Option<(u16, u16)>; 2]) -> TwoBlades {
         let dir = work_dir(name);
         let luns = lab_san(&dir, lun_mib);
         std::fs::copy(repo_root().join("tests/two-blades.toml"), dir.join("cluster.toml")).expect("lab config");
@@ -557,7 +586,13 @@ impl TwoBlades {
         Self::start_in(name, img, dir, luns, [None, None])
     }
 
-    fn start_in(name: &str, img: &Image, dir: PathBuf, luns: Vec<Lun>, api_ports: [Option<u16>; 2]) -> TwoBlades {
+    fn start_in(
+        name: &str,
+        img: &Image,
+        dir: PathBuf,
+        luns: Vec<Lun>,
+        api_ports: [Option<(u16, u16)>; 2],
+    ) -> TwoBlades {
         let http = http::HttpDir::serve(&dir);
         Self::start_served(name, img, dir, http, luns, api_ports, true)
     }
@@ -569,14 +604,15 @@ impl TwoBlades {
         dir: PathBuf,
         http: http::HttpDir,
         luns: Vec<Lun>,
-        api_ports: [Option<u16>; 2],
+        api_ports: [Option<(u16, u16)>; 2],
         san_hotplug: bool,
     ) -> TwoBlades {
         let link = (free_udp_port(), free_udp_port());
-        std::fs::write(dir.join(CREDENTIALS), format!("peer-token = \"{LAB_PEER_TOKEN}\"\n")).expect("credentials");
+        pki::serve_credentials(&dir);
         let blades = [1, 2].map(|n| {
             let mut spec = Self::spec(name, n, http.port, link, &luns);
-            spec.host_api_port = api_ports[n - 1];
+            spec.host_api_port = api_ports[n - 1].map(|p| p.0);
+            spec.host_tls_port = api_ports[n - 1].map(|p| p.1);
             spec.san_hotplug = san_hotplug;
             let bdir = dir.join(format!("blade{n}"));
             std::fs::create_dir_all(&bdir).expect("blade dir");
@@ -590,6 +626,7 @@ impl TwoBlades {
         let b = &mut self.blades[n - 1];
         let mut spec = b.spec.clone();
         spec.host_api_port = Some(b.api_port);
+        spec.host_tls_port = Some(b.tls_port);
         let dir = b.dir.clone();
         let _ = std::fs::rename(&b.console, dir.join("console.before-reboot.log"));
         self.blades[n - 1] = Blade::start_in(spec, img, dir);

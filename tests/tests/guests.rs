@@ -155,7 +155,7 @@ fn hostile_clients_do_not_reach_the_guest(blade: &Blade) {
     println!("GET /v1/status with {} idle hostile connections open: {took:?}", idle.len());
     let qmp = |cmd: &str| {
         let r = ok(bladevisor::httpc::call_with_body(
-            &blade.api(),
+            &blade.tls_api(),
             "POST",
             "/v1/guests/demo/qmp",
             Some(TOKEN),
@@ -166,6 +166,14 @@ fn hostile_clients_do_not_reach_the_guest(blade: &Blade) {
     };
     let (c, body) = qmp(r#"{"execute": "query-status"}"#);
     assert_eq!(c, 200, "an authorised read-only query works: {body}");
+    // The same call with the token in clear, on the plain port: refused (and logged) without
+    // a look at the token.
+    let plain = format!(
+        "POST /v1/guests/demo/qmp HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 27\r\n\r\n{{\"execute\": \"query-status\"}}"
+    );
+    let (a, _) = exchange(addr, plain.as_bytes(), Duration::from_secs(30));
+    assert_eq!(code(&a), 403, "{a}");
+    assert!(a.contains("every other call goes over TLS to port 7443"), "{a}");
     assert!(body.contains("running"), "{body}");
 
     // QMP that would be root on the blade is refused, token or not.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bladevisor::migration::Ending;
 use bladevisor::proto::{PowerAction, ServiceAction};
 use bladevisor_lab::demo::*;
+use bladevisor_lab::pki;
 use bladevisor_lab::{ok, Image, Operator, Peer, Request, TwoBlades};
 
 #[test]
@@ -36,10 +37,26 @@ fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
     let forged = Request::Peer(Peer::Drained { node: "blade1".into(), drained: true });
     let (code, body) = post(b2, forged.clone());
     assert_eq!(code, 403, "{body}");
-    let r = ok(b2.call(&forged, Some(bladevisor_lab::LAB_PEER_TOKEN)));
-    assert_eq!(r.code, 200, "the peer token opens it: {}", r.body);
+    //     Nor does the peer token alone: a blade's call needs its certificate too, signed by the
+    //     cluster CA, naming the blade the call says it comes from.
+    let peer_token = Some(bladevisor_lab::LAB_PEER_TOKEN);
+    let r = ok(b2.call(&forged, peer_token));
+    assert_eq!(r.code, 403, "the peer token without a blade's certificate: {}", r.body);
+    let at = |config| bladevisor::httpc::Endpoint::Tls {
+        addr: format!("127.0.0.1:{}", b2.tls_port),
+        name: "blade2".into(),
+        config,
+    };
+    let r = b2.call_at(&at(pki::foreign_client("blade1")), &forged, peer_token);
+    assert!(r.is_err(), "a certificate of another CA is refused at the handshake: {:?}", r.map(|r| r.body));
+    let r = ok(b2.call_at(&at(pki::blade_client("blade3")), &forged, peer_token));
+    assert_eq!(r.code, 403, "blade3's certificate does not speak for blade1: {}", r.body);
+    let r = ok(b2.call_at(&at(pki::blade_client("blade1")), &forged, peer_token));
+    assert_eq!(r.code, 200, "blade1's certificate and the peer token open it: {}", r.body);
     let undo = Request::Peer(Peer::Drained { node: "blade1".into(), drained: false });
-    assert_eq!(ok(b2.call(&undo, Some(bladevisor_lab::LAB_PEER_TOKEN))).code, 200);
+    assert_eq!(ok(b2.call_at(&at(pki::blade_client("blade1")), &undo, peer_token)).code, 200);
+    let log = b2.console();
+    assert!(log.contains("TLS handshake refused"), "the foreign certificate was logged\n{}", lab.report());
 
     // 2. The destination's QEMU dies mid-stream (a slow stream, so there is a middle): the
     //    guest keeps running on blade1, same process, counter going on; blade2 has nothing.
@@ -87,6 +104,17 @@ fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
     assert!(success && out.contains("completed in"), "migrate failed:\n{out}\n{}", lab.report());
     println!("{out}");
     wait(&lab, "demo to run on blade2", Duration::from_secs(60), || state(b2) == "running");
+    // The stream came over QEMU's TLS, verifying both ends, and blade2 let in only blade1.
+    let query = Request::Operator(Operator::GuestQmp {
+        guest: "demo".into(),
+        command: serde_json::json!({"execute": "query-migrate-parameters"}),
+    });
+    let (code, body) = post(b2, query);
+    assert_eq!(code, 200, "{body}");
+    let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let p = if p.get("return").is_some() { &p["return"] } else { &p };
+    assert_eq!(p["tls-creds"], "bladevisor-migration-tls", "{body}");
+    assert_eq!(p["tls-authz"], "bladevisor-migration-authz", "{body}");
     // The paused source QEMU is killed once blade2 confirms; it takes a moment to be reaped.
     wait(&lab, "blade1's paused copy to be gone", Duration::from_secs(30), || state(b1) == "elsewhere");
     let g1 = demo(b1).unwrap();

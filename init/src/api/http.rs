@@ -147,15 +147,13 @@ impl Handler for Api {
                 return message(405, "error", &format!("method not allowed: {}", what()))
             }
         };
-        if request.needs_token() {
-            match check(&self.auth, req.authorization.as_deref(), matches!(request, Request::Peer(_))) {
-                Err((code, why)) => {
-                    self.log_refusal(&req, why);
-                    return message(code, "error", why);
-                }
-                Ok(Some(Caller::Operator(name))) => info!(operator = %name, "{}", what()),
-                Ok(_) => {}
+        match check(&self.auth, &request, req.authorization.as_deref(), req.tls.as_ref()) {
+            Err((code, why)) => {
+                self.log_refusal(&req, &why);
+                return message(code, "error", &why);
             }
+            Ok(Some(Caller::Operator(name))) => info!(operator = %name, "{}", what()),
+            Ok(_) => {}
         }
         match request {
             Request::Read(Read::Metrics) => match self.ask(Request::Read(Read::Status)) {
@@ -190,19 +188,46 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Who makes a call that needs credentials (None: the local socket), or why it is refused:
-/// the HTTP code and the reason. Calls between blades (`peer_call`) take only the peer token.
-pub fn check(auth: &Auth, authorization: Option<&str>, peer_call: bool) -> Result<Option<Caller>, (u16, &'static str)> {
-    match auth {
-        Auth::Local => Ok(None),
-        Auth::ReadOnly => Err((403, "this blade has no credentials (README: credentials): the API is read-only")),
-        Auth::Keys(keys) => match authorization.and_then(|a| a.strip_prefix("Bearer ")).and_then(|t| keys.caller(t)) {
-            None => Err((401, "this call needs an operator's token (Authorization: Bearer ...)")),
-            Some(Caller::Operator(_)) if peer_call => {
-                Err((403, "only another blade of the cluster may make this call"))
+/// Who makes `request`, or why it is refused: the HTTP code and the reason.
+/// - The control socket: root, by its file mode.
+/// - A read-only listener (plain HTTP, or a blade without credentials): the status and the
+///   metrics only, which hold no secret.
+/// - The TLS listener: reads for anyone; operators' calls with an operator's token (or a
+///   blade's: the peer token and its certificate); calls between blades only from a blade
+///   (the peer token and a certificate of the cluster CA, naming the blade the call says it
+///   comes from).
+pub fn check(
+    auth: &Auth,
+    request: &Request,
+    authorization: Option<&str>,
+    tls: Option<&super::server::TlsInfo>,
+) -> Result<Option<Caller>, (u16, String)> {
+    let keys = match auth {
+        Auth::Local => return Ok(None),
+        Auth::ReadOnly(_) if matches!(request, Request::Read(Read::Status | Read::Metrics)) => return Ok(None),
+        Auth::ReadOnly(why) => return Err((403, why.clone())),
+        Auth::Keys(keys) => keys,
+    };
+    if !request.needs_token() {
+        return Ok(None);
+    }
+    let caller = authorization.and_then(|a| a.strip_prefix("Bearer ")).and_then(|t| keys.caller(t));
+    let cert = tls.and_then(|t| t.client_cert.as_ref());
+    match (caller, request) {
+        (None, _) => Err((401, "this call needs an operator's token (Authorization: Bearer ...)".into())),
+        (Some(Caller::Operator(_)), Request::Peer(_)) => {
+            Err((403, "only another blade of the cluster may make this call".into()))
+        }
+        (Some(Caller::Peer), _) if cert.is_none() => {
+            Err((403, "a blade's call needs the blade's certificate (TLS client authentication)".into()))
+        }
+        (Some(Caller::Peer), Request::Peer(p)) => match (p.from_node(), cert) {
+            (Some(node), Some(c)) if !crate::tls::names(c, node) => {
+                Err((403, format!("this call comes from {node}, and the certificate presented is not {node}'s")))
             }
-            Some(c) => Ok(Some(c)),
+            _ => Ok(Some(Caller::Peer)),
         },
+        (Some(c), _) => Ok(Some(c)),
     }
 }
 
@@ -389,22 +414,51 @@ mod tests {
     }
 
     #[test]
-    fn mutating_calls_need_an_operators_token_and_peer_calls_the_peer_token() {
+    fn who_may_call_what_on_each_listener() {
+        use crate::api::server::TlsInfo;
         use crate::config::credentials::{sha256, Keys};
+        use crate::proto::request::Peer;
         let t = Auth::Keys(Keys {
             operators: vec![("alice".into(), sha256("alice-s3cret-0123"))],
             peer: Some("peer-s3cret-0123".into()),
         });
+        let ca = crate::tls::pki::new_ca("lab").unwrap();
+        let blade2 = crate::tls::pki::issue(&ca.cert, &ca.key, "blade2", &[], 30).unwrap();
+        let cert = crate::tls::certs_from_pem("x", &blade2.cert).unwrap().remove(0);
+        let blade = TlsInfo { client_cert: Some(cert) };
+        let operator = TlsInfo { client_cert: None };
+        let op = Request::Operator(Operator::Undrain);
+        let peer = |from: &str| Request::Peer(Peer::Incoming { guest: "web".into(), from: from.into(), caps: vec![] });
+        let status = Request::Read(Read::Status);
         let alice = Some(Caller::Operator("alice".into()));
-        assert_eq!(check(&t, Some("Bearer alice-s3cret-0123"), false), Ok(alice));
-        assert_eq!(check(&t, Some("Bearer peer-s3cret-0123"), false), Ok(Some(Caller::Peer)));
-        assert_eq!(check(&t, Some("Bearer peer-s3cret-0123"), true), Ok(Some(Caller::Peer)));
-        assert_eq!(check(&t, Some("Bearer alice-s3cret-0123"), true).unwrap_err().0, 403, "operators are not blades");
-        assert_eq!(check(&t, Some("Bearer alice-s3cret-012"), false).unwrap_err().0, 401);
-        assert_eq!(check(&t, Some("alice-s3cret-0123"), false).unwrap_err().0, 401);
-        assert_eq!(check(&t, None, false).unwrap_err().0, 401);
-        assert_eq!(check(&Auth::ReadOnly, Some("Bearer x"), false).unwrap_err().0, 403);
-        assert_eq!(check(&Auth::Local, None, true), Ok(None));
+        assert_eq!(check(&t, &op, Some("Bearer alice-s3cret-0123"), Some(&operator)), Ok(alice));
+        assert_eq!(check(&t, &op, Some("Bearer peer-s3cret-0123"), Some(&blade)), Ok(Some(Caller::Peer)));
+        assert_eq!(check(&t, &peer("blade2"), Some("Bearer peer-s3cret-0123"), Some(&blade)), Ok(Some(Caller::Peer)));
+        let refused = |r: &Request, auth: Option<&str>, tls: &TlsInfo| check(&t, r, auth, Some(tls)).unwrap_err();
+        let (code, why) = refused(&peer("blade3"), Some("Bearer peer-s3cret-0123"), &blade);
+        assert_eq!(
+            (code, why.as_str()),
+            (403, "this call comes from blade3, and the certificate presented is not blade3's")
+        );
+        let (code, why) = refused(&peer("blade2"), Some("Bearer peer-s3cret-0123"), &operator);
+        assert!(code == 403 && why.contains("needs the blade's certificate"), "the peer token alone is not enough");
+        assert_eq!(
+            refused(&peer("blade2"), Some("Bearer alice-s3cret-0123"), &blade).0,
+            403,
+            "operators are not blades"
+        );
+        assert_eq!(refused(&op, Some("Bearer alice-s3cret-012"), &operator).0, 401);
+        assert_eq!(refused(&op, Some("alice-s3cret-0123"), &operator).0, 401);
+        assert_eq!(refused(&op, None, &operator).0, 401);
+        assert_eq!(check(&t, &status, None, Some(&operator)), Ok(None), "reads need nothing");
+        // The plain port: the status and the metrics, nothing else, whatever the token.
+        let plain = Auth::ReadOnly("port 7480 serves only ...: TLS on 7443".into());
+        assert_eq!(check(&plain, &status, None, None), Ok(None));
+        assert_eq!(check(&plain, &Request::Read(Read::Metrics), None, None), Ok(None));
+        let (code, why) = check(&plain, &op, Some("Bearer alice-s3cret-0123"), None).unwrap_err();
+        assert_eq!((code, why.as_str()), (403, "port 7480 serves only ...: TLS on 7443"));
+        assert_eq!(check(&plain, &Request::Read(Read::Capacity), None, None).unwrap_err().0, 403);
+        assert_eq!(check(&Auth::Local, &peer("x"), None, None), Ok(None));
     }
 
     #[test]

@@ -23,8 +23,9 @@ pub enum Auth {
     Local,
     /// The network: `Authorization: Bearer <token>`, an operator's or the blades' peer token.
     Keys(crate::config::credentials::Keys),
-    /// The network, with no token configured: mutating (and LUN-reading) calls are refused.
-    ReadOnly,
+    /// Plain HTTP, or a blade without credentials: only the status and the metrics, every
+    /// other call refused with this reason.
+    ReadOnly(String),
 }
 
 /// Starts the control socket `<run_dir>/control.sock` (mode 0600: root only, no token).
@@ -44,10 +45,24 @@ pub fn serve_control(run_dir: &Path, dispatch: Dispatch) -> Result<(), String> {
     server::serve(server::Listener::Unix(listener), api, server::Limits::default(), "control")
 }
 
-/// Starts the API on TCP `port` of every address (the management network's included).
-pub fn serve_tcp(port: u16, auth: Auth, dispatch: Dispatch) -> Result<(), String> {
+/// Starts the read-only API on TCP `port` of every address: plain HTTP, the status and the
+/// metrics only (`why` says where everything else is).
+pub fn serve_plain(port: u16, why: String, dispatch: Dispatch) -> Result<(), String> {
     let listener =
         std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("cannot listen on TCP port {port}: {e}"))?;
-    let api = std::sync::Arc::new(http::Api::new(dispatch, auth, "tcp"));
-    server::serve(server::Listener::Tcp(listener), api, server::Limits::default(), "tcp")
+    let api = std::sync::Arc::new(http::Api::new(dispatch, Auth::ReadOnly(why), "http"));
+    server::serve(server::Listener::Tcp(listener), api, server::Limits::default(), "http")
+}
+
+/// Starts the API on TCP `port` of every address with TLS: every call, each checked.
+pub fn serve_tls(
+    port: u16,
+    keys: crate::config::credentials::Keys,
+    tls: &crate::tls::ClusterTls,
+    dispatch: Dispatch,
+) -> Result<(), String> {
+    let listener =
+        std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("cannot listen on TCP port {port}: {e}"))?;
+    let api = std::sync::Arc::new(http::Api::new(dispatch, Auth::Keys(keys), "https"));
+    server::serve(server::Listener::Tls(listener, tls.server.clone()), api, server::Limits::default(), "https")
 }

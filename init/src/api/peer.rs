@@ -20,6 +20,8 @@ pub struct HttpPeer {
     pub node: String,
     pub addr: String,
     pub token: Option<String>,
+    /// This blade's TLS: the peer's certificate must name `node`; this blade presents its own.
+    pub tls: std::sync::Arc<crate::tls::ClusterTls>,
     pub timeout: Duration,
 }
 
@@ -32,6 +34,7 @@ impl HttpPeer {
         node: &str,
         api_port: u16,
         token: Option<String>,
+        tls: std::sync::Arc<crate::tls::ClusterTls>,
     ) -> Result<HttpPeer, String> {
         let n = cfg.nodes.get(node).ok_or_else(|| format!("{node} is not in [nodes]"))?;
         let ip = n.peer_ip().ok_or_else(|| format!("{node} has no peer-link or static management address"))?;
@@ -40,13 +43,15 @@ impl HttpPeer {
             node: node.into(),
             addr: format!("{ip}:{api_port}"),
             token,
+            tls,
             timeout: Duration::from_secs(40),
         })
     }
 
     /// Sends a request; its answer as `T`.
     pub fn send<T: serde::de::DeserializeOwned>(&self, req: &Request) -> Result<T, CallError> {
-        send(&Endpoint::Tcp(self.addr.clone()), req, self.token.as_deref(), self.timeout)
+        let ep = Endpoint::Tls { addr: self.addr.clone(), name: self.node.clone(), config: self.tls.client.clone() };
+        send(&ep, req, self.token.as_deref(), self.timeout)
     }
 
     fn status(&self) -> Result<Status, String> {

@@ -26,11 +26,49 @@ pub struct Operator {
 }
 
 /// The credentials file a blade fetches at boot.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Credentials {
     /// What blades send each other (`Authorization: Bearer ...`) and accept from each other.
     pub peer_token: String,
+    /// The cluster CA's certificate (PEM): what every blade and operator verifies against.
+    pub ca: String,
+    /// This blade's certificate (PEM), naming it, signed by the CA.
+    pub cert: String,
+    /// Its private key (PEM).
+    pub key: String,
+}
+
+impl Credentials {
+    /// The TLS configurations of blade `node`, checked (`source` names the file in errors).
+    pub fn tls(&self, source: &str, node: &str) -> Result<crate::tls::ClusterTls, String> {
+        let pem = crate::tls::Pem { ca: self.ca.clone(), cert: self.cert.clone(), key: self.key.clone() };
+        crate::tls::ClusterTls::new(source, node, pem)
+    }
+}
+
+impl Credentials {
+    /// The file as a deployment server serves it (what `bladevisor credentials issue` writes).
+    pub fn render(&self) -> String {
+        format!(
+            "# bladevisor credentials: secret. Served to this blade only (README: Credentials and TLS).\n\
+             peer-token = \"{}\"\nca = '''\n{}'''\ncert = '''\n{}'''\nkey = '''\n{}'''\n",
+            self.peer_token,
+            with_newline(&self.ca),
+            with_newline(&self.cert),
+            with_newline(&self.key)
+        )
+    }
+}
+
+fn with_newline(pem: &str) -> String {
+    format!("{}\n", pem.trim_end())
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials { peer-token, ca, cert, key: <secret> }")
+    }
 }
 
 /// The most a credentials file may be.
@@ -125,10 +163,11 @@ pub fn operator_keys(
 
 /// Parses a credentials file, naming it in errors; the token itself is never in a message.
 pub fn parse_credentials(source: &str, text: &str) -> Result<Credentials, String> {
+    // The message and the line, never the quoted source (it may hold the secrets).
     let c: Credentials = toml::from_str(text).map_err(|e| {
-        let e = e.to_string();
-        let first = e.lines().next().unwrap_or("").to_string();
-        format!("{source}: not a credentials file ({first})")
+        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let at = line.map(|l| format!(" at line {l}")).unwrap_or_default();
+        format!("{source}: not a credentials file ({}{at})", e.message().trim())
     })?;
     if let Some(why) = token_problem(&c.peer_token) {
         return Err(format!("{source}: peer-token: {why}"));
@@ -178,14 +217,27 @@ mod tests {
         assert_eq!(operator_keys(Path::new("c"), "", &ops).unwrap()[0].1, sha256("alice-token-0123456789"));
     }
 
+    fn sample(token: &str) -> Credentials {
+        let ca = crate::tls::pki::new_ca("lab").unwrap();
+        let b = crate::tls::pki::issue(&ca.cert, &ca.key, "blade1", &[], 30).unwrap();
+        Credentials { peer_token: token.into(), ca: ca.cert, cert: b.cert, key: b.key }
+    }
+
     #[test]
     fn a_credentials_file_is_checked_without_printing_its_secret() {
-        let c = parse_credentials("http://deploy/creds", "peer-token = \"peer-secret-0123456789\"\n").unwrap();
-        assert_eq!(c.peer_token, "peer-secret-0123456789");
-        let e = parse_credentials("http://deploy/creds", "peer-token = \"short\"\n").unwrap_err();
+        let good = sample("peer-secret-0123456789");
+        let c = parse_credentials("http://deploy/creds", &good.render()).unwrap();
+        assert_eq!(c.peer_token, good.peer_token);
+        assert_eq!((c.ca.trim(), c.cert.trim(), c.key.trim()), (good.ca.trim(), good.cert.trim(), good.key.trim()));
+        assert!(c.tls("http://deploy/creds", "blade1").is_ok());
+        let e = c.tls("http://deploy/creds", "blade2").unwrap_err();
+        assert!(e.contains("does not name this blade (blade2)"), "{e}");
+        assert!(!format!("{c:?}").contains("peer-secret") && !format!("{c:?}").contains("PRIVATE"));
+        let e = parse_credentials("http://deploy/creds", &sample("short").render()).unwrap_err();
         assert!(e.starts_with("http://deploy/creds: peer-token: the token must be at least 16"), "{e}");
-        let e = parse_credentials("http://deploy/creds", "peer-token = \"s3cret-s3cret-s3cret\"\nx = 1\n").unwrap_err();
-        assert!(e.starts_with("http://deploy/creds: not a credentials file") && !e.contains("s3cret"), "{e}");
+        let e = parse_credentials("http://deploy/creds", "peer-token = \"s3cret-s3cret-s3cret\"\n").unwrap_err();
+        assert!(e.starts_with("http://deploy/creds: not a credentials file (missing field `ca`"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
     }
 
     #[test]

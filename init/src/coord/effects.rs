@@ -56,6 +56,8 @@ pub enum Effect {
     /// Open the incoming guest's stream listener on a port of `ports` not in `taken`.
     Listen {
         guest: String,
+        /// The blade that will send the stream: the only one let in.
+        from: String,
         caps: Vec<String>,
         ports: (u16, u16),
         taken: Vec<u16>,

@@ -42,7 +42,7 @@ impl Coordinator {
                 info!(guest = %guest, from = %from, "incoming migration: guest started paused");
                 let guest = guest.to_string();
                 self.effects.push(Effect::AddService { guest: guest.clone(), kind: ServiceKind::Incoming });
-                self.effects.push(Effect::Listen { guest, caps, ports, taken, ticket });
+                self.effects.push(Effect::Listen { guest, from: from.to_string(), caps, ports, taken, ticket });
             }
             Err(r) => self.reply(Some(ticket), Err(r)),
         }

@@ -13,8 +13,12 @@ pub fn listen(
     caps: &[String],
     ports: std::ops::RangeInclusive<u16>,
     taken: &[u16],
+    tls: Option<&super::tls::StreamTls>,
 ) -> Result<u16, String> {
     vm.execute("migrate-set-capabilities", caps_arg(caps))?;
+    if let Some(t) = tls {
+        super::tls::destination(vm, t)?;
+    }
     let (first, last) = (*ports.start(), *ports.end());
     for port in ports.filter(|p| !taken.contains(p)) {
         match vm.execute("migrate-incoming", json!({ "uri": format!("tcp:0.0.0.0:{port}") })) {
@@ -64,11 +68,11 @@ mod tests {
             ("migrate-incoming", ok()),
         ]);
         let caps = vec!["events".to_string()];
-        assert_eq!(listen(&mut vm, &caps, 49152..=49155, &[49152]), Ok(49154));
+        assert_eq!(listen(&mut vm, &caps, 49152..=49155, &[49152], None), Ok(49154));
         assert_eq!(vm.seen[1].1, json!({"uri": "tcp:0.0.0.0:49153"}));
         let mut full = Transcript::new(vec![("migrate-set-capabilities", ok())]);
         assert_eq!(
-            listen(&mut full, &caps, 49152..=49153, &[49152, 49153]),
+            listen(&mut full, &caps, 49152..=49153, &[49152, 49153], None),
             Err("no free migration port in 49152-49153".into())
         );
     }
@@ -79,7 +83,7 @@ mod tests {
             "migrate-set-capabilities",
             Err("QMP migrate-set-capabilities: GenericError: Capability 'x' not found".into()),
         )]);
-        assert!(listen(&mut vm, &["x".into()], 49152..=49152, &[]).unwrap_err().contains("not found"));
+        assert!(listen(&mut vm, &["x".into()], 49152..=49152, &[], None).unwrap_err().contains("not found"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod dest;
 pub mod source;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -51,6 +51,8 @@ pub struct BootOutcome {
     pub keys: crate::config::credentials::Keys,
     /// Where the peer token came from, or why there is none (for status).
     pub credentials: String,
+    /// This blade's TLS, from its credentials: none, and the API is read-only.
+    pub tls: Option<std::sync::Arc<crate::tls::ClusterTls>>,
 }
 
 impl BootOutcome {
@@ -236,10 +238,6 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
         cluster
     });
 
-    // 2b. The credentials: operators' token hashes from the configuration, the peer token from
-    //     the credentials file fetched now (never baked into the image).
-    out.phase("credentials", |out| credentials(plan, cluster.as_ref(), out));
-
     // 3. Who this blade is, and the peer link the other blades' supervisors and migration
     //    streams use.
     out.phase("identity", |out| {
@@ -261,6 +259,10 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
             }
         }
     });
+    // 3b. The credentials: operators' token hashes from the configuration; the peer token and
+    //     this blade's certificate from its credentials file, fetched now (never baked into the
+    //     image).
+    out.phase("credentials", |out| credentials(plan, cluster.as_ref(), out));
     // 4. Storage: HBAs, scans, multipath from the alias table, and the wait for every alias.
     if plan.settings.storage {
         out.phase("storage", |out| bring_up_storage(plan, tx, cluster.as_ref(), out));
@@ -269,9 +271,10 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     out
 }
 
-/// Fetches the credentials file and sets the keys; a blade without a peer token serves only the
-/// read-only calls to other blades (operators' calls still work when the configuration names
-/// operators), and says why.
+/// Fetches this blade's credentials file (`{node}` in its URL is the blade's name) and sets the
+/// keys and TLS. A blade without them serves only the status and the metrics, and says why in
+/// its status; operators' tokens alone (the configuration's) do not open the TLS port: it
+/// needs the blade's certificate.
 fn credentials(plan: &BootPlan, cluster: Option<&ClusterConfig>, out: &mut BootOutcome) {
     use crate::config::credentials::{parse_credentials, MAX_CREDENTIALS_BYTES};
     let Some(c) = cluster else {
@@ -279,38 +282,36 @@ fn credentials(plan: &BootPlan, cluster: Option<&ClusterConfig>, out: &mut BootO
         return;
     };
     out.keys.operators = c.operator_keys.clone();
-    let url = plan.cmdline.credentials_url.clone().or(c.cluster.credentials_url.clone());
-    match (url, &c.cluster.token) {
-        (Some(u), _) => {
-            let limit = crate::config::values::secs(plan.settings.config_timeout_s);
-            let fetched = get_with_retries(&u, limit, Duration::from_secs(1), MAX_CREDENTIALS_BYTES, |n, e| {
-                warn!(attempt = n, "cannot fetch the credentials yet: {e}")
-            });
-            match fetched
-                .map_err(|(e, tries)| format!("cannot fetch {u} after {tries} tries: {e}"))
-                .and_then(|t| parse_credentials(&u, &t))
-            {
-                Ok(cred) => {
-                    out.keys.peer = Some(cred.peer_token);
-                    out.credentials = format!("fetched from {u}");
-                }
-                Err(e) => {
-                    let why = format!("credentials: {e}: calls between blades are refused (read-only for peers)");
-                    error!("{why}");
-                    out.problems.push(why);
-                    out.credentials = format!("none: {e}");
-                }
-            }
-        }
-        (None, Some(t)) => {
-            out.keys.peer = Some(t.clone());
-            out.keys.operators.push(("cluster-token".into(), crate::config::credentials::sha256(t)));
-            out.credentials = "the configuration's [cluster] token".into();
-        }
-        (None, None) => out.credentials = "none: no credentials-url and no [cluster] token".into(),
+    if let Some(t) = &c.cluster.token {
+        out.keys.operators.push(("cluster-token".into(), crate::config::credentials::sha256(t)));
     }
-    if !out.keys.any() {
-        warn!("no operator and no peer token: the API is read-only");
+    let Some(url) = plan.cmdline.credentials_url.clone().or(c.cluster.credentials_url.clone()) else {
+        out.credentials = "none: no bladevisor.credentials= and no [cluster] credentials-url".into();
+        warn!("no credentials: the API serves only the status and the metrics");
+        return;
+    };
+    let u = url.replace("{node}", &out.node);
+    let limit = crate::config::values::secs(plan.settings.config_timeout_s);
+    let fetched = get_with_retries(&u, limit, Duration::from_secs(1), MAX_CREDENTIALS_BYTES, |n, e| {
+        warn!(attempt = n, "cannot fetch the credentials yet: {e}")
+    });
+    let node = out.node.clone();
+    match fetched
+        .map_err(|(e, tries)| format!("cannot fetch {u} after {tries} tries: {e}"))
+        .and_then(|t| parse_credentials(&u, &t))
+        .and_then(|cred| cred.tls(&u, &node).map(|tls| (cred, tls)))
+    {
+        Ok((cred, tls)) => {
+            out.keys.peer = Some(cred.peer_token);
+            out.tls = Some(std::sync::Arc::new(tls));
+            out.credentials = format!("fetched from {u}");
+        }
+        Err(e) => {
+            let why = format!("credentials: {e}: the API serves only the status and the metrics");
+            error!("{why}");
+            out.problems.push(why);
+            out.credentials = format!("none: {e}");
+        }
     }
 }
 

@@ -245,10 +245,23 @@ impl Init {
         }
     }
 
+    /// The TLS of a migration stream of `guest` to or from blade `peer`: this blade's
+    /// credentials written where the guest's QEMU (and only it) reads them. No credentials, no
+    /// stream: guest memory does not cross the network in clear.
+    fn stream_tls(&self, guest: &str, peer: &str) -> Result<mig::tls::StreamTls, String> {
+        let tls = self.boot.as_ref().and_then(|b| b.tls.clone());
+        let tls = tls.ok_or("this blade has no credentials: no migration stream without TLS")?;
+        let dir = crate::qemu::run_dir(&crate::run_dir(), guest).join("tls");
+        mig::tls::write_dir(&dir, crate::qemu::guest_id(guest), &tls.pem)
+            .map_err(|e| format!("cannot give the guest's QEMU its migration credentials: {e}"))?;
+        Ok(mig::tls::StreamTls { dir, peer: peer.to_string() })
+    }
+
     fn peer(&self, node: &str) -> Result<HttpPeer, String> {
         let boot = self.boot.as_ref().ok_or("the blade is still booting")?;
         let c = boot.cluster.as_ref().ok_or("no cluster configuration")?;
-        HttpPeer::of(c, &self.node, node, self.api_port.unwrap_or(7480), boot.keys.peer.clone())
+        let tls = boot.tls.clone().ok_or("this blade has no credentials: it cannot call other blades")?;
+        HttpPeer::of(c, &self.node, node, self.api_tls_port.unwrap_or(7443), boot.keys.peer.clone(), tls)
     }
 
     /// A guest's lease as its process here holds it.
@@ -342,10 +355,13 @@ impl Init {
                     c.store(true, Ordering::SeqCst);
                 }
             }
-            Effect::Listen { guest, caps, ports, taken, ticket } => {
+            Effect::Listen { guest, from, caps, ports, taken, ticket } => {
+                let tls = self.stream_tls(&guest, &from);
                 crate::spawn_worker(&format!("incoming-{guest}"), move || {
-                    let result = qmp_wait(&qmp_path(&guest), Duration::from_secs(20))
-                        .and_then(|mut vm| mig::dest::listen(&mut vm, &caps, ports.0..=ports.1, &taken));
+                    let result = tls.and_then(|tls| {
+                        qmp_wait(&qmp_path(&guest), Duration::from_secs(20))
+                            .and_then(|mut vm| mig::dest::listen(&mut vm, &caps, ports.0..=ports.1, &taken, Some(&tls)))
+                    });
                     report(Report::Listening { guest, result, ticket });
                 });
             }
@@ -446,7 +462,11 @@ impl Init {
             }
         };
         let settings = self.coord.as_ref().map(|c| c.settings().clone()).unwrap_or_default();
-        let plan = mig::source::Plan::new(&guest, &to, to_ip, &settings, bandwidth_mbps);
+        let mut plan = mig::source::Plan::new(&guest, &to, to_ip, &settings, bandwidth_mbps);
+        match self.stream_tls(&guest, &to) {
+            Ok(tls) => plan.tls = Some(tls),
+            Err(e) => return report(Report::MigrationDone { guest, id, outcome: cannot_start(e) }),
+        }
         self.edge.cancels.insert(id, plan.cancel.clone());
         let mut lease = self.lease_of(&guest);
         crate::spawn_worker(&format!("migrate-{guest}"), move || {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::*;
 use tracing::{error, info, warn};
 
-use crate::api::{self, Auth};
+use crate::api;
 use crate::config;
 use crate::coord::{Coordinator, Report};
 use crate::proto;
@@ -103,7 +103,9 @@ pub struct Init {
     rt: ProcessRuntime,
     tx: Sender<Event>,
     is_pid1: bool,
+    /// The API's ports: plain (status and metrics) and TLS (every call).
     api_port: Option<u16>,
+    api_tls_port: Option<u16>,
     node: String,
     version: String,
     /// What the boot sequence found; None while it runs.
@@ -198,6 +200,36 @@ impl Init {
         (s.luns.clone(), s.hbas.clone(), s.table_source.clone())
     }
 
+    /// Opens the API on the management network: the read-only port, and the TLS port where
+    /// this blade has its credentials. A port that cannot be opened is a problem of the boot.
+    fn open_api(&mut self, outcome: &mut boot::BootOutcome) {
+        let (Some(port), tls_port) = (self.api_port, self.api_tls_port) else { return };
+        let why = match (&outcome.tls, tls_port) {
+            (Some(_), Some(t)) => {
+                format!("port {port} serves only GET /v1/status and GET /metrics: every other call goes over TLS to port {t}")
+            }
+            _ => format!(
+                "this blade has no credentials ({}): it serves only GET /v1/status and GET /metrics",
+                outcome.credentials
+            ),
+        };
+        let mut opened = vec![api::serve_plain(port, why, dispatch(self.tx.clone())).map(|_| port)];
+        if let (Some(tls), Some(t)) = (&outcome.tls, tls_port) {
+            opened.push(api::serve_tls(t, outcome.keys.clone(), tls, dispatch(self.tx.clone())).map(|_| t));
+        } else {
+            warn!("no credentials: the API on port {port} serves only the status and the metrics");
+        }
+        for r in opened {
+            match r {
+                Ok(port) => info!(port, "API listening"),
+                Err(e) => {
+                    error!("{e}");
+                    outcome.problems.push(e);
+                }
+            }
+        }
+    }
+
     /// The boot sequence is done: take on the node's identity and open the API.
     fn boot_done(&mut self, outcome: boot::BootOutcome) {
         self.node = outcome.node.clone();
@@ -207,21 +239,7 @@ impl Init {
             }
         }
         let mut outcome = outcome;
-        if let Some(port) = self.api_port {
-            let auth = if outcome.keys.any() {
-                Auth::Keys(outcome.keys.clone())
-            } else {
-                warn!("no operator or peer credentials: the API on port {port} is read-only");
-                Auth::ReadOnly
-            };
-            match api::serve_tcp(port, auth, dispatch(self.tx.clone())) {
-                Ok(()) => info!(port, "API listening"),
-                Err(e) => {
-                    error!("{e}");
-                    outcome.problems.push(e);
-                }
-            }
-        }
+        self.open_api(&mut outcome);
         let mut coord = Coordinator::new(&self.node, outcome.cluster.as_ref());
         if let Some(area) =
             outcome.cluster.as_ref().and_then(|c| crate::leases::Area::of(c, &self.node, Path::new("/dev/mapper")))
@@ -465,6 +483,7 @@ pub fn run() -> ! {
                     phases: vec![],
                     keys: Default::default(),
                     credentials: "none (boot failed)".into(),
+                    tls: None,
                 }
             });
         let _ = boot_tx.send(Event::Boot(BootAsk::Done(Box::new(outcome))));
@@ -475,6 +494,7 @@ pub fn run() -> ! {
         tx,
         is_pid1,
         api_port: image.boot.api_port,
+        api_tls_port: image.boot.tls_port(),
         node: "bladevisor".into(),
         version,
         boot: None,

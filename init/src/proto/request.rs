@@ -96,6 +96,17 @@ pub enum Request {
     Peer(Peer),
 }
 
+impl Peer {
+    /// The blade this call says it comes from, where it names one.
+    pub fn from_node(&self) -> Option<&str> {
+        match self {
+            Peer::Incoming { from, .. } => Some(from),
+            Peer::Drained { node, .. } => Some(node),
+            Peer::IncomingResume(_) | Peer::IncomingAbort(_) => None,
+        }
+    }
+}
+
 impl Request {
     /// Whether the network listener needs the cluster's token for it (operators' and peers'
     /// calls; every read of something private is an operator's call).

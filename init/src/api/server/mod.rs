@@ -70,7 +70,17 @@ pub struct ApiRequest {
     pub authorization: Option<String>,
     /// None on the unix control socket.
     pub remote: Option<SocketAddr>,
+    /// Some on a TLS listener: what the handshake established.
+    pub tls: Option<TlsInfo>,
     pub body: Vec<u8>,
+}
+
+/// What a TLS handshake established about the client.
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    /// The certificate the client presented, verified against the cluster CA (None: it
+    /// presented none, as operators' clients do).
+    pub client_cert: Option<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// A handler's answer.
@@ -104,6 +114,8 @@ pub trait Handler: Send + Sync + 'static {
 /// Where the server listens.
 pub enum Listener {
     Tcp(std::net::TcpListener),
+    /// TCP with TLS: the handshake, bounded by the head timeout, comes before the request.
+    Tls(std::net::TcpListener, Arc<rustls::ServerConfig>),
     Unix(std::os::unix::net::UnixListener),
 }
 
@@ -135,6 +147,11 @@ struct Shared {
     idle: Mutex<IdleQueue>,
     handler: Arc<dyn Handler>,
     limits: Limits,
+    /// Some on a TLS listener.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Failed handshakes are logged, one line per ten seconds.
+    handshakes: Mutex<Throttle>,
+    name: String,
 }
 
 /// Connections still waiting for their request head, oldest first, each with the means to
@@ -184,15 +201,22 @@ impl Drop for IdleGuard {
 }
 
 async fn accept_loop(listener: Listener, handler: Arc<dyn Handler>, limits: Limits, name: &str) -> std::io::Result<()> {
+    let tls = match &listener {
+        Listener::Tls(_, config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
         idle: Mutex::new(IdleQueue::default()),
         handler,
         limits,
+        tls,
+        handshakes: Mutex::new(Throttle::new(Duration::from_secs(10))),
+        name: name.to_string(),
     });
     let mut refused = Throttle::new(Duration::from_secs(10));
     match listener {
-        Listener::Tcp(l) => {
+        Listener::Tcp(l) | Listener::Tls(l, _) => {
             l.set_nonblocking(true)?;
             let l = tokio::net::TcpListener::from_std(l)?;
             loop {
@@ -273,30 +297,18 @@ where
         let _permit = permit;
         let (id, close_rx) = registered.unwrap_or_else(|| shared.register_idle());
         let _guard = IdleGuard(shared.clone(), id);
-        let service_shared = shared.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let shared = service_shared.clone();
-            // A whole head has arrived: this connection is a request now, not an idle socket.
-            shared.forget(id);
-            async move { Ok::<_, std::convert::Infallible>(answer(req, peer, shared.handler.clone(), &shared.limits).await) }
-        });
-        let limits = &shared.limits;
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.head_timeout)
-            .max_buf_size(limits.max_head_bytes.max(8192))
-            .keep_alive(false)
-            .serve_connection(TokioIo::new(stream), service);
+        let limits = shared.limits.clone();
+        let work = serve_connection(stream, peer, shared, id);
         // Dropping the connection (at the deadline, or evicted while idle) closes the socket,
         // whatever it waited for.
-        let mut conn = std::pin::pin!(conn);
+        let mut work = std::pin::pin!(work);
         // Some until the connection stops being idle (its sender is then dropped: Err) or is
         // evicted (Ok).
         let mut close_rx = Some(close_rx);
         let either = std::future::poll_fn(|cx| {
             use std::future::Future;
             use std::task::Poll;
-            if conn.as_mut().poll(cx).is_ready() {
+            if work.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(());
             }
             if let Some(rx) = close_rx.as_mut() {
@@ -312,9 +324,58 @@ where
     });
 }
 
+/// One connection: its TLS handshake where the listener has TLS (a failed one is logged, with
+/// the client's address), then one request.
+async fn serve_connection<S>(stream: S, peer: Option<SocketAddr>, shared: Arc<Shared>, id: u64)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(acceptor) = shared.tls.clone() else {
+        return serve_http(stream, peer, None, shared, id).await;
+    };
+    let why = match tokio::time::timeout(shared.limits.head_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let client_cert =
+                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+            return serve_http(tls, peer, Some(TlsInfo { client_cert }), shared, id).await;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no TLS handshake in time".to_string(),
+    };
+    let allowed = shared.handshakes.lock().unwrap_or_else(|p| p.into_inner()).allow();
+    if let Some(held_back) = allowed {
+        warn!(api = %shared.name, remote = ?peer, refused_since_last_line = held_back, "TLS handshake refused: {why}");
+    }
+}
+
+async fn serve_http<S>(stream: S, peer: Option<SocketAddr>, tls: Option<TlsInfo>, shared: Arc<Shared>, id: u64)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service_shared = shared.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let shared = service_shared.clone();
+        let tls = tls.clone();
+        // A whole head has arrived: this connection is a request now, not an idle socket.
+        shared.forget(id);
+        async move {
+            Ok::<_, std::convert::Infallible>(answer(req, peer, tls, shared.handler.clone(), &shared.limits).await)
+        }
+    });
+    let limits = &shared.limits;
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.head_timeout)
+        .max_buf_size(limits.max_head_bytes.max(8192))
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = conn.await;
+}
+
 async fn answer(
     req: Request<Incoming>,
     remote: Option<SocketAddr>,
+    tls: Option<TlsInfo>,
     handler: Arc<dyn Handler>,
     limits: &Limits,
 ) -> Response<Full<Bytes>> {
@@ -337,7 +398,7 @@ async fn answer(
         Ok(Err(e)) => return to_hyper(ApiResponse::error(400, &format!("reading the request body: {e}"))),
         Ok(Ok(b)) => b.to_bytes().to_vec(),
     };
-    let req = ApiRequest { method, target, authorization, remote, body };
+    let req = ApiRequest { method, target, authorization, remote, tls, body };
     match blocking(move || handler.handle(req)).await {
         Ok(r) => to_hyper(r),
         Err(r) => r,

@@ -186,3 +186,72 @@ fn the_throttle_lets_one_line_through_per_period_and_counts_the_rest() {
     assert_eq!(t.allow_at(t0 + Duration::from_secs(2)), None);
     assert_eq!(t.allow_at(t0 + Duration::from_secs(11)), Some(2));
 }
+
+/// Answers with the name the client's certificate holds (`blade1`, `blade2`) or `none`.
+struct WhoAsks;
+
+impl Handler for WhoAsks {
+    fn body_limit(&self, _: &str, _: &str) -> usize {
+        0
+    }
+    fn handle(&self, req: ApiRequest) -> ApiResponse {
+        let cert = req.tls.as_ref().and_then(|t| t.client_cert.as_ref());
+        let who = ["blade1", "blade2"].into_iter().find(|n| cert.is_some_and(|c| crate::tls::names(c, n)));
+        let who = if cert.is_some() { who.unwrap_or("someone") } else { "none" };
+        ApiResponse::json(200, format!("{{\"tls\":{},\"who\":\"{who}\"}}", req.tls.is_some()))
+    }
+}
+
+#[test]
+fn over_tls_the_server_is_verified_and_a_client_certificate_is_verified_before_any_request() {
+    use crate::httpc::{call, Endpoint};
+    use crate::tls::pki::{issue, new_ca};
+    let ca = new_ca("lab").unwrap();
+    let pem = |ca: &crate::tls::pki::Issued, node: &str| {
+        let b = issue(&ca.cert, &ca.key, node, &[], 30).unwrap();
+        crate::tls::Pem { ca: ca.cert.clone(), cert: b.cert, key: b.key }
+    };
+    let blade1 = crate::tls::ClusterTls::new("t", "blade1", pem(&ca, "blade1")).unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    serve(Listener::Tls(l, blade1.server.clone()), Arc::new(WhoAsks), quick(), "tls").unwrap();
+    let ep = |name: &str, config| Endpoint::Tls { addr: addr.clone(), name: name.into(), config };
+    let t = Duration::from_secs(10);
+
+    // An operator: verifies blade1, presents nothing.
+    let operator = crate::tls::operator_client("ca.pem", &ca.cert).unwrap();
+    let r = call(&ep("blade1", operator.clone()), "GET", "/v1/status", None, t).unwrap();
+    assert_eq!((r.code, r.body.as_str()), (200, r#"{"tls":true,"who":"none"}"#));
+    // Another blade presents its own certificate, and it is seen verified.
+    let blade2 = crate::tls::ClusterTls::new("t", "blade2", pem(&ca, "blade2")).unwrap();
+    let r = call(&ep("blade1", blade2.client.clone()), "GET", "/v1/status", None, t).unwrap();
+    assert_eq!(r.body, r#"{"tls":true,"who":"blade2"}"#);
+    // The CLI meant another blade: blade1's certificate does not name it.
+    let e = call(&ep("blade2", operator), "GET", "/v1/status", None, t).err().unwrap();
+    assert!(e.contains("certificate is not one the cluster CA signed for this name"), "{e}");
+    // A client that trusts another CA refuses blade1.
+    let other = new_ca("other").unwrap();
+    let stranger = crate::tls::operator_client("other.pem", &other.cert).unwrap();
+    let e = call(&ep("blade1", stranger), "GET", "/v1/status", None, t).err().unwrap();
+    assert!(e.contains("not one the cluster CA signed"), "{e}");
+    // A client with a certificate of another CA (trusting ours) is refused at the handshake.
+    let forged = crate::tls::Pem { ca: ca.cert.clone(), ..pem(&other, "blade2") };
+    let forged_client = {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(crate::tls::certs_from_pem("ca", &ca.cert).unwrap().remove(0)).unwrap();
+        let chain = crate::tls::certs_from_pem("cert", &forged.cert).unwrap();
+        let key = crate::tls::key_from_pem("key", &forged.key).unwrap();
+        let c = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        Arc::new(c)
+    };
+    let r = call(&ep("blade1", forged_client), "GET", "/v1/status", None, t);
+    assert!(r.is_err(), "a foreign certificate gets no answer: {:?}", r.map(|r| r.body));
+    // Plain HTTP on the TLS port gets no answer at all.
+    let r = raw(addr.parse().unwrap(), b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(!r.contains("200"), "{r}");
+}

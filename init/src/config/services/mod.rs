@@ -216,6 +216,17 @@ pub struct BootSettings {
     /// TCP port of the API on the management network; none without this key.
     #[serde(default)]
     pub api_port: Option<u16>,
+    /// TCP port of the API over TLS (every call; the plain port serves only the status and
+    /// the metrics); 7443 when `api-port` is set and this is not.
+    #[serde(default)]
+    pub api_tls_port: Option<u16>,
+}
+
+impl BootSettings {
+    /// The TLS port, where there is an API at all.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.api_tls_port.or(self.api_port.map(|_| 7443))
+    }
 }
 
 fn default_net_timeout() -> f64 {
@@ -233,6 +244,7 @@ impl Default for BootSettings {
             network_timeout_s: default_net_timeout(),
             config_timeout_s: default_config_timeout(),
             api_port: None,
+            api_tls_port: None,
         }
     }
 }

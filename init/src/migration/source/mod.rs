@@ -26,6 +26,8 @@ pub struct Plan {
     pub poll: Duration,
     /// Set by an operator's cancel.
     pub cancel: Arc<AtomicBool>,
+    /// QEMU's TLS for the stream (None only in tests of the sequence).
+    pub tls: Option<super::tls::StreamTls>,
 }
 
 impl Plan {
@@ -42,6 +44,7 @@ impl Plan {
             timeout: crate::config::values::secs(s.timeout_s),
             poll: Duration::from_millis(250),
             cancel: Arc::new(AtomicBool::new(false)),
+            tls: None,
         }
     }
 }
@@ -82,6 +85,7 @@ pub fn migrate(
                 json!({"downtime-limit": plan.downtime_limit_ms, "max-bandwidth": plan.bandwidth_bytes}),
             )
         })
+        .and_then(|_| plan.tls.as_ref().map_or(Ok(()), |t| super::tls::source(vm, t)))
         .and_then(|_| vm.execute("migrate", json!({ "uri": uri })));
     if let Err(e) = setup {
         let _ = peer.abort(g);

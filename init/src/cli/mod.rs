@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod credentials;
+
 use crate::api::client::send;
 use crate::httpc::Endpoint;
 use crate::migration::{Ending, MigrationStatus};
@@ -18,10 +20,20 @@ use crate::supervisor::ServiceState;
 #[derive(Parser, Debug)]
 #[command(name = "bladevisor", version, about = "bladevisor blade hypervisor: init, supervisor and operator CLI")]
 struct Cli {
-    /// A blade's API (host:port) instead of the local control socket.
+    /// A blade's API instead of the local control socket: `host[:port]` or `https://...` (TLS,
+    /// port 7443 by default, checked with --ca), or `http://host[:port]` (port 7480: the status
+    /// and the metrics only).
     #[arg(long, global = true, env = "BLADEVISOR_API")]
     api: Option<String>,
-    /// The cluster's token, for mutating calls over --api.
+    /// The cluster CA's certificate (`ca.pem` of `bladevisor credentials init`): the blade's
+    /// certificate must be signed by it.
+    #[arg(long, global = true, env = "BLADEVISOR_CA")]
+    ca: Option<std::path::PathBuf>,
+    /// The name the blade's certificate must hold, when --api reaches it by another (an
+    /// address its certificate does not list, a tunnel): usually the blade's name.
+    #[arg(long, global = true, env = "BLADEVISOR_SERVER_NAME")]
+    server_name: Option<String>,
+    /// Your operator token, for calls over --api that change anything.
     #[arg(long, global = true, env = "BLADEVISOR_TOKEN", hide_env_values = true)]
     token: Option<String>,
     #[command(subcommand)]
@@ -106,6 +118,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// The cluster's CA, peer token and blades' credentials files (README: Credentials and TLS).
+    Credentials {
+        #[command(subcommand)]
+        cmd: CredentialsCmd,
+    },
     /// Runs a guest's QEMU holding its storage lease (how PID 1 starts leased guests).
     #[command(hide = true)]
     LeaseExec {
@@ -139,10 +156,31 @@ enum TokenCmd {
 }
 
 fn endpoint(cli: &Cli) -> Endpoint {
-    match &cli.api {
-        Some(a) => Endpoint::Tcp(a.trim_start_matches("http://").trim_end_matches('/').to_string()),
-        None => Endpoint::Unix(crate::run_dir().join("control.sock")),
-    }
+    credentials::endpoint(cli.api.as_deref(), cli.ca.as_deref(), cli.server_name.as_deref()).unwrap_or_else(|e| fail(e))
+}
+
+#[derive(Subcommand, Debug)]
+enum CredentialsCmd {
+    /// Make a cluster's CA and peer token in <dir> (keep it on the operator's machine: the CA
+    /// key signs blades). Give ca.pem to operators' CLIs (--ca).
+    Init {
+        dir: std::path::PathBuf,
+        /// The cluster's name, in the CA's name.
+        #[arg(long, default_value = "bladevisor")]
+        cluster: String,
+    },
+    /// Make blade <node>'s credentials file, <dir>/<node>.toml: serve it to that blade only, at
+    /// its credentials URL (`{node}` in the URL is the blade's name). Again to rotate.
+    Issue {
+        dir: std::path::PathBuf,
+        node: String,
+        /// An address the certificate also names (for operators who reach the blade by it).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+        /// Days it is valid.
+        #[arg(long, default_value_t = crate::tls::pki::BLADE_DAYS)]
+        days: i64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -501,6 +539,16 @@ pub fn main() {
                 fail(why);
             }
             println!("token-sha256 = \"{}\"", crate::config::credentials::sha256_hex(token));
+        }
+        Cmd::Credentials { cmd: CredentialsCmd::Init { dir, cluster } } => {
+            for f in credentials::init(dir, cluster).unwrap_or_else(|e| fail(e)) {
+                println!("wrote {}", f.display());
+            }
+            println!("next: bladevisor credentials issue {} <blade> for each blade", dir.display());
+        }
+        Cmd::Credentials { cmd: CredentialsCmd::Issue { dir, node, ips, days } } => {
+            let f = credentials::issue(dir, node, ips, *days).unwrap_or_else(|e| fail(e));
+            println!("wrote {} (secret: serve it to {node} only, at its credentials URL)", f.display());
         }
         Cmd::LeaseExec { uid, gid, resource, register_only, argv } => {
             let plan = crate::leases::exec::Plan {
