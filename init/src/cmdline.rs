@@ -11,6 +11,9 @@ pub struct KernelCmdline {
     pub credentials_url: Option<String>,
     /// `bladevisor.node=<name>`: this blade's name in the configuration.
     pub node: Option<String>,
+    /// `bladevisor.fetch-ca=<base64 DER>`: the CA that `https://` fetches are verified with
+    /// (else the image's `/etc/bladevisor/fetch-ca.pem`).
+    pub fetch_ca: Option<String>,
     /// Keys that start with `bladevisor.` but mean nothing to this version: reported, not fatal.
     pub unknown: Vec<String>,
 }
@@ -56,6 +59,7 @@ pub fn parse(line: &str) -> KernelCmdline {
             "aliases" => k.aliases_url = value,
             "credentials" => k.credentials_url = value,
             "node" => k.node = value,
+            "fetch-ca" => k.fetch_ca = value,
             _ => k.unknown.push(w.clone()),
         }
     }

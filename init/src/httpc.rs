@@ -93,32 +93,76 @@ pub fn call_with_body(
         body.len()
     );
     let deadline = std::time::Instant::now() + timeout;
+    let mut conn = open(ep, timeout)?;
+    // On TLS the handshake happens on this first write: a certificate that does not verify is an
+    // error here, before the request (and its token) is sent.
+    conn.write_all(req.as_bytes()).and_then(|_| conn.flush()).map_err(|e| format!("{ep}: {}", tls_error(&e)))?;
+    let raw = read_bounded(&mut conn, deadline, |c, t| c.set_read_timeout(t)).map_err(|e| format!("{ep}: {e}"))?;
+    parse_response(&raw).map_err(|e| format!("{ep}: {e}"))
+}
+
+/// A connection to an endpoint: a unix socket, TCP, or TLS over TCP (verified at its first
+/// write).
+pub enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.set_read_timeout(t),
+            Conn::Tcp(s) => s.set_read_timeout(t),
+            Conn::Tls(s) => s.sock.set_read_timeout(t),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            Conn::Tcp(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(buf),
+            Conn::Tcp(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.flush(),
+            Conn::Tcp(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Connects to `ep` within `timeout` (writes bounded by it too).
+pub fn open(ep: &Endpoint, timeout: Duration) -> Result<Conn, String> {
     let io = |e: std::io::Error| format!("{ep}: {e}");
-    let raw = match ep {
+    match ep {
         Endpoint::Unix(p) => {
-            let mut s = UnixStream::connect(p).map_err(io)?;
+            let s = UnixStream::connect(p).map_err(io)?;
             s.set_write_timeout(Some(timeout)).map_err(io)?;
-            s.write_all(req.as_bytes()).map_err(io)?;
-            read_bounded(&mut s, deadline, |s, t| s.set_read_timeout(t)).map_err(|e| format!("{ep}: {e}"))?
+            Ok(Conn::Unix(s))
         }
-        Endpoint::Tcp(a) => {
-            let mut s = connect(a, timeout).map_err(io)?;
-            s.write_all(req.as_bytes()).map_err(io)?;
-            read_bounded(&mut s, deadline, |s, t| s.set_read_timeout(t)).map_err(|e| format!("{ep}: {e}"))?
-        }
+        Endpoint::Tcp(a) => connect(a, timeout).map(Conn::Tcp).map_err(io),
         Endpoint::Tls { addr, name, config } => {
             let server_name = rustls::pki_types::ServerName::try_from(name.clone())
                 .map_err(|e| format!("{ep}: {name:?} is not a name a certificate can hold ({e})"))?;
             let conn = rustls::ClientConnection::new(config.clone(), server_name).map_err(|e| format!("{ep}: {e}"))?;
-            let mut s = rustls::StreamOwned::new(conn, connect(addr, timeout).map_err(io)?);
-            // The handshake happens on this first write: a certificate that does not verify is
-            // an error here, before the request (and its token) is sent.
-            s.write_all(req.as_bytes()).map_err(|e| format!("{ep}: {}", tls_error(&e)))?;
-            s.flush().map_err(io)?;
-            read_bounded(&mut s, deadline, |s, t| s.sock.set_read_timeout(t)).map_err(|e| format!("{ep}: {e}"))?
+            Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(conn, connect(addr, timeout).map_err(io)?))))
         }
-    };
-    parse_response(&raw).map_err(|e| format!("{ep}: {e}"))
+    }
 }
 
 /// A TCP connection to `host:port` within `timeout`, writes bounded by it too.
@@ -132,11 +176,11 @@ fn connect(addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
 }
 
 /// A TLS failure in words an operator acts on.
-fn tls_error(e: &std::io::Error) -> String {
+pub fn tls_error(e: &std::io::Error) -> String {
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
     match inner {
         Some(rustls::Error::InvalidCertificate(c)) => {
-            format!("the server's certificate is not one the cluster CA signed for this name ({c:?}): refused")
+            format!("the server's certificate is not one the CA trusted here signed for this name ({c:?}): refused")
         }
         Some(rustls::Error::AlertReceived(a)) => format!("the server refused the TLS handshake ({a:?})"),
         _ => e.to_string(),

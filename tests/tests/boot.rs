@@ -40,7 +40,7 @@ fn a_blade_boots_to_ready_answers_its_api_and_powers_off_in_order() {
     let phases: Vec<(&str, usize)> = status.boot_phases.iter().map(|p| (p.name.as_str(), p.problems)).collect();
     assert_eq!(
         phases,
-        [("udev", 0), ("network", 0), ("configuration", 0), ("credentials", 0), ("identity", 0), ("storage", 0)],
+        [("udev", 0), ("network", 0), ("configuration", 0), ("identity", 0), ("credentials", 0), ("storage", 0)],
         "{:?}",
         status.boot_phases
     );
@@ -54,12 +54,22 @@ fn a_blade_boots_to_ready_answers_its_api_and_powers_off_in_order() {
 
     let reboot = Request::Operator(Operator::Power(PowerAction::Reboot));
     // The baked configuration carries no credentials (anyone can read an image): on it, the
-    // blade's API is read-only, whatever a caller presents; the blade keeps running.
-    let r = ok(blade.call(&reboot, None));
+    // blade serves only the status and the metrics, whatever a caller presents, and opens no
+    // TLS port; the blade keeps running.
+    let plain = blade.api();
+    let r = ok(blade.call_at(&plain, &reboot, None));
     assert_eq!(r.code, 403, "{}", r.body);
-    let r = ok(blade.call(&reboot, Some("lab-token-change-me")));
+    let r = ok(blade.call_at(&plain, &reboot, Some("lab-token-change-me")));
     assert_eq!(r.code, 403, "the token the first release baked opens nothing: {}", r.body);
-    assert!(r.body.contains("read-only"), "{}", r.body);
+    assert!(
+        r.body.contains("this blade has no credentials") && r.body.contains("serves only GET /v1/status"),
+        "{}",
+        r.body
+    );
+    let capacity = ok(blade.call_at(&plain, &Request::Read(Read::Capacity), None));
+    assert_eq!(capacity.code, 403, "nothing but the status and the metrics: {}", capacity.body);
+    let r = blade.call(&reboot, Some("lab-token-change-me"));
+    assert!(r.is_err(), "no TLS port without credentials: {:?}", r.map(|r| r.code));
     assert!(ok(blade.status()).shutting_down.is_none());
 
     // ACPI power-off, as a chassis manager would send it.

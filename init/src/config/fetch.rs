@@ -4,15 +4,20 @@
 //! cut short is refused rather than parsed (a truncated file can still parse).
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use super::error::shorten;
 use crate::httpc::{read_before, Endpoint};
 
-/// `http://host[:port]/path` split into an endpoint and a path.
+/// `http://host[:port]/path` or `https://...` split into an endpoint and a path. An `https://`
+/// server's certificate must name the URL's host and be signed by the fetch CA (the kernel
+/// command line's `bladevisor.fetch-ca=`, else the image's `/etc/bladevisor/fetch-ca.pem`).
 pub fn parse_http_url(url: &str) -> Result<(Endpoint, String), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+    let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => return Err(format!("{url}: only http:// and https:// URLs are supported")),
+    };
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -20,8 +25,21 @@ pub fn parse_http_url(url: &str) -> Result<(Endpoint, String), String> {
     if hostport.is_empty() {
         return Err(format!("{url}: no host"));
     }
-    let hostport = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
-    Ok((Endpoint::Tcp(hostport), path.to_string()))
+    let has_port = hostport.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+    let default = if tls { 443 } else { 80 };
+    let addr = if has_port { hostport.to_string() } else { format!("{hostport}:{default}") };
+    if !tls {
+        return Ok((Endpoint::Tcp(addr), path.to_string()));
+    }
+    let config = crate::tls::fetch_trust().ok_or_else(|| {
+        format!(
+            "{url}: no CA to verify it with (bladevisor.fetch-ca= on the kernel command line, or \
+             /etc/bladevisor/fetch-ca.pem in the image)"
+        )
+    })?;
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(&addr);
+    let name = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    Ok((Endpoint::Tls { addr, name, config }, path.to_string()))
 }
 
 /// The most a configuration may be: far beyond any real cluster, far below what hurts a blade.
@@ -66,19 +84,19 @@ fn validator(v: Option<String>) -> Option<String> {
 /// `get`, conditional on `known` (a 304 is `NotModified`).
 pub fn get_if_changed(url: &str, deadline: Instant, max_bytes: usize, known: &Validators) -> Result<Fetched, String> {
     let (ep, path) = parse_http_url(url)?;
-    let Endpoint::Tcp(hostport) = &ep else { return Err(format!("{url}: not a TCP URL")) };
     let fail = |e: String| format!("{url}: {e}");
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(hostport.as_str())
-        .map_err(|e| fail(e.to_string()))?
-        .next()
-        .ok_or_else(|| fail("no address".into()))?;
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return Err(fail("no time left".into()));
     }
-    let mut stream = TcpStream::connect_timeout(&addr, left).map_err(|e| fail(e.to_string()))?;
-    stream.set_write_timeout(Some(left)).map_err(|e| fail(e.to_string()))?;
-    let host = hostport.strip_suffix(":80").unwrap_or(hostport);
+    let (hostport, default) = match &ep {
+        Endpoint::Tls { addr, .. } => (addr.as_str(), ":443"),
+        Endpoint::Tcp(addr) => (addr.as_str(), ":80"),
+        Endpoint::Unix(_) => return Err(fail("not a TCP URL".into())),
+    };
+    let host = hostport.strip_suffix(default).unwrap_or(hostport).to_string();
+    let mut stream =
+        crate::httpc::open(&ep, left).map_err(|e| fail(e.split_once(": ").map_or(e.clone(), |x| x.1.to_string())))?;
     let mut conditions = String::new();
     if let Some(e) = validator(known.etag.clone()) {
         conditions.push_str(&format!("If-None-Match: {e}\r\n"));
@@ -90,14 +108,14 @@ pub fn get_if_changed(url: &str, deadline: Instant, max_bytes: usize, known: &Va
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept-Encoding: identity\r\n{conditions}\r\n"
     );
-    stream.write_all(request.as_bytes()).map_err(|e| fail(e.to_string()))?;
+    stream.write_all(request.as_bytes()).and_then(|_| stream.flush()).map_err(|e| fail(crate::httpc::tls_error(&e)))?;
     let mut r = Bounded { stream, deadline, buf: Vec::new() };
     r.response(max_bytes).map_err(fail)
 }
 
 /// A response read from a stream with a deadline on every read.
 struct Bounded {
-    stream: TcpStream,
+    stream: crate::httpc::Conn,
     deadline: Instant,
     /// Bytes read and not yet consumed.
     buf: Vec<u8>,
@@ -281,7 +299,7 @@ mod tests {
         assert_eq!(path, "/cluster.toml");
         let (ep, path) = parse_http_url("http://deploy").unwrap();
         assert_eq!((ep.to_string(), path.as_str()), ("http://deploy:80".to_string(), "/"));
-        assert!(parse_http_url("https://x/y").unwrap_err().contains("only http://"));
+        assert!(parse_http_url("ftp://x/y").unwrap_err().contains("only http:// and https://"));
         assert!(parse_http_url("http:///y").unwrap_err().contains("no host"));
     }
 
@@ -437,5 +455,55 @@ mod tests {
             get_with_retries(&url, Duration::from_secs(2), Duration::from_millis(100), 4096, |_, _| {}).unwrap_err();
         assert!(e.ends_with("the reply did not complete in time"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(4), "the overall deadline holds: {:?}", t.elapsed());
+    }
+
+    /// A deployment server over TLS with a certificate for 127.0.0.1 signed by `ca`: answers
+    /// every request with `body`.
+    fn https_server(ca: &crate::tls::pki::Issued, body: &'static str) -> u16 {
+        let b = crate::tls::pki::issue(&ca.cert, &ca.key, "deploy", &["127.0.0.1".parse().unwrap()], 30).unwrap();
+        let pem = crate::tls::Pem { ca: ca.cert.clone(), cert: b.cert, key: b.key };
+        let config = crate::tls::ClusterTls::new("t", "deploy", pem).unwrap().server;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, s);
+                let mut req = Vec::new();
+                let mut b = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut b) {
+                        Ok(n) if n > 0 => req.extend_from_slice(&b[..n]),
+                        _ => break,
+                    }
+                }
+                let _ = write!(tls, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn an_https_url_is_fetched_only_from_a_server_the_fetch_ca_signed() {
+        let ca = crate::tls::pki::new_ca("deploy").unwrap();
+        let port = https_server(&ca, "[cluster]\n");
+        let url = format!("https://127.0.0.1:{port}/cluster.toml");
+        let soon = || Instant::now() + Duration::from_secs(10);
+        if crate::tls::fetch_trust().is_none() {
+            let e = get(&url, soon(), 1000).unwrap_err();
+            assert!(e.contains("no CA to verify it with (bladevisor.fetch-ca="), "{e}");
+        }
+        // The CA as the kernel command line gives it: base64 of its DER.
+        let der = crate::tls::certs_from_pem("ca", &ca.cert).unwrap().remove(0);
+        let b64: String = ca.cert.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert_eq!(crate::tls::certs_from_pem("cmdline", &crate::tls::pem_of_base64(&b64)).unwrap()[0], der);
+        crate::tls::set_fetch_trust("bladevisor.fetch-ca=", &crate::tls::pem_of_base64(&b64)).unwrap();
+        assert_eq!(get(&url, soon(), 1000), Ok("[cluster]\n".to_string()));
+        // A server another CA signed (a man in the middle) is refused, naming why.
+        let mallory = https_server(&crate::tls::pki::new_ca("mallory").unwrap(), "[cluster]\nevil = 1\n");
+        let e = get(&format!("https://127.0.0.1:{mallory}/cluster.toml"), soon(), 1000).unwrap_err();
+        assert!(e.contains("certificate is not one the CA trusted here signed"), "{e}");
     }
 }

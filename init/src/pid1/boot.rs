@@ -210,8 +210,16 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
         });
     }
 
-    // 2. The shared configuration.
+    // 2. The shared configuration (over https:// with the fetch CA, when one is given).
     let cluster = out.phase("configuration", |out| {
+        match trust_fetch_ca(plan.cmdline.fetch_ca.as_deref(), &plan.etc.join("fetch-ca.pem")) {
+            Ok(Some(from)) => info!("https:// fetches are verified with the CA {from}"),
+            Ok(None) => {}
+            Err(e) => {
+                error!("{e}");
+                out.problems.push(e);
+            }
+        }
         let url = plan.cmdline.config_url.as_deref();
         let fetched = url.map(|u| {
             let limit = crate::config::values::secs(plan.settings.config_timeout_s);
@@ -269,6 +277,21 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     }
     out.cluster = cluster;
     out
+}
+
+/// Trusts the fetch CA for `https://` fetches: the kernel command line's (base64 DER), else the
+/// image's file. Says where it came from; an invalid one is an error naming it (and
+/// `https://` fetches then fail, saying there is no CA).
+fn trust_fetch_ca(cmdline: Option<&str>, image_file: &Path) -> Result<Option<String>, String> {
+    let (what, pem) = match cmdline {
+        Some(b64) => ("bladevisor.fetch-ca=".to_string(), crate::tls::pem_of_base64(b64)),
+        None => match std::fs::read_to_string(image_file) {
+            Ok(pem) => (image_file.display().to_string(), pem),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", image_file.display())),
+        },
+    };
+    crate::tls::set_fetch_trust(&what, &pem).map(|_| Some(what))
 }
 
 /// Fetches this blade's credentials file (`{node}` in its URL is the blade's name) and sets the

@@ -155,6 +155,28 @@ pub fn operator_client(what: &str, ca_pem: &str) -> Result<Arc<ClientConfig>, St
     Ok(Arc::new(config))
 }
 
+/// What `https://` fetches (configuration, alias file, credentials) verify servers with: set
+/// once at boot from the fetch CA, before the first fetch. Process-wide, as the fetches are.
+static FETCH_TRUST: std::sync::RwLock<Option<Arc<ClientConfig>>> = std::sync::RwLock::new(None);
+
+/// Trusts the CAs of `ca_pem` for `https://` fetches from now on.
+pub fn set_fetch_trust(what: &str, ca_pem: &str) -> Result<(), String> {
+    let config = operator_client(what, ca_pem)?;
+    *FETCH_TRUST.write().unwrap_or_else(|p| p.into_inner()) = Some(config);
+    Ok(())
+}
+
+/// The fetch trust, when a fetch CA was given.
+pub fn fetch_trust() -> Option<Arc<ClientConfig>> {
+    FETCH_TRUST.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// A certificate given on the kernel command line (base64 of its DER, no spaces) as PEM.
+pub fn pem_of_base64(b64: &str) -> String {
+    let body: Vec<String> = b64.as_bytes().chunks(64).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", body.join("\n"))
+}
+
 /// The files QEMU's `tls-creds-x509` object reads from its `dir`: the CA, and this blade's
 /// certificate and key as both the server (destination) and the client (source) of a stream.
 pub fn qemu_files(pem: &Pem) -> [(&'static str, &str); 5] {

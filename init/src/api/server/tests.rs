@@ -228,12 +228,12 @@ fn over_tls_the_server_is_verified_and_a_client_certificate_is_verified_before_a
     assert_eq!(r.body, r#"{"tls":true,"who":"blade2"}"#);
     // The CLI meant another blade: blade1's certificate does not name it.
     let e = call(&ep("blade2", operator), "GET", "/v1/status", None, t).err().unwrap();
-    assert!(e.contains("certificate is not one the cluster CA signed for this name"), "{e}");
+    assert!(e.contains("certificate is not one the CA trusted here signed for this name"), "{e}");
     // A client that trusts another CA refuses blade1.
     let other = new_ca("other").unwrap();
     let stranger = crate::tls::operator_client("other.pem", &other.cert).unwrap();
     let e = call(&ep("blade1", stranger), "GET", "/v1/status", None, t).err().unwrap();
-    assert!(e.contains("not one the cluster CA signed"), "{e}");
+    assert!(e.contains("not one the CA trusted here signed"), "{e}");
     // A client with a certificate of another CA (trusting ours) is refused at the handshake.
     let forged = crate::tls::Pem { ca: ca.cert.clone(), ..pem(&other, "blade2") };
     let forged_client = {
