@@ -252,6 +252,14 @@ pub fn metrics(s: &Status) -> String {
         "gauge",
         vec![(String::new(), if s.ready { 1.0 } else { 0.0 })],
     );
+    if let Some(t) = s.cert_not_after {
+        metric(
+            "bladevisor_tls_cert_not_after_timestamp_seconds",
+            "When this blade's TLS certificate expires (alert well before).",
+            "gauge",
+            vec![(String::new(), t as f64)],
+        );
+    }
     metric(
         "bladevisor_degraded_reasons",
         "Number of reasons the blade is degraded.",
@@ -472,6 +480,7 @@ mod tests {
             shutting_down: None,
             degraded: vec![],
             credentials: None,
+            cert_not_after: Some(1_900_000_000),
             warnings: vec![],
             orphans_reaped: 2,
             cluster: Some("lab".into()),
@@ -523,6 +532,7 @@ mod tests {
         assert!(m.contains("bladevisor_info{node=\"blade1\",version=\"1.2\\\"3\"} 1\n"), "{m}");
         assert!(m.contains("bladevisor_service_up{service=\"udevd\"} 1\n"), "{m}");
         assert!(m.contains("bladevisor_drained 0\n"), "{m}");
+        assert!(m.contains("bladevisor_tls_cert_not_after_timestamp_seconds 1900000000\n"), "{m}");
         // A guest in doubt is visible to alerting: its state set has every state, one at 1.
         assert!(m.contains("bladevisor_guest_state{guest=\"web\",state=\"in-doubt\"} 1\n"), "{m}");
         assert!(m.contains("bladevisor_guest_state{guest=\"web\",state=\"running\"} 0\n"), "{m}");

@@ -314,6 +314,9 @@ pub fn render_status(s: &Status) -> String {
     if let Some(c) = &s.credentials {
         out.push_str(&format!("peers    credentials {c}\n"));
     }
+    if let Some(t) = s.cert_not_after.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()) {
+        out.push_str(&format!("tls      certificate valid until {}\n", t.date()));
+    }
     if let Some(m) = &s.management {
         out.push_str(&format!("mgmt     {m}\n"));
     }

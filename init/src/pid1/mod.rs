@@ -172,6 +172,7 @@ impl Init {
             cluster: self.boot.as_ref().and_then(|b| b.cluster.as_ref()).map(|c| c.cluster.name.clone()),
             config_source: self.boot.as_ref().map(|b| b.config_source.clone()),
             credentials: self.boot.as_ref().map(|b| b.credentials.clone()),
+            cert_not_after: self.boot.as_ref().and_then(|b| b.tls.as_ref()).and_then(|t| t.not_after),
             management: self.boot.as_ref().and_then(|b| b.management.clone()),
             boot_phases: self.boot.as_ref().map(|b| b.phases.clone()).unwrap_or_default(),
             luns,
@@ -386,7 +387,15 @@ impl Init {
             );
         }
         w.extend(crate::storage::lock(&self.storage).warnings());
+        w.extend(self.cert_expiry().filter(|(fault, _)| !fault).map(|(_, why)| why));
         w
+    }
+
+    /// Whether this blade's certificate expires soon (a warning) or has expired (a fault).
+    fn cert_expiry(&self) -> Option<(bool, String)> {
+        let tls = self.boot.as_ref().and_then(|b| b.tls.as_ref())?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
+        crate::tls::expiry(&tls.node, tls.not_after?, now)
     }
 
     /// Why the blade is not fully healthy: problems found at boot, and services that failed.
@@ -395,7 +404,8 @@ impl Init {
         let failed = failed.map(|s| format!("service {} failed: {}", s.name, s.reason.unwrap_or_default()));
         let boot = self.boot.iter().flat_map(|b| b.problems.iter().cloned());
         let luns = crate::storage::lock(&self.storage).problems();
-        self.boot_problems.iter().cloned().chain(boot).chain(failed).chain(luns).collect()
+        let cert = self.cert_expiry().filter(|(fault, _)| *fault).map(|(_, why)| why);
+        self.boot_problems.iter().cloned().chain(boot).chain(failed).chain(luns).chain(cert).collect()
     }
 }
 

@@ -110,6 +110,9 @@ pub struct Status {
     /// Where this blade's peer token came from, or why it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<String>,
+    /// When this blade's TLS certificate expires (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_not_after: Option<i64>,
     /// The management interface and its address.
     pub management: Option<String>,
     /// The boot's named phases in order, with how long each took (empty until boot is done).

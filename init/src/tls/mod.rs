@@ -76,9 +76,34 @@ impl std::fmt::Debug for Pem {
     }
 }
 
+/// When a certificate stops being valid (Unix seconds), if it parses.
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    x509_parser::parse_x509_certificate(cert).ok().map(|(_, c)| c.validity().not_after.timestamp())
+}
+
+/// Warn this long before a blade's certificate expires.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// What an operator must hear about a certificate valid until `not_after`, at `now` (both Unix
+/// seconds): nothing, a warning (`false`) within [`EXPIRY_WARNING_DAYS`], or a fault (`true`)
+/// once it has expired.
+pub fn expiry(node: &str, not_after: i64, now: i64) -> Option<(bool, String)> {
+    let days = (not_after - now).div_euclid(86400);
+    let fix = format!("bladevisor credentials issue <dir> {node}, then reboot this blade");
+    if not_after <= now {
+        Some((true, format!("TLS: this blade's certificate expired {} days ago: peers refuse it ({fix})", -days)))
+    } else if days < EXPIRY_WARNING_DAYS {
+        Some((false, format!("TLS: this blade's certificate expires in {days} days ({fix})")))
+    } else {
+        None
+    }
+}
+
 /// A blade's TLS: its server and client configurations, for the node it is.
 pub struct ClusterTls {
     pub node: String,
+    /// When its certificate expires (Unix seconds).
+    pub not_after: Option<i64>,
     pub server: Arc<ServerConfig>,
     pub client: Arc<ClientConfig>,
     pub pem: Pem,
@@ -108,6 +133,7 @@ impl ClusterTls {
             return Err(format!("{source}: cert does not name this blade ({node}): it was issued for another one"));
         }
         verify_leaf(&ca, &chain).map_err(|e| format!("{source}: cert: {e}"))?;
+        let chain_leaf = chain[0].clone();
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .allow_unauthenticated()
             .build()
@@ -124,7 +150,8 @@ impl ClusterTls {
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
             .map_err(|e| format!("{source}: cert and key: {e}"))?;
-        Ok(ClusterTls { node: node.to_string(), server: Arc::new(server), client: Arc::new(client), pem })
+        let not_after = not_after(&chain_leaf);
+        Ok(ClusterTls { node: node.to_string(), not_after, server: Arc::new(server), client: Arc::new(client), pem })
     }
 }
 

@@ -50,3 +50,18 @@ fn qemu_gets_the_blade_certificate_as_both_ends() {
     assert_eq!(files[1].1, files[3].1);
     assert!(files[2].1.contains("PRIVATE KEY"));
 }
+
+#[test]
+fn an_expiring_certificate_is_a_warning_and_an_expired_one_a_fault() {
+    let ca = new_ca("lab").unwrap();
+    let tls = ClusterTls::new("c", "blade1", creds(&ca, "blade1")).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let left = tls.not_after.unwrap() - now;
+    assert!((BLADE_DAYS - 1) * 86400 < left && left <= BLADE_DAYS * 86400, "{left}");
+    assert_eq!(expiry("blade1", now + 90 * 86400, now), None);
+    let (fault, w) = expiry("blade1", now + 10 * 86400 + 5, now).unwrap();
+    assert!(!fault && w.starts_with("TLS: this blade's certificate expires in 10 days"), "{w}");
+    assert!(w.contains("bladevisor credentials issue <dir> blade1"), "{w}");
+    let (fault, w) = expiry("blade1", now - 3 * 86400, now).unwrap();
+    assert!(fault && w.contains("expired 3 days ago"), "{w}");
+}
