@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 mod credentials;
+mod offline;
 
 use crate::api::client::send;
 use crate::httpc::Endpoint;
@@ -122,6 +123,31 @@ enum Cmd {
     Credentials {
         #[command(subcommand)]
         cmd: CredentialsCmd,
+    },
+    /// Check a cluster configuration (and an alias file, a blade's credentials file) offline,
+    /// with exactly the code a blade runs at boot, before publishing it: file:line errors.
+    Check {
+        config: std::path::PathBuf,
+        /// The alias file the blades will fetch (any of its three formats).
+        #[arg(long)]
+        aliases: Option<std::path::PathBuf>,
+        /// A blade's credentials file, checked as that blade (--node) checks it.
+        #[arg(long, requires = "node")]
+        credentials: Option<std::path::PathBuf>,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Print libvirt domains (virsh dumpxml) as [guests.<name>] sections for blade --node, with
+    /// what could not be carried over as comments.
+    ImportLibvirt {
+        #[arg(required = true)]
+        domains: Vec<std::path::PathBuf>,
+        /// The blade the guests are placed on.
+        #[arg(long)]
+        node: String,
+        /// The alias table, to name disks given by WWID.
+        #[arg(long)]
+        aliases: Option<std::path::PathBuf>,
     },
     /// Runs a guest's QEMU holding its storage lease (how PID 1 starts leased guests).
     #[command(hide = true)]
@@ -552,6 +578,23 @@ pub fn main() {
         Cmd::Credentials { cmd: CredentialsCmd::Issue { dir, node, ips, days } } => {
             let f = credentials::issue(dir, node, ips, *days).unwrap_or_else(|e| fail(e));
             println!("wrote {} (secret: serve it to {node} only, at its credentials URL)", f.display());
+        }
+        Cmd::Check { config, aliases, credentials, node } => {
+            let c = offline::Check {
+                config: config.clone(),
+                aliases: aliases.clone(),
+                credentials: credentials.clone().zip(node.clone()),
+            };
+            for line in offline::check(&c).unwrap_or_else(|e| fail(e)) {
+                println!("{line}");
+            }
+        }
+        Cmd::ImportLibvirt { domains, node, aliases } => {
+            let (out, all) = offline::import_libvirt(domains, node, aliases.as_deref());
+            print!("{out}");
+            if !all {
+                std::process::exit(1);
+            }
         }
         Cmd::LeaseExec { uid, gid, resource, register_only, argv } => {
             let plan = crate::leases::exec::Plan {

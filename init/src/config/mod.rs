@@ -8,6 +8,7 @@ pub mod error;
 pub mod fetch;
 pub mod guest;
 pub mod ha;
+pub mod libvirt;
 pub mod migration;
 pub mod order;
 pub mod services;
