@@ -26,6 +26,10 @@ fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
     let pid = demo(b1).and_then(|g| g.pid).expect("a pid");
     assert!(demo(b2).is_none_or(|g| g.pid.is_none()), "blade2 runs no copy: {:?}", demo(b2));
 
+    let (success, out) = cli(b2, &["list"]);
+    assert!(success, "{out}");
+    assert!(out.lines().any(|l| l.split_whitespace().take(4).eq(["demo", "blade1", "blade1", "running"])), "{out}");
+
     // 1. A second copy is refused, naming the blade that runs it.
     let (code, body) = post(b2, guest("demo", ServiceAction::Start));
     assert_eq!(code, 409, "{body}");
@@ -104,6 +108,13 @@ fn a_guest_moves_between_blades_without_restarting_and_never_runs_twice() {
     assert!(success && out.contains("completed in"), "migrate failed:\n{out}\n{}", lab.report());
     println!("{out}");
     wait(&lab, "demo to run on blade2", Duration::from_secs(60), || state(b2) == "running");
+    // `bladevisor list`, asked of either blade, says where it runs now.
+    let (success, out) = cli(b1, &["list"]);
+    assert!(success, "{out}");
+    let line = out.lines().find(|l| l.starts_with("demo ")).unwrap_or_else(|| panic!("no demo line:\n{out}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[..4], ["demo", "blade1", "blade2", "running"], "{out}");
+    assert!(out.contains("blades: blade1 answered, blade2 answered"), "{out}");
     // The stream came over QEMU's TLS, verifying both ends, and blade2 let in only blade1.
     let query = Request::Operator(Operator::GuestQmp {
         guest: "demo".into(),

@@ -162,6 +162,19 @@ impl Init {
                 });
                 return;
             }
+            Request::Operator(Operator::ClusterGuests) => {
+                let Some(cluster) = self.boot.as_ref().and_then(|b| b.cluster.clone()) else {
+                    let _ = reply.send(Err(Refusal::unavailable("no cluster configuration yet")));
+                    return;
+                };
+                let others: Vec<String> = cluster.nodes.keys().filter(|n| **n != self.node).cloned().collect();
+                let (me, here, peers) = (self.node.clone(), self.status().guests, self.peers_named(others));
+                crate::spawn_worker("cluster-guests", move || {
+                    let view = super::workers::cluster_guests(me, here, peers, &cluster.guests);
+                    let _ = reply.send(Ok(Answer::ClusterGuests(view)));
+                });
+                return;
+            }
             req @ (Request::Operator(_) | Request::Peer(_)) => {
                 let ticket = self.edge.ticket(reply);
                 match &mut self.coord {

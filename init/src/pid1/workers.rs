@@ -54,23 +54,53 @@ pub(super) fn cannot_start(why: String) -> Outcome {
     Outcome::failed(Phase::Preparing, why, true)
 }
 
-/// Asks every blade about `guest` at once (a blade that cannot be asked answers unreachable).
-pub(super) fn ask_about(guest: &str, peers: Vec<(String, Result<HttpPeer, String>)>) -> Vec<(String, OwnerAnswer)> {
+/// Asks every peer at once, each on its own thread with `timeout`: `ask`'s answer, or why the
+/// peer could not be asked.
+pub(super) fn ask_each<T: Send>(
+    peers: Vec<(String, Result<HttpPeer, String>)>,
+    timeout: Duration,
+    ask: impl Fn(&HttpPeer) -> Result<T, String> + Sync,
+) -> Vec<(String, Result<T, String>)> {
+    let ask = &ask;
     std::thread::scope(|s| {
         let asks: Vec<_> = peers
             .into_iter()
             .map(|(node, p)| {
-                s.spawn(move || match p {
-                    Ok(mut p) => {
-                        p.timeout = Duration::from_secs(5);
-                        (node, p.about(guest))
-                    }
-                    Err(e) => (node, OwnerAnswer::Unreachable(e)),
+                s.spawn(move || {
+                    let answer = p.and_then(|mut p| {
+                        p.timeout = timeout;
+                        ask(&p)
+                    });
+                    (node, answer)
                 })
             })
             .collect();
         asks.into_iter().filter_map(|a| a.join().ok()).collect()
     })
+}
+
+/// What every other blade says about `guest` (for an owner check).
+pub(super) fn ask_about(guest: &str, peers: Vec<(String, Result<HttpPeer, String>)>) -> Vec<(String, OwnerAnswer)> {
+    let answers = ask_each(peers, Duration::from_secs(5), |p| Ok(p.about(guest)));
+    answers.into_iter().map(|(n, a)| (n, a.unwrap_or_else(OwnerAnswer::Unreachable))).collect()
+}
+
+/// `bladevisor list`: this blade's guests and every other blade's, merged.
+pub(super) fn cluster_guests(
+    me: String,
+    here: Vec<crate::proto::GuestStatus>,
+    peers: Vec<(String, Result<HttpPeer, String>)>,
+    guests: &std::collections::BTreeMap<String, crate::config::guest::GuestSpec>,
+) -> crate::proto::cluster::ClusterGuests {
+    use crate::proto::request::{Read, Request};
+    let others = ask_each(peers, Duration::from_secs(10), |p| {
+        p.send::<crate::proto::Status>(&Request::Read(Read::Status))
+            .map(|s| s.guests)
+            .map_err(|e| format!("{}: {e}", p.addr))
+    });
+    let mut answers = vec![(me, Ok(here))];
+    answers.extend(others);
+    crate::proto::cluster::merge(guests, answers)
 }
 
 /// Asks every other blade about an in-doubt guest and keeps exactly one copy: Ok(None) when the

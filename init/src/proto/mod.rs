@@ -4,6 +4,7 @@
 //! and the CLI, and above the leaves whose types the status carries (supervisor, storage,
 //! migration); it does nothing itself.
 
+pub mod cluster;
 pub mod request;
 pub mod routes;
 pub mod state;

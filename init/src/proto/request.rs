@@ -46,6 +46,8 @@ pub enum Operator {
         parallel: Option<usize>,
     },
     Undrain,
+    /// Every guest of the cluster and where it runs, asked of every blade at once.
+    ClusterGuests,
     /// One read-only QMP query to a guest's QEMU (the body of the call).
     GuestQmp {
         guest: String,
@@ -179,6 +181,7 @@ pub enum Answer {
     Reloaded(Box<crate::storage::reload::ReloadReport>),
     ReloadedAll(ReloadedAll),
     Rescanned(Rescanned),
+    ClusterGuests(super::cluster::ClusterGuests),
 }
 
 /// `reload-aliases --all`: each blade's outcome (this one's first).
@@ -224,6 +227,7 @@ impl Answer {
             Answer::Reloaded(r) => serde_json::to_string(r),
             Answer::ReloadedAll(r) => serde_json::to_string(r),
             Answer::Rescanned(r) => serde_json::to_string(r),
+            Answer::ClusterGuests(c) => serde_json::to_string(c),
         };
         r.unwrap_or_else(|e| format!("{{\"error\":\"cannot render the answer: {e}\"}}"))
     }

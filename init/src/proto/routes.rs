@@ -83,6 +83,7 @@ pub fn route(method: &str, target: &str) -> Result<Request, RouteError> {
         ("GET", ["v1", "status"]) => R(Read::Status),
         ("GET", ["metrics"]) => R(Read::Metrics),
         ("GET", ["v1", "capacity"]) => R(Read::Capacity),
+        ("GET", ["v1", "cluster", "guests"]) => Op(Operator::ClusterGuests),
         ("GET", ["v1", "guests", g]) => R(Read::Guest(name(g))),
         ("GET", ["v1", "guests", g, "console"]) => Op(Operator::Console { name: name(g), offset: offset(target)? }),
         ("GET", ["v1", "luns", alias, "read"]) => Op(Operator::ReadLun { alias: name(alias), offset: offset(target)? }),
@@ -130,6 +131,7 @@ pub fn route(method: &str, target: &str) -> Result<Request, RouteError> {
             P(Peer::Drained { node: name(n), drained: *verb == "drained" })
         }
         (_, ["v1", "status" | "capacity" | "evacuate" | "undrain"])
+        | (_, ["v1", "cluster", "guests"])
         | (_, ["metrics"])
         | (_, ["v1", "guests", _])
         | (_, ["v1", "guests", _, _])
@@ -144,7 +146,8 @@ pub fn route(method: &str, target: &str) -> Result<Request, RouteError> {
 impl Request {
     pub fn method(&self) -> &'static str {
         match self {
-            Request::Read(_) | Request::Operator(Operator::Console { .. } | Operator::ReadLun { .. }) => "GET",
+            Request::Read(_)
+            | Request::Operator(Operator::Console { .. } | Operator::ReadLun { .. } | Operator::ClusterGuests) => "GET",
             _ => "POST",
         }
     }
@@ -176,6 +179,7 @@ impl Request {
                     format!("/v1/evacuate{}", parallel.map(|p| format!("?parallel={p}")).unwrap_or_default())
                 }
                 Operator::Undrain => "/v1/undrain".into(),
+                Operator::ClusterGuests => "/v1/cluster/guests".into(),
                 Operator::GuestQmp { guest, .. } => format!("/v1/guests/{}/qmp", enc(guest)),
                 Operator::Console { name, offset } => format!("/v1/guests/{}/console?offset={offset}", enc(name)),
                 Operator::ReadLun { alias, offset } => format!("/v1/luns/{}/read?offset={offset}", enc(alias)),
@@ -245,6 +249,7 @@ mod tests {
             Op(Operator::Evacuate { parallel: Some(2) }),
             Op(Operator::Evacuate { parallel: None }),
             Op(Operator::Undrain),
+            Op(Operator::ClusterGuests),
             Op(Operator::GuestQmp { guest: "web".into(), command: serde_json::Value::Null }),
             Op(Operator::Console { name: "web".into(), offset: 77 }),
             Op(Operator::ReadLun { alias: "vm1".into(), offset: 8192 }),
