@@ -158,6 +158,11 @@ enum Cmd {
         #[arg(long)]
         aliases: Option<std::path::PathBuf>,
     },
+    /// Print shell completions for this command (`bladevisor completions bash >
+    /// /etc/bash_completion.d/bladevisor`).
+    Completions { shell: clap_complete::Shell },
+    /// Print this command's manual page (roff: `bladevisor man | man -l -`).
+    Man,
     /// Runs a guest's QEMU holding its storage lease (how PID 1 starts leased guests).
     #[command(hide = true)]
     LeaseExec {
@@ -426,6 +431,20 @@ pub fn main() {
                 std::process::exit(1);
             }
         }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "bladevisor",
+                &mut std::io::stdout(),
+            );
+        }
+        Cmd::Man => {
+            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            if let Err(e) = man.render(&mut std::io::stdout()) {
+                fail(e);
+            }
+        }
         Cmd::LeaseExec { uid, gid, resource, register_only, argv } => {
             let plan = crate::leases::exec::Plan {
                 uid: *uid,
@@ -449,5 +468,28 @@ pub fn main() {
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent_and_documents_itself() {
+        Cli::command().debug_assert();
+        let mut bash = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "bladevisor", &mut bash);
+        let bash = String::from_utf8(bash).unwrap();
+        for verb in ["list", "import-libvirt", "credentials", "migrate", "reload-aliases"] {
+            assert!(bash.contains(verb), "completions lack {verb}");
+        }
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command()).render(&mut man).unwrap();
+        assert!(String::from_utf8(man).unwrap().contains(".SH SUBCOMMANDS"));
+        // A typo in an action is refused here, with the actions it could be.
+        let e = Cli::try_parse_from(["bladevisor", "guest", "web", "strat"]).unwrap_err().to_string();
+        assert!(e.contains("\"strat\" is not one of start, stop, restart, kill"), "{e}");
     }
 }

@@ -118,7 +118,7 @@ mod tests {
     }
 
     #[test]
-    fn the_folder_holds_the_five_files_for_the_guests_qemu_only() {
+    fn the_folder_holds_the_six_files_for_the_guests_qemu_only() {
         let d = tempfile::tempdir().unwrap();
         let ca = crate::tls::pki::new_ca("lab").unwrap();
         let b = crate::tls::pki::issue(&ca.cert, &ca.key, "blade1", &[], 30).unwrap();
@@ -132,6 +132,6 @@ mod tests {
         let key = dir.join("server-key.pem");
         assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o400);
         assert_eq!(std::fs::read_to_string(key).unwrap(), pem.key);
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 5);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 6);
     }
 }

@@ -204,10 +204,26 @@ pub fn pem_of_base64(b64: &str) -> String {
     format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", body.join("\n"))
 }
 
+/// Diffie-Hellman parameters for QEMU's TLS server end: the ffdhe2048 group of RFC 7919 (a
+/// published standard, not a secret). Without a `dh-params.pem` QEMU generates 2048-bit
+/// parameters when a destination loads its credentials, which takes seconds on a fast machine
+/// and longer than a migration's patience on a busy or emulated one.
+pub const FFDHE2048_PEM: &str = "-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+";
+
 /// The files QEMU's `tls-creds-x509` object reads from its `dir`: the CA, and this blade's
-/// certificate and key as both the server (destination) and the client (source) of a stream.
-pub fn qemu_files(pem: &Pem) -> [(&'static str, &str); 5] {
+/// certificate and key as both the server (destination) and the client (source) of a stream,
+/// and the server's Diffie-Hellman parameters.
+pub fn qemu_files(pem: &Pem) -> [(&'static str, &str); 6] {
     [
+        ("dh-params.pem", FFDHE2048_PEM),
         ("ca-cert.pem", &pem.ca),
         ("server-cert.pem", &pem.cert),
         ("server-key.pem", &pem.key),

@@ -46,9 +46,12 @@ fn qemu_gets_the_blade_certificate_as_both_ends() {
     let pem = creds(&ca, "blade1");
     let files = qemu_files(&pem);
     let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
-    assert_eq!(names, ["ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem", "client-key.pem"]);
-    assert_eq!(files[1].1, files[3].1);
-    assert!(files[2].1.contains("PRIVATE KEY"));
+    assert_eq!(
+        names,
+        ["dh-params.pem", "ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem", "client-key.pem"]
+    );
+    assert_eq!(files[2].1, files[4].1);
+    assert!(files[3].1.contains("PRIVATE KEY"));
 }
 
 #[test]
