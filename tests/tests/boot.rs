@@ -61,11 +61,9 @@ fn a_blade_boots_to_ready_answers_its_api_and_powers_off_in_order() {
     assert_eq!(r.code, 403, "{}", r.body);
     let r = ok(blade.call_at(&plain, &reboot, Some("lab-token-change-me")));
     assert_eq!(r.code, 403, "the token the first release baked opens nothing: {}", r.body);
-    assert!(
-        r.body.contains("this blade has no credentials") && r.body.contains("serves only GET /v1/status"),
-        "{}",
-        r.body
-    );
+    assert!(r.body.contains("serves only GET /v1/status and GET /metrics"), "{}", r.body);
+    let creds = ok(blade.status()).credentials.unwrap_or_default();
+    assert!(creds.starts_with("none: no bladevisor.credentials="), "status says why: {creds}");
     let capacity = ok(blade.call_at(&plain, &Request::Read(Read::Capacity), None));
     assert_eq!(capacity.code, 403, "nothing but the status and the metrics: {}", capacity.body);
     let r = blade.call(&reboot, Some("lab-token-change-me"));

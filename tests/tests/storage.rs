@@ -160,8 +160,20 @@ fn an_alias_whose_lun_does_not_exist_is_missing_and_the_blade_is_still_ready() {
         Boot::Direct { cmdline: format!("bladevisor.config={url}/cluster.toml bladevisor.aliases={url}/bindings") },
     );
     let mut blade = Blade::start_with_san_in(spec, &img, dir, 16);
+    // The API answers during the boot, and says what it is doing: here, 15 s of waiting for a
+    // LUN that will not come.
+    let end = Instant::now() + READY;
+    let booting = loop {
+        if let Some(b) = blade.status().ok().and_then(|s| s.booting).filter(|b| b.starts_with("storage")) {
+            break b;
+        }
+        assert!(Instant::now() < end, "no status during the storage wait\n{}", blade.report());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("status during the boot: booting = {booting:?}");
     ok(blade.wait_console("bladevisor ready", READY));
     let status = ok(blade.status());
+    assert_eq!(status.booting, None, "the boot is over");
     assert_eq!(status.aliases_source.as_deref(), Some(format!("fetched from {url}/bindings (Bindings)").as_str()));
     let g = lun(&blade, "ghost");
     assert_eq!((g.state, g.paths_up, g.dm.clone()), (LunState::Missing, 0, None), "{g:?}");

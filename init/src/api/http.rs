@@ -480,6 +480,7 @@ mod tests {
             shutting_down: None,
             degraded: vec![],
             credentials: None,
+            booting: None,
             cert_not_after: Some(1_900_000_000),
             warnings: vec![],
             orphans_reaped: 2,

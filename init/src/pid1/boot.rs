@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use super::{ask_loop, BootAsk, Event};
+use super::{ask_loop, BootAsk, BootProgress, Event};
 use crate::cmdline::KernelCmdline;
 use crate::config::cluster::{find_node, parse_cluster, Management};
 use crate::config::fetch::get_with_retries;
@@ -56,14 +56,18 @@ pub struct BootOutcome {
 }
 
 impl BootOutcome {
-    /// Runs one named step, logging and recording how long it took and what went wrong in it.
-    pub fn phase<T>(&mut self, name: &str, step: impl FnOnce(&mut Self) -> T) -> T {
+    /// Runs one named step, logging and recording how long it took and what went wrong in it,
+    /// and telling the main loop when it starts and ends (status shows the boot as it goes).
+    pub fn phase<T>(&mut self, tx: &Sender<Event>, name: &str, step: impl FnOnce(&mut Self) -> T) -> T {
         let (t, before) = (Instant::now(), self.problems.len());
+        let _ = tx.send(Event::Boot(BootAsk::Phase(BootProgress::Started(name.to_string()))));
         let r = step(self);
         let ms = t.elapsed().as_millis() as u64;
         let problems = self.problems.len().saturating_sub(before);
         info!(phase = name, ms, problems, "boot phase done");
-        self.phases.push(crate::proto::BootPhase { name: name.to_string(), ms, problems });
+        let done = crate::proto::BootPhase { name: name.to_string(), ms, problems };
+        let _ = tx.send(Event::Boot(BootAsk::Phase(BootProgress::Done(done.clone()))));
+        self.phases.push(done);
         r
     }
 }
@@ -179,7 +183,7 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     let named = plan.cmdline.node.as_deref();
     // NICs (whose MACs say who this blade is) exist once udev has replayed the kernel's events
     // and loaded their drivers.
-    let macs = out.phase("udev", |_| {
+    let macs = out.phase(tx, "udev", |_| {
         if let Err(e) = wait_oneshot(tx, "udev-trigger", crate::config::values::secs(plan.settings.network_timeout_s)) {
             warn!("{e}; looking for NICs anyway");
         }
@@ -189,7 +193,7 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     // 1. Management network, configured from the baked entry for this blade if there is one
     //    (the shared configuration may be behind the network).
     if plan.settings.network {
-        out.phase("network", |out| {
+        out.phase(tx, "network", |out| {
             let mgmt = baked
                 .as_ref()
                 .ok()
@@ -211,7 +215,7 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     }
 
     // 2. The shared configuration (over https:// with the fetch CA, when one is given).
-    let cluster = out.phase("configuration", |out| {
+    let cluster = out.phase(tx, "configuration", |out| {
         match trust_fetch_ca(plan.cmdline.fetch_ca.as_deref(), &plan.etc.join("fetch-ca.pem")) {
             Ok(Some(from)) => info!("https:// fetches are verified with the CA {from}"),
             Ok(None) => {}
@@ -248,7 +252,7 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
 
     // 3. Who this blade is, and the peer link the other blades' supervisors and migration
     //    streams use.
-    out.phase("identity", |out| {
+    out.phase(tx, "identity", |out| {
         out.node = match &cluster {
             Some(c) => match find_node(c, named, &macs) {
                 Ok(n) => n.name.clone(),
@@ -270,10 +274,15 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     // 3b. The credentials: operators' token hashes from the configuration; the peer token and
     //     this blade's certificate from its credentials file, fetched now (never baked into the
     //     image).
-    out.phase("credentials", |out| credentials(plan, cluster.as_ref(), out));
+    out.phase(tx, "credentials", |out| credentials(plan, cluster.as_ref(), out));
+    // The TLS port opens now, not after storage: operators can ask (and be told the blade is
+    // still booting) during a long storage wait.
+    if let Some(tls) = &out.tls {
+        let _ = tx.send(Event::Boot(BootAsk::Credentials(out.keys.clone(), tls.clone())));
+    }
     // 4. Storage: HBAs, scans, multipath from the alias table, and the wait for every alias.
     if plan.settings.storage {
-        out.phase("storage", |out| bring_up_storage(plan, tx, cluster.as_ref(), out));
+        out.phase(tx, "storage", |out| bring_up_storage(plan, tx, cluster.as_ref(), out));
     }
     out.cluster = cluster;
     out

@@ -195,6 +195,14 @@ impl Init {
             BootAsk::ServiceState(name, reply) => {
                 let _ = reply.send(self.sup.state(&name));
             }
+            BootAsk::Phase(super::BootProgress::Started(name)) => {
+                self.boot_progress.1 = Some((name, std::time::Instant::now()));
+            }
+            BootAsk::Phase(super::BootProgress::Done(phase)) => {
+                self.boot_progress.1 = None;
+                self.boot_progress.0.push(phase);
+            }
+            BootAsk::Credentials(keys, tls) => self.open_tls_api(keys, &tls),
             BootAsk::Done(outcome) => self.boot_done(*outcome),
         }
     }

@@ -50,8 +50,18 @@ pub enum Event {
 pub enum BootAsk {
     AddService(Box<config::ServiceSpec>, Sender<Result<(), String>>),
     ServiceState(String, Sender<Option<ServiceState>>),
+    /// A boot phase started or ended.
+    Phase(BootProgress),
+    /// The blade has its credentials: the TLS port may open.
+    Credentials(config::credentials::Keys, std::sync::Arc<crate::tls::ClusterTls>),
     /// The boot sequence is done.
     Done(Box<boot::BootOutcome>),
+}
+
+/// How the boot is going, for status while it runs.
+pub enum BootProgress {
+    Started(String),
+    Done(proto::BootPhase),
 }
 
 /// How long a caller waits for the main loop before giving up. Long enough for an answer a
@@ -110,6 +120,10 @@ pub struct Init {
     version: String,
     /// What the boot sequence found; None while it runs.
     boot: Option<boot::BootOutcome>,
+    /// While it runs: the phases done, and the one under way with when it started.
+    boot_progress: (Vec<proto::BootPhase>, Option<(String, Instant)>),
+    /// Whether the TLS port is open (it opens once the credentials are in).
+    tls_open: bool,
     storage: crate::storage::Shared,
     /// The guests' coordinator, once boot has told which guests may run here.
     coord: Option<Coordinator>,
@@ -174,7 +188,13 @@ impl Init {
             credentials: self.boot.as_ref().map(|b| b.credentials.clone()),
             cert_not_after: self.boot.as_ref().and_then(|b| b.tls.as_ref()).and_then(|t| t.not_after),
             management: self.boot.as_ref().and_then(|b| b.management.clone()),
-            boot_phases: self.boot.as_ref().map(|b| b.phases.clone()).unwrap_or_default(),
+            boot_phases: self.boot.as_ref().map(|b| b.phases.clone()).unwrap_or_else(|| self.boot_progress.0.clone()),
+            booting: self
+                .boot_progress
+                .1
+                .as_ref()
+                .filter(|_| self.boot.is_none())
+                .map(|(name, since)| format!("{name} ({:.0} s so far)", since.elapsed().as_secs_f64())),
             luns,
             hbas,
             aliases_source: Some(aliases_source).filter(|s| !s.is_empty()),
@@ -201,32 +221,36 @@ impl Init {
         (s.luns.clone(), s.hbas.clone(), s.table_source.clone())
     }
 
-    /// Opens the API on the management network: the read-only port, and the TLS port where
-    /// this blade has its credentials. A port that cannot be opened is a problem of the boot.
-    fn open_api(&mut self, outcome: &mut boot::BootOutcome) {
-        let (Some(port), tls_port) = (self.api_port, self.api_tls_port) else { return };
-        let why = match (&outcome.tls, tls_port) {
-            (Some(_), Some(t)) => {
-                format!("port {port} serves only GET /v1/status and GET /metrics: every other call goes over TLS to port {t}")
+    /// Opens the read-only port at once (status and metrics answer through the whole boot).
+    fn open_plain_api(&self) -> Option<String> {
+        let (port, tls) = (self.api_port?, self.api_tls_port.unwrap_or(7443));
+        let why = format!(
+            "port {port} serves only GET /v1/status and GET /metrics: every other call goes over TLS to port {tls} \
+             (open once the blade has its credentials: see status)"
+        );
+        match api::serve_plain(port, why, dispatch(self.tx.clone())) {
+            Ok(()) => {
+                info!(port, "API listening (status and metrics)");
+                None
             }
-            _ => format!(
-                "this blade has no credentials ({}): it serves only GET /v1/status and GET /metrics",
-                outcome.credentials
-            ),
-        };
-        let mut opened = vec![api::serve_plain(port, why, dispatch(self.tx.clone())).map(|_| port)];
-        if let (Some(tls), Some(t)) = (&outcome.tls, tls_port) {
-            opened.push(api::serve_tls(t, outcome.keys.clone(), tls, dispatch(self.tx.clone())).map(|_| t));
-        } else {
-            warn!("no credentials: the API on port {port} serves only the status and the metrics");
+            Err(e) => {
+                error!("{e}");
+                Some(e)
+            }
         }
-        for r in opened {
-            match r {
-                Ok(port) => info!(port, "API listening"),
-                Err(e) => {
-                    error!("{e}");
-                    outcome.problems.push(e);
-                }
+    }
+
+    /// Opens the TLS port, once, with the blade's credentials.
+    fn open_tls_api(&mut self, keys: config::credentials::Keys, tls: &crate::tls::ClusterTls) {
+        let Some(port) = self.api_tls_port.filter(|_| self.api_port.is_some() && !self.tls_open) else { return };
+        match api::serve_tls(port, keys, tls, dispatch(self.tx.clone())) {
+            Ok(()) => {
+                info!(port, "API listening (TLS: every call)");
+                self.tls_open = true;
+            }
+            Err(e) => {
+                error!("{e}");
+                self.boot_problems.push(e);
             }
         }
     }
@@ -239,8 +263,10 @@ impl Init {
                 warn!("cannot set hostname {}: {e}", self.node);
             }
         }
-        let mut outcome = outcome;
-        self.open_api(&mut outcome);
+        if !self.tls_open && self.api_port.is_some() {
+            warn!("no credentials ({}): the API serves only the status and the metrics", outcome.credentials);
+        }
+        let outcome = outcome;
         let mut coord = Coordinator::new(&self.node, outcome.cluster.as_ref());
         if let Some(area) =
             outcome.cluster.as_ref().and_then(|c| crate::leases::Area::of(c, &self.node, Path::new("/dev/mapper")))
@@ -508,6 +534,8 @@ pub fn run() -> ! {
         node: "bladevisor".into(),
         version,
         boot: None,
+        boot_progress: Default::default(),
+        tls_open: false,
         storage,
         coord: None,
         edge: Default::default(),
@@ -517,6 +545,9 @@ pub fn run() -> ! {
         ready_ms: None,
         orphans_reaped: 0,
     };
+    if let Some(e) = init.open_plain_api() {
+        init.boot_problems.push(e);
+    }
     let mut next = Instant::now();
     loop {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| init.step(&rx, &mut next)));

@@ -119,6 +119,9 @@ pub struct Status {
     /// The boot's named phases in order, with how long each took (empty until boot is done).
     #[serde(default)]
     pub boot_phases: Vec<BootPhase>,
+    /// While the blade boots: the phase under way and how long it has taken so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booting: Option<String>,
     /// Every alias of the alias table: its WWID, paths and state.
     pub luns: Vec<crate::storage::LunStatus>,
     /// The FC HBA ports (none in the QEMU lab, which has no FC).
