@@ -53,6 +53,18 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
     assert!(metrics.contains("bladevisor_guest_running{guest=\"demo\"} 1"), "{metrics}");
     assert!(metrics.contains("bladevisor_guest_state{guest=\"demo\",state=\"running\"} 1"), "{metrics}");
     assert!(metrics.contains("bladevisor_guest_state{guest=\"demo\",state=\"in-doubt\"} 0"), "{metrics}");
+    // What the guest costs, from its cgroup: its CPU seconds grow while it runs.
+    let cpu = |m: &str| -> f64 {
+        let line = m.lines().find(|l| l.starts_with("bladevisor_guest_cpu_seconds_total{guest=\"demo\"}"));
+        line.and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no CPU seconds:\n{m}"))
+    };
+    let first = cpu(&metrics);
+    wait(&blade, "the guest's CPU seconds to grow", Duration::from_secs(60), || {
+        cpu(&ok(blade.call(&Request::Read(Read::Metrics), None)).body) > first
+    });
+    assert!(metrics.contains("bladevisor_guest_memory_bytes{guest=\"demo\"}"), "{metrics}");
 
     // Without the token nothing changes.
     assert_eq!(

@@ -12,8 +12,6 @@ use crate::config::credentials::Caller;
 use crate::config::error::shorten;
 use crate::proto::request::{Answer, Operator, Read, Refusal, Reply, Request, Why};
 use crate::proto::routes::{route, RouteError};
-use crate::proto::{GuestState, Status};
-use crate::supervisor::ServiceState;
 
 /// The HTTP status code of a refusal: decided here, and nowhere else.
 pub fn code(why: Why) -> u16 {
@@ -157,9 +155,11 @@ impl Handler for Api {
         }
         match request {
             Request::Read(Read::Metrics) => match self.ask(Request::Read(Read::Status)) {
-                Ok(Answer::Status(s)) => {
-                    ApiResponse { code: 200, content_type: "text/plain; version=0.0.4", body: metrics(&s) }
-                }
+                Ok(Answer::Status(s)) => ApiResponse {
+                    code: 200,
+                    content_type: "text/plain; version=0.0.4",
+                    body: super::metrics::metrics(&s, super::metrics::now_unix()),
+                },
                 Ok(_) => message(500, "error", "the status came back as something else"),
                 Err(r) => render(Err(r)),
             },
@@ -231,178 +231,6 @@ pub fn check(
     }
 }
 
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// Prometheus text exposition of a status snapshot.
-pub fn metrics(s: &Status) -> String {
-    let mut out = String::new();
-    let mut metric = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (labels, v) in rows {
-            out.push_str(&format!("{name}{labels} {v}\n"));
-        }
-    };
-    let node = format!("node=\"{}\",version=\"{}\"", esc(&s.node), esc(&s.version));
-    metric("bladevisor_info", "Image version and node name.", "gauge", vec![(format!("{{{node}}}"), 1.0)]);
-    metric(
-        "bladevisor_ready",
-        "1 once boot is complete.",
-        "gauge",
-        vec![(String::new(), if s.ready { 1.0 } else { 0.0 })],
-    );
-    if let Some(t) = s.cert_not_after {
-        metric(
-            "bladevisor_tls_cert_not_after_timestamp_seconds",
-            "When this blade's TLS certificate expires (alert well before).",
-            "gauge",
-            vec![(String::new(), t as f64)],
-        );
-    }
-    metric(
-        "bladevisor_degraded_reasons",
-        "Number of reasons the blade is degraded.",
-        "gauge",
-        vec![(String::new(), s.degraded.len() as f64)],
-    );
-    metric(
-        "bladevisor_drained",
-        "1 while the blade takes no guests (after an evacuation, until undrained).",
-        "gauge",
-        vec![(String::new(), if s.drained.is_some() { 1.0 } else { 0.0 })],
-    );
-    metric(
-        "bladevisor_uptime_seconds",
-        "Seconds since the kernel started.",
-        "gauge",
-        vec![(String::new(), s.uptime_s)],
-    );
-    metric(
-        "bladevisor_orphans_reaped_total",
-        "Orphaned processes reaped by PID 1.",
-        "counter",
-        vec![(String::new(), s.orphans_reaped as f64)],
-    );
-    metric(
-        "bladevisor_service_up",
-        "1 when the service is running and ready.",
-        "gauge",
-        s.services
-            .iter()
-            .map(|x| {
-                (format!("{{service=\"{}\"}}", esc(&x.name)), if x.state == ServiceState::Running { 1.0 } else { 0.0 })
-            })
-            .collect(),
-    );
-    let lun = |l: &crate::storage::LunStatus| format!("{{alias=\"{}\",wwid=\"{}\"}}", esc(&l.alias), esc(&l.wwid));
-    metric(
-        "bladevisor_lun_paths_up",
-        "Healthy paths of the LUN.",
-        "gauge",
-        s.luns.iter().map(|l| (lun(l), l.paths_up as f64)).collect(),
-    );
-    metric(
-        "bladevisor_lun_paths_expected",
-        "Paths the LUN should have.",
-        "gauge",
-        s.luns.iter().map(|l| (lun(l), l.paths_expected as f64)).collect(),
-    );
-    metric(
-        "bladevisor_lun_state",
-        "1 for the LUN's current state (healthy, degraded, missing).",
-        "gauge",
-        s.luns
-            .iter()
-            .flat_map(|l| {
-                ["healthy", "degraded", "missing"].into_iter().map(move |st| {
-                    (
-                        format!("{{alias=\"{}\",state=\"{st}\"}}", esc(&l.alias)),
-                        if l.state.as_str() == st { 1.0 } else { 0.0 },
-                    )
-                })
-            })
-            .collect(),
-    );
-    metric(
-        "bladevisor_hba_online",
-        "1 when the FC port is Online.",
-        "gauge",
-        s.hbas
-            .iter()
-            .map(|h| {
-                (
-                    format!("{{hba=\"{}\",wwpn=\"{}\"}}", esc(&h.host), esc(&h.wwpn)),
-                    if h.port_state == "Online" { 1.0 } else { 0.0 },
-                )
-            })
-            .collect(),
-    );
-    let g = |x: &crate::proto::GuestStatus| format!("{{guest=\"{}\"}}", esc(&x.name));
-    metric(
-        "bladevisor_guest_running",
-        "1 when the guest runs.",
-        "gauge",
-        s.guests.iter().map(|x| (g(x), if x.state == GuestState::Running { 1.0 } else { 0.0 })).collect(),
-    );
-    metric(
-        "bladevisor_guest_state",
-        "1 for the guest's current state on this blade (a state set: every state is listed).",
-        "gauge",
-        s.guests
-            .iter()
-            .flat_map(|x| {
-                GuestState::ALL.into_iter().map(move |st| {
-                    (format!("{{guest=\"{}\",state=\"{st}\"}}", esc(&x.name)), if x.state == st { 1.0 } else { 0.0 })
-                })
-            })
-            .collect(),
-    );
-    if let Some(l) = &s.leases {
-        metric(
-            "bladevisor_lease_area_joined",
-            "1 once this blade has joined the cluster's sanlock lockspace (guests may take leases).",
-            "gauge",
-            vec![(String::new(), if l.state == crate::leases::Lockspace::Joined { 1.0 } else { 0.0 })],
-        );
-        metric(
-            "bladevisor_guest_lease_held_here",
-            "1 when this blade holds the guest's storage lease (its QEMU runs here).",
-            "gauge",
-            s.guests
-                .iter()
-                .filter(|x| x.lease.is_some())
-                .map(|x| (g(x), if x.lease.as_deref() == Some("held here") { 1.0 } else { 0.0 }))
-                .collect(),
-        );
-        metric(
-            "bladevisor_ha_restarts_total",
-            "Guests this blade started from their disks because their blade died (HA restarts).",
-            "counter",
-            vec![(String::new(), l.ha_restarts as f64)],
-        );
-    }
-    metric(
-        "bladevisor_guest_restarts_total",
-        "Restarts of the guest since boot.",
-        "counter",
-        s.guests.iter().map(|x| (g(x), x.restarts as f64)).collect(),
-    );
-    metric(
-        "bladevisor_guest_uptime_seconds",
-        "Seconds the guest has been running.",
-        "gauge",
-        s.guests.iter().filter(|x| x.state == GuestState::Running).map(|x| (g(x), x.uptime_s)).collect(),
-    );
-    metric(
-        "bladevisor_service_restarts_total",
-        "Restarts of the service since boot.",
-        "counter",
-        s.services.iter().map(|x| (format!("{{service=\"{}\"}}", esc(&x.name)), x.restarts as f64)).collect(),
-    );
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,85 +295,5 @@ mod tests {
         assert_eq!((code, why.as_str()), (403, "port 7480 serves only ...: TLS on 7443"));
         assert_eq!(check(&plain, &Request::Read(Read::Capacity), None, None).unwrap_err().0, 403);
         assert_eq!(check(&Auth::Local, &peer("x"), None, None), Ok(None));
-    }
-
-    #[test]
-    fn metrics_are_prometheus_text() {
-        let s = Status {
-            node: "blade1".into(),
-            version: "1.2\"3".into(),
-            ready: true,
-            ready_ms: Some(1200),
-            uptime_s: 3.5,
-            shutting_down: None,
-            degraded: vec![],
-            credentials: None,
-            booting: None,
-            cert_not_after: Some(1_900_000_000),
-            warnings: vec![],
-            orphans_reaped: 2,
-            cluster: Some("lab".into()),
-            config_source: None,
-            management: None,
-            boot_phases: vec![],
-            luns: vec![crate::storage::LunStatus {
-                alias: "vm1".into(),
-                wwid: "3600a".into(),
-                paths_up: 1,
-                paths_expected: 2,
-                state: crate::storage::LunState::Degraded,
-                dm: Some("dm-0".into()),
-                size_bytes: Some(1 << 30),
-                paths: vec![],
-            }],
-            hbas: vec![],
-            aliases_source: None,
-            cpus: 2,
-            guests: vec![crate::proto::GuestStatus {
-                name: "web".into(),
-                state: GuestState::InDoubt,
-                pid: Some(9),
-                restarts: 0,
-                uptime_s: 1.0,
-                disks: vec![],
-                reason: None,
-                runs_on: None,
-                lease: None,
-            }],
-            drained: None,
-            drained_nodes: vec![],
-            migrations: vec![],
-            evacuation: None,
-            kvm: false,
-            memory: Default::default(),
-            services: vec![crate::supervisor::ServiceStatus {
-                name: "udevd".into(),
-                state: ServiceState::Running,
-                pid: Some(5),
-                restarts: 3,
-                last_exit: None,
-                since_s: 1.0,
-                reason: None,
-            }],
-            leases: None,
-        };
-        let m = metrics(&s);
-        assert!(m.contains("bladevisor_info{node=\"blade1\",version=\"1.2\\\"3\"} 1\n"), "{m}");
-        assert!(m.contains("bladevisor_service_up{service=\"udevd\"} 1\n"), "{m}");
-        assert!(m.contains("bladevisor_drained 0\n"), "{m}");
-        assert!(m.contains("bladevisor_tls_cert_not_after_timestamp_seconds 1900000000\n"), "{m}");
-        // A guest in doubt is visible to alerting: its state set has every state, one at 1.
-        assert!(m.contains("bladevisor_guest_state{guest=\"web\",state=\"in-doubt\"} 1\n"), "{m}");
-        assert!(m.contains("bladevisor_guest_state{guest=\"web\",state=\"running\"} 0\n"), "{m}");
-        assert_eq!(m.matches("bladevisor_guest_state{guest=\"web\"").count(), GuestState::ALL.len());
-        assert!(m.contains("bladevisor_guest_running{guest=\"web\"} 0\n"), "{m}");
-        assert!(m.contains("bladevisor_service_restarts_total{service=\"udevd\"} 3\n"), "{m}");
-        assert!(m.contains("bladevisor_lun_paths_up{alias=\"vm1\",wwid=\"3600a\"} 1\n"), "{m}");
-        assert!(m.contains("bladevisor_lun_state{alias=\"vm1\",state=\"degraded\"} 1\n"), "{m}");
-        assert!(m.contains("bladevisor_lun_state{alias=\"vm1\",state=\"healthy\"} 0\n"), "{m}");
-        assert!(
-            m.contains("# TYPE bladevisor_orphans_reaped_total counter\nbladevisor_orphans_reaped_total 2\n"),
-            "{m}"
-        );
     }
 }

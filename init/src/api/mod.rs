@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod http;
+pub mod metrics;
 pub mod peer;
 pub mod server;
 

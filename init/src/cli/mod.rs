@@ -146,14 +146,14 @@ enum Cmd {
         #[arg(long)]
         node: Option<String>,
     },
-    /// Print libvirt domains (virsh dumpxml) as [guests.<name>] sections for blade --node, with
-    /// what could not be carried over as comments.
+    /// Print libvirt domains (virsh dumpxml) as [guests.<name>] sections (for blade --node),
+    /// with what could not be carried over as comments.
     ImportLibvirt {
         #[arg(required = true)]
         domains: Vec<std::path::PathBuf>,
-        /// The blade the guests are placed on.
+        /// The blade the guests are placed on (without it, a placeholder to replace).
         #[arg(long)]
-        node: String,
+        node: Option<String>,
         /// The alias table, to name disks given by WWID.
         #[arg(long)]
         aliases: Option<std::path::PathBuf>,
@@ -425,7 +425,7 @@ pub fn main() {
             }
         }
         Cmd::ImportLibvirt { domains, node, aliases } => {
-            let (out, all) = offline::import_libvirt(domains, node, aliases.as_deref());
+            let (out, all) = offline::import_libvirt(domains, node.as_deref(), aliases.as_deref());
             print!("{out}");
             if !all {
                 std::process::exit(1);

@@ -64,9 +64,13 @@ pub fn check(c: &Check) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// The blade named when `import-libvirt` is not told one.
+const PLACEHOLDER: &str = "CHOOSE-A-BLADE";
+
 /// `import-libvirt`: each domain's section with its notes as comments, or its error. Err when
 /// any domain could not be imported at all.
-pub fn import_libvirt(files: &[PathBuf], node: &str, aliases: Option<&Path>) -> (String, bool) {
+pub fn import_libvirt(files: &[PathBuf], node: Option<&str>, aliases: Option<&Path>) -> (String, bool) {
+    let placed = node.unwrap_or(PLACEHOLDER);
     let table = match aliases.map(alias_table).transpose() {
         Ok(t) => t.unwrap_or_default(),
         Err(e) => return (format!("# {e}\n"), false),
@@ -75,9 +79,14 @@ pub fn import_libvirt(files: &[PathBuf], node: &str, aliases: Option<&Path>) -> 
     let mut all = true;
     for f in files {
         let source = f.display().to_string();
-        match read(f).and_then(|xml| crate::config::libvirt::import(&source, &xml, node, &table)) {
+        match read(f).and_then(|xml| crate::config::libvirt::import(&source, &xml, placed, &table)) {
             Ok(i) => {
                 out.push_str(&format!("# imported from {source} (libvirt domain {})\n{}", i.name, i.toml));
+                if node.is_none() {
+                    out.push_str(&format!(
+                        "# note: node: {PLACEHOLDER}: replace it with the blade it is placed on (--node)\n"
+                    ));
+                }
                 for n in &i.notes {
                     out.push_str(&format!("# note: {n}\n"));
                 }
@@ -143,7 +152,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let web = write(d.path(), "web.xml", include_str!("../../tests/fixtures/libvirt/web.xml"));
         let junk = write(d.path(), "junk.xml", "<network/>");
-        let (out, all) = import_libvirt(&[web, junk], "blade1", None);
+        let (out, all) = import_libvirt(&[web.clone(), junk], Some("blade1"), None);
         assert!(!all);
         assert!(out.contains("# imported from ") && out.contains("[guests.web]\nnode = \"blade1\""), "{out}");
         assert!(out.contains("# note: graphics spice: not carried over"), "{out}");
@@ -155,5 +164,11 @@ mod tests {
             "[cluster]\nname = \"x\"\n[bridges.br0]\n[nodes.blade1]\nmacs = [\"52:54:00:b1:ad:01\"]\n{section}\n"
         );
         assert!(crate::config::cluster::parse_cluster(Path::new("c.toml"), &cfg).is_ok(), "{cfg}");
+        // Without --node: a placeholder, said so.
+        let (out, all) = import_libvirt(&[web], None, None);
+        assert!(
+            all && out.contains("node = \"CHOOSE-A-BLADE\"") && out.contains("# note: node: CHOOSE-A-BLADE"),
+            "{out}"
+        );
     }
 }

@@ -112,6 +112,8 @@ pub struct Coordinator {
     settings: Settings,
     guests: BTreeMap<String, Guest>,
     migrations: Vec<(Instant, MigrationStatus)>,
+    /// Outgoing migrations since boot, for the metrics (the list above keeps only the last).
+    migration_stats: crate::proto::stats::MigrationStats,
     next_migration: u64,
     /// Why this blade takes no guests.
     drained: Option<String>,
@@ -177,6 +179,7 @@ impl Coordinator {
                 })
                 .collect(),
             migrations: vec![],
+            migration_stats: Default::default(),
             next_migration: 0,
             drained: None,
             drain_known: false,
@@ -387,6 +390,10 @@ impl Coordinator {
             self.migrations.remove(0);
         }
         id
+    }
+
+    pub fn migration_stats(&self) -> &crate::proto::stats::MigrationStats {
+        &self.migration_stats
     }
 
     fn migration_mut(&mut self, id: u64) -> Option<&mut MigrationStatus> {

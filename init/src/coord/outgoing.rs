@@ -76,6 +76,7 @@ impl Coordinator {
                 self.set_place(guest, Place::InDoubt { to: to.clone() });
             }
         }
+        self.migration_stats.record(&outcome);
         self.evacuation_migration_done(id, &outcome);
         if let Some(m) = self.migration_mut(id) {
             m.phase = Phase::Done;

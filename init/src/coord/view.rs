@@ -76,6 +76,7 @@ impl Coordinator {
             reason,
             runs_on,
             lease: self.lease_of(&g.spec.name),
+            usage: None,
         })
     }
 

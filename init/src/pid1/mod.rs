@@ -198,7 +198,8 @@ impl Init {
             luns,
             hbas,
             aliases_source: Some(aliases_source).filter(|s| !s.is_empty()),
-            guests: self.coord.as_ref().map(|c| c.guest_status(&self.facts())).unwrap_or_default(),
+            guests: self.guests_with_usage(),
+            migration_stats: self.coord.as_ref().map(|c| c.migration_stats().clone()).unwrap_or_default(),
             drained: self.coord.as_ref().and_then(|c| c.drained().map(String::from)),
             drained_nodes: self.coord.as_ref().map(|c| c.drained_nodes()).unwrap_or_default(),
             migrations: self.coord.as_ref().map(|c| c.migration_status(Instant::now())).unwrap_or_default(),
@@ -219,6 +220,15 @@ impl Init {
     fn storage_snapshot(&self) -> (Vec<crate::storage::LunStatus>, Vec<crate::storage::sysfs::FcHost>, String) {
         let s = crate::storage::lock(&self.storage);
         (s.luns.clone(), s.hbas.clone(), s.table_source.clone())
+    }
+
+    /// The guests' status, each running one with what its cgroup has used.
+    fn guests_with_usage(&self) -> Vec<proto::GuestStatus> {
+        let mut guests = self.coord.as_ref().map(|c| c.guest_status(&self.facts())).unwrap_or_default();
+        for g in guests.iter_mut().filter(|g| g.pid.is_some()) {
+            g.usage = self.rt.cgroups.usage(&crate::coord::service_name(&g.name));
+        }
+        guests
     }
 
     /// Opens the read-only port at once (status and metrics answer through the whole boot).
@@ -480,6 +490,9 @@ pub fn run() -> ! {
         warn!("services run without cgroups: {e}");
         Cgroups::disabled()
     });
+    if let Err(e) = cgroups.enable_controllers() {
+        warn!("guests' CPU, memory and I/O figures may be missing: {e}");
+    }
     let run_dir = crate::run_dir();
     if let Err(e) = api::serve_control(&run_dir, dispatch(tx.clone())) {
         error!("{e}");

@@ -129,6 +129,7 @@ mod tests {
             reason: reason.map(String::from),
             runs_on: None,
             lease: None,
+            usage: None,
         }
     }
 

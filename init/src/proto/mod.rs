@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod request;
 pub mod routes;
 pub mod state;
+pub mod stats;
 
 use serde::{Deserialize, Serialize};
 
@@ -119,6 +120,10 @@ pub struct Status {
     /// The boot's named phases in order, with how long each took (empty until boot is done).
     #[serde(default)]
     pub boot_phases: Vec<BootPhase>,
+    /// Outgoing migrations since boot, by how they ended, and their downtime (absent before
+    /// the first).
+    #[serde(default, skip_serializing_if = "stats::MigrationStats::is_empty")]
+    pub migration_stats: stats::MigrationStats,
     /// While the blade boots: the phase under way and how long it has taken so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub booting: Option<String>,

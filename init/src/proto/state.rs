@@ -109,6 +109,9 @@ pub struct GuestStatus {
     /// cluster has a lease area and it has been read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<String>,
+    /// What its process has used (its cgroup's figures), while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::supervisor::cgroup::Usage>,
 }
 
 #[cfg(test)]

@@ -39,6 +39,36 @@ impl Cgroups {
         Ok(Cgroups { root: Some(root.to_path_buf()) })
     }
 
+    /// Turns on the cpu, memory and io controllers for the services' cgroups (in the parent of
+    /// the prefix and in the prefix), so what each guest costs can be read. Says which could
+    /// not be (an older kernel, a hierarchy delegated without them); nothing depends on them.
+    pub fn enable_controllers(&self) -> Result<(), String> {
+        let Some(root) = &self.root else { return Ok(()) };
+        let mut failed = vec![];
+        for dir in [root.parent().unwrap_or(root), root.as_path()] {
+            let f = dir.join("cgroup.subtree_control");
+            for c in ["+cpu", "+memory", "+io"] {
+                let r = fs::OpenOptions::new().write(true).open(&f).and_then(|mut h| h.write_all(c.as_bytes()));
+                if let Err(e) = r {
+                    failed.push(format!("{} {c}: {e}", f.display()));
+                }
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+
+    /// What the service's cgroup has used, from the files the kernel keeps (None without
+    /// cgroups; a figure whose controller is off is None).
+    pub fn usage(&self, name: &str) -> Option<Usage> {
+        let dir = self.dir(name)?;
+        let read = |f: &str| fs::read_to_string(dir.join(f)).ok();
+        Some(parse_usage(read("cpu.stat").as_deref(), read("memory.current").as_deref(), read("io.stat").as_deref()))
+    }
+
     fn dir(&self, name: &str) -> Option<PathBuf> {
         self.root.as_ref().map(|r| r.join(name))
     }
@@ -77,6 +107,36 @@ impl Cgroups {
     }
 }
 
+/// A cgroup's figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    /// CPU time used, in seconds (`cpu.stat` usage_usec).
+    pub cpu_seconds: Option<f64>,
+    /// Memory in use (`memory.current`).
+    pub memory_bytes: Option<u64>,
+    /// Bytes read and written, all devices (`io.stat`).
+    pub io_read_bytes: Option<u64>,
+    pub io_write_bytes: Option<u64>,
+}
+
+/// Reads a cgroup's `cpu.stat`, `memory.current` and `io.stat` texts.
+pub fn parse_usage(cpu_stat: Option<&str>, memory_current: Option<&str>, io_stat: Option<&str>) -> Usage {
+    let cpu_seconds = cpu_stat
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse::<u64>().ok()));
+    let io = io_stat.map(|t| {
+        let sum = |key: &str| -> u64 {
+            t.split_whitespace().filter_map(|kv| kv.strip_prefix(key)).filter_map(|v| v.parse::<u64>().ok()).sum()
+        };
+        (sum("rbytes="), sum("wbytes="))
+    });
+    Usage {
+        cpu_seconds: cpu_seconds.map(|u| u as f64 / 1e6),
+        memory_bytes: memory_current.and_then(|t| t.trim().parse().ok()),
+        io_read_bytes: io.map(|x| x.0),
+        io_write_bytes: io.map(|x| x.1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +160,23 @@ mod tests {
         assert!(cg.prepare("udevd").unwrap().is_some());
         assert_eq!(cg.pids("udevd"), vec![12, 13]);
         assert!(Cgroups::disabled().prepare("x").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_cgroups_figures_are_read_from_the_kernels_files() {
+        let cpu = "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n";
+        let io =
+            "253:0 rbytes=1048576 wbytes=4096 rios=10 wios=1 dbytes=0 dios=0\n8:0 rbytes=512 wbytes=0 rios=1 wios=0\n";
+        let u = parse_usage(Some(cpu), Some("33554432\n"), Some(io));
+        assert_eq!(u.cpu_seconds, Some(2.5));
+        assert_eq!(u.memory_bytes, Some(32 << 20));
+        assert_eq!((u.io_read_bytes, u.io_write_bytes), (Some(1048576 + 512), Some(4096)));
+        assert_eq!(parse_usage(None, None, None), Usage::default(), "a controller that is off gives nothing");
+        let tmp = tempfile::tempdir().unwrap();
+        let cg = Cgroups::at(&tmp.path().join("bv")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("bv/guest-web")).unwrap();
+        std::fs::write(tmp.path().join("bv/guest-web/memory.current"), "4096\n").unwrap();
+        assert_eq!(cg.usage("guest-web").unwrap().memory_bytes, Some(4096));
+        assert_eq!(Cgroups::disabled().usage("guest-web"), None);
     }
 }
