@@ -178,8 +178,13 @@ pub use pki::{lab_pki, CREDENTIALS, LAB_PEER_TOKEN};
 /// serves the cluster's configuration, from `dir/www`. Returns the server (keep it while the
 /// blade boots) and the kernel argument that fetches it.
 pub fn serve_lab_config(dir: &Path) -> (http::HttpDir, String) {
+    serve_lab_config_with(dir, "")
+}
+
+/// The same with `extra` appended to the configuration (more tables).
+pub fn serve_lab_config_with(dir: &Path, extra: &str) -> (http::HttpDir, String) {
     let baked = std::fs::read_to_string(repo_root().join("overlay/etc/bladevisor/cluster.toml")).expect("baked config");
-    let served = baked.replacen("[cluster]\n", &format!("[cluster]\ntoken = \"{LAB_TOKEN}\"\n"), 1);
+    let served = baked.replacen("[cluster]\n", &format!("[cluster]\ntoken = \"{LAB_TOKEN}\"\n"), 1) + extra;
     assert_ne!(served, baked, "the baked configuration has a [cluster] table");
     let (server, url) = serve_files(dir, &[("cluster.toml", &served)]);
     pki::serve_credentials(&dir.join("www"));
@@ -203,8 +208,13 @@ pub fn serve_files(dir: &Path, files: &[(&str, &str)]) -> (http::HttpDir, String
 /// fetched from [`serve_lab_config`]: what single-blade tests that make authorised calls use.
 /// Returns the configuration's server too: keep it while the blade boots.
 pub fn start_lab_blade1(name: &str, img: &Image, lun_mib: u64) -> (Blade, http::HttpDir) {
+    start_lab_blade1_with(name, img, lun_mib, "")
+}
+
+/// The same with `extra` appended to the served configuration.
+pub fn start_lab_blade1_with(name: &str, img: &Image, lun_mib: u64, extra: &str) -> (Blade, http::HttpDir) {
     let dir = work_dir(name);
-    let (server, config) = serve_lab_config(&dir);
+    let (server, config) = serve_lab_config_with(&dir, extra);
     let spec =
         BladeSpec::new(name, "52:54:00:b1:ad:01", Boot::Direct { cmdline: format!("bladevisor.node=blade1 {config}") });
     (Blade::start_with_san_in(spec, img, dir, lun_mib), server)

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bladevisor::proto::{GuestState, ServiceAction};
-use bladevisor_lab::{ok, start_lab_blade1, Blade, Image, Operator, Peer, Read, Request, LAB_TOKEN};
+use bladevisor_lab::{ok, start_lab_blade1_with, Blade, Image, Operator, Peer, Read, Request, LAB_TOKEN};
 
 const TOKEN: &str = LAB_TOKEN;
 
@@ -39,7 +39,11 @@ fn wait(blade: &Blade, what: &str, limit: Duration, mut cond: impl FnMut() -> bo
 #[test]
 fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request() {
     let img = Image::built();
-    let (mut blade, _config_server) = start_lab_blade1("guest-demo", &img, 32);
+    // A remote log collector (RFC 5424 syslog over UDP), as the configuration names it.
+    let collector = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP port");
+    let port = collector.local_addr().unwrap().port();
+    let logging = format!("\n[logging]\nremote = \"udp://10.0.2.2:{port}\"\n");
+    let (mut blade, _config_server) = start_lab_blade1_with("guest-demo", &img, 32, &logging);
     ok(blade.wait_console("bladevisor ready", Duration::from_secs(300)));
 
     // It autostarts once lab-vm1's map is up, and its console shows the counter going up.
@@ -65,6 +69,20 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
         cpu(&ok(blade.call(&Request::Read(Read::Metrics), None)).body) > first
     });
     assert!(metrics.contains("bladevisor_guest_memory_bytes{guest=\"demo\"}"), "{metrics}");
+
+    // The boot's lines and the guest's start reached the collector, as syslog.
+    collector.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = vec![];
+    let mut buf = [0u8; 65536];
+    while !got.iter().any(|l: &String| l.contains("bladevisor ready")) {
+        let n = collector.recv(&mut buf).unwrap_or_else(|e| panic!("no syslog line ({e}) after {got:?}"));
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(got.iter().all(|l| l.starts_with('<') && l.contains(" blade1 bladevisor ")), "{got:?}");
+    // And the blade keeps them: `bladevisor logs --guest demo` shows the guest's start.
+    let (success, out) = bladevisor_lab::demo::cli(&blade, &["logs", "--guest", "demo"]);
+    assert!(success && out.contains("service=guest-demo"), "{out}");
+    assert!(out.lines().any(|l| l.contains("starting") || l.contains("started")), "{out}");
 
     // Without the token nothing changes.
     assert_eq!(

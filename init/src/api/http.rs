@@ -69,6 +69,9 @@ pub fn read_lun(alias: &str, offset: u64) -> Result<Vec<u8>, Refusal> {
 /// once; more are answered 503 rather than taking every handler thread.
 const MAX_LUN_READS: usize = 4;
 
+/// Log entries in one answer (a follower asks again from where it ended).
+const LOG_PAGE: usize = 1000;
+
 /// The API's request handler: routes, checks credentials and asks the main loop.
 pub struct Api {
     dispatch: Dispatch,
@@ -164,6 +167,17 @@ impl Handler for Api {
                 Err(r) => render(Err(r)),
             },
             Request::Operator(Operator::ReadLun { alias, offset }) => self.read_lun(&alias, offset),
+            Request::Operator(Operator::Logs { since, service, guest }) => {
+                let (entries, next) = crate::logging::ring::RING.lock().unwrap_or_else(|p| p.into_inner()).since(
+                    since,
+                    LOG_PAGE,
+                    service.as_deref(),
+                    guest.as_deref(),
+                );
+                let remote_dropped = crate::logging::remote::DROPPED.load(Ordering::Relaxed);
+                let page = crate::proto::request::LogsPage { entries, next, remote_dropped };
+                ApiResponse::json(200, serde_json::to_string(&page).unwrap_or_default())
+            }
             Request::Operator(Operator::GuestQmp { guest, .. }) => {
                 match serde_json::from_slice::<serde_json::Value>(&req.body) {
                     Ok(command) if command["execute"].is_string() => {

@@ -60,6 +60,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The blade's recent log (kept in memory), optionally only a service's or a guest's.
+    Logs {
+        /// Keep following it, like tail -f.
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        guest: Option<String>,
+        /// One JSON object per entry.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop all services in order and reboot.
     Reboot,
     /// Stop all services in order and power off.
@@ -307,6 +320,28 @@ pub fn main() {
             }
             if v.blades.iter().any(|b| b.error.is_some()) {
                 std::process::exit(2);
+            }
+        }
+        Cmd::Logs { follow, service, guest, json } => {
+            let mut since = 0;
+            loop {
+                let op = Operator::Logs { since, service: service.clone(), guest: guest.clone() };
+                let page: crate::proto::request::LogsPage = ask(&cli, op);
+                for e in &page.entries {
+                    if *json {
+                        println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    } else {
+                        println!("{}", e.line());
+                    }
+                }
+                let full = page.next > since && !page.entries.is_empty() && page.entries.len() >= 1000;
+                since = page.next;
+                if !*follow && !full {
+                    break;
+                }
+                if !full {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
             }
         }
         Cmd::Reboot => post(&cli, Operator::Power(PowerAction::Reboot)),

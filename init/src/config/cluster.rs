@@ -117,6 +117,9 @@ pub struct ClusterConfig {
     /// The same, checked.
     #[serde(skip)]
     pub operator_keys: Vec<(String, [u8; 32])>,
+    /// Where the blades' logs go besides their consoles and memory.
+    #[serde(default)]
+    pub logging: crate::logging::remote::LoggingConfig,
 }
 
 /// A bridge for guests. Its uplink puts it on the same L2 segment on every blade; it must not
@@ -167,6 +170,10 @@ pub fn parse_cluster(file: &Path, text: &str) -> Result<ClusterConfig, ConfigErr
     }
     if cfg.storage.aliases_refresh_s.is_some_and(|s| !(5..=86400).contains(&s)) {
         return Err(at("storage", "aliases-refresh-s", "storage: aliases-refresh-s must be 5-86400 seconds".into()));
+    }
+    if let Some(r) = &cfg.logging.remote {
+        crate::logging::remote::parse_remote(r)
+            .map_err(|e| at("logging", "remote", format!("logging: remote: {e}")))?;
     }
     if !cfg.aliases_table.is_empty() {
         let table = std::mem::take(&mut cfg.aliases_table);

@@ -142,7 +142,9 @@ impl Init {
                 });
                 return;
             }
-            Request::Operator(Operator::ReadLun { .. }) => Err(Refusal::invalid("LUN reads are served by the API")),
+            Request::Operator(Operator::ReadLun { .. } | Operator::Logs { .. }) => {
+                Err(Refusal::invalid("LUN reads and logs are served by the API"))
+            }
             Request::Operator(Operator::LeasesInit { force }) => {
                 let Some(area) = self.edge.area.clone() else {
                     let _ = reply.send(Err(Refusal::conflict("this cluster has no [ha] lease area")));

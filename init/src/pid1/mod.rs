@@ -273,6 +273,19 @@ impl Init {
                 warn!("cannot set hostname {}: {e}", self.node);
             }
         }
+        if let Some(c) = &outcome.cluster {
+            if let Some(url) = &c.logging.remote {
+                match crate::logging::remote::start(url, c.logging.format, self.node.clone()) {
+                    Ok(()) => {
+                        info!(collector = %url, format = ?c.logging.format, "logs are sent to the remote collector")
+                    }
+                    Err(e) => {
+                        error!("logging: {e}");
+                        self.boot_problems.push(format!("logging: {e}"));
+                    }
+                }
+            }
+        }
         if !self.tls_open && self.api_port.is_some() {
             warn!("no credentials ({}): the API serves only the status and the metrics", outcome.credentials);
         }

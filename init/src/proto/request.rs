@@ -48,6 +48,12 @@ pub enum Operator {
     Undrain,
     /// Every guest of the cluster and where it runs, asked of every blade at once.
     ClusterGuests,
+    /// The blade's recent log entries after `since`, those about a service or a guest if asked.
+    Logs {
+        since: u64,
+        service: Option<String>,
+        guest: Option<String>,
+    },
     /// One read-only QMP query to a guest's QEMU (the body of the call).
     GuestQmp {
         guest: String,
@@ -198,6 +204,16 @@ pub struct BladeReload {
     pub report: Option<crate::storage::reload::ReloadReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `bladevisor logs`: a page of entries, and where the next page starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogsPage {
+    pub entries: Vec<crate::logging::ring::Entry>,
+    pub next: u64,
+    /// Lines the remote collector did not get (it was down or slow) since boot.
+    #[serde(default)]
+    pub remote_dropped: u64,
 }
 
 /// `bladevisor rescan`: each host's outcome.

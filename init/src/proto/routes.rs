@@ -84,6 +84,16 @@ pub fn route(method: &str, target: &str) -> Result<Request, RouteError> {
         ("GET", ["metrics"]) => R(Read::Metrics),
         ("GET", ["v1", "capacity"]) => R(Read::Capacity),
         ("GET", ["v1", "cluster", "guests"]) => Op(Operator::ClusterGuests),
+        ("GET", ["v1", "logs"]) => Op(Operator::Logs {
+            since: match query(target, "since")? {
+                None => 0,
+                Some(n) => {
+                    n.parse().map_err(|_| RouteError::Invalid(format!("since {:?} is not a number", shorten(&n))))?
+                }
+            },
+            service: query(target, "service")?,
+            guest: query(target, "guest")?,
+        }),
         ("GET", ["v1", "guests", g]) => R(Read::Guest(name(g))),
         ("GET", ["v1", "guests", g, "console"]) => Op(Operator::Console { name: name(g), offset: offset(target)? }),
         ("GET", ["v1", "luns", alias, "read"]) => Op(Operator::ReadLun { alias: name(alias), offset: offset(target)? }),
@@ -132,6 +142,7 @@ pub fn route(method: &str, target: &str) -> Result<Request, RouteError> {
         }
         (_, ["v1", "status" | "capacity" | "evacuate" | "undrain"])
         | (_, ["v1", "cluster", "guests"])
+        | (_, ["v1", "logs"])
         | (_, ["metrics"])
         | (_, ["v1", "guests", _])
         | (_, ["v1", "guests", _, _])
@@ -147,7 +158,9 @@ impl Request {
     pub fn method(&self) -> &'static str {
         match self {
             Request::Read(_)
-            | Request::Operator(Operator::Console { .. } | Operator::ReadLun { .. } | Operator::ClusterGuests) => "GET",
+            | Request::Operator(
+                Operator::Console { .. } | Operator::ReadLun { .. } | Operator::ClusterGuests | Operator::Logs { .. },
+            ) => "GET",
             _ => "POST",
         }
     }
@@ -180,6 +193,16 @@ impl Request {
                 }
                 Operator::Undrain => "/v1/undrain".into(),
                 Operator::ClusterGuests => "/v1/cluster/guests".into(),
+                Operator::Logs { since, service, guest } => {
+                    let mut q = format!("/v1/logs?since={since}");
+                    if let Some(s) = service {
+                        q.push_str(&format!("&service={}", enc(s)));
+                    }
+                    if let Some(g) = guest {
+                        q.push_str(&format!("&guest={}", enc(g)));
+                    }
+                    q
+                }
                 Operator::GuestQmp { guest, .. } => format!("/v1/guests/{}/qmp", enc(guest)),
                 Operator::Console { name, offset } => format!("/v1/guests/{}/console?offset={offset}", enc(name)),
                 Operator::ReadLun { alias, offset } => format!("/v1/luns/{}/read?offset={offset}", enc(alias)),
@@ -250,6 +273,8 @@ mod tests {
             Op(Operator::Evacuate { parallel: None }),
             Op(Operator::Undrain),
             Op(Operator::ClusterGuests),
+            Op(Operator::Logs { since: 0, service: None, guest: None }),
+            Op(Operator::Logs { since: 42, service: Some(odd.clone()), guest: Some("web".into()) }),
             Op(Operator::GuestQmp { guest: "web".into(), command: serde_json::Value::Null }),
             Op(Operator::Console { name: "web".into(), offset: 77 }),
             Op(Operator::ReadLun { alias: "vm1".into(), offset: 8192 }),
