@@ -1,5 +1,5 @@
 ; The lab's test guest: a boot sector that prints an increasing counter on COM1, one line
-; every half second, forever. Under TCG inside TCG a distribution would take minutes to boot;
+; every half second, forever, and answers each byte typed on COM1 with a line "echo <byte>". Under TCG inside TCG a distribution would take minutes to boot;
 ; this is up in the time SeaBIOS takes. A live migration that works never restarts the count.
 ;
 ; nasm -f bin -o counter.img counter.asm
@@ -25,6 +25,22 @@ start:
         call putdec
         mov si, crlf
         call puts
+.echo:                          ; every byte received since the last tick, echoed
+        mov dx, 0x3fd
+        in al, dx
+        test al, 1              ; data ready
+        jz .wait
+        mov dx, 0x3f8
+        in al, dx
+        push ax
+        mov si, echoed
+        call puts
+        pop ax
+        call putc
+        mov si, crlf
+        call puts
+        jmp .echo
+.wait:
         mov ah, 0x86            ; BIOS wait: CX:DX microseconds (0x7a120 = 500 ms)
         mov cx, 0x0007
         mov dx, 0xa120
@@ -77,6 +93,7 @@ putc:
 
 hello:  db "bladevisor test guest", 13, 10, 0
 prefix: db "count ", 0
+echoed: db "echo ", 0
 crlf:   db 13, 10, 0
 
         times 510 - ($ - $$) db 0

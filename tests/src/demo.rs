@@ -73,17 +73,20 @@ pub fn migration(b: &Blade, id: u64) -> MigrationStatus {
         .unwrap_or_else(|| panic!("no migration {id}\n{}", b.report()))
 }
 
-/// The operator's CLI against a blade's API.
-pub fn cli(b: &Blade, args: &[&str]) -> (bool, String) {
+/// The operator's CLI pointed at a blade's TLS API, with the lab's CA and token.
+pub fn cli_command(b: &Blade) -> Command {
     let exe = repo_root().join("target/release/bladevisor");
     assert!(exe.exists(), "{} is missing: image/build builds it", exe.display());
-    let out = Command::new(&exe)
-        .args(["--api", &format!("https://127.0.0.1:{}", b.tls_port), "--server-name", &b.spec.node, "--token", TOKEN])
+    let mut c = Command::new(&exe);
+    c.args(["--api", &format!("https://127.0.0.1:{}", b.tls_port), "--server-name", &b.spec.node, "--token", TOKEN])
         .arg("--ca")
-        .arg(&crate::lab_pki().ca_file)
-        .args(args)
-        .output()
-        .expect("the CLI runs");
+        .arg(&crate::lab_pki().ca_file);
+    c
+}
+
+/// The operator's CLI against a blade's API.
+pub fn cli(b: &Blade, args: &[&str]) -> (bool, String) {
+    let out = cli_command(b).args(args).output().expect("the CLI runs");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }

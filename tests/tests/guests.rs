@@ -84,6 +84,8 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
     assert!(success && out.contains("service=guest-demo"), "{out}");
     assert!(out.lines().any(|l| l.contains("starting") || l.contains("started")), "{out}");
 
+    interactive_console(&blade);
+
     // Without the token nothing changes.
     assert_eq!(
         ok(blade.call(
@@ -234,4 +236,58 @@ fn hostile_clients_do_not_reach_the_guest(blade: &Blade) {
     let g = guest(blade);
     assert_eq!((g.state, g.pid), (GuestState::Running, Some(pid)), "the guest kept its process");
     assert!(ok(blade.status()).ready);
+}
+
+/// `bladevisor console demo -i`: a key typed reaches the guest (the test guest answers each byte
+/// with `echo <byte>`), another session cannot type meanwhile, Ctrl-] leaves.
+fn interactive_console(blade: &Blade) {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let mut child = bladevisor_lab::demo::cli_command(blade)
+        .args(["console", "demo", "-i"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the CLI runs");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (mut out, sink) = (child.stdout.take().unwrap(), seen.clone());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"z").unwrap();
+    stdin.flush().unwrap();
+    wait(blade, "the guest to echo what was typed", Duration::from_secs(60), || {
+        seen.lock().unwrap().contains("echo z")
+    });
+    // Meanwhile another session may watch, not type.
+    let other = Request::Operator(Operator::ConsoleInput {
+        name: "demo".into(),
+        session: "another-operator".into(),
+        who: String::new(),
+        data: b"q".to_vec(),
+    });
+    let r = ok(blade.call(&other, Some(TOKEN)));
+    assert_eq!(r.code, 409, "{}", r.body);
+    assert!(r.body.contains("is typing on this console"), "{}", r.body);
+    stdin.write_all(&[0x1d]).unwrap();
+    stdin.flush().unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < end, "Ctrl-] did not leave the console");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert!(status.success() && err.contains("left the console of demo"), "{status} {err}");
 }

@@ -148,13 +148,15 @@ impl Handler for Api {
                 return message(405, "error", &format!("method not allowed: {}", what()))
             }
         };
-        match check(&self.auth, &request, req.authorization.as_deref(), req.tls.as_ref()) {
+        let caller = match check(&self.auth, &request, req.authorization.as_deref(), req.tls.as_ref()) {
             Err((code, why)) => {
                 self.log_refusal(&req, &why);
                 return message(code, "error", &why);
             }
-            Ok(Some(Caller::Operator(name))) => info!(operator = %name, "{}", what()),
-            Ok(_) => {}
+            Ok(c) => c,
+        };
+        if let Some(Caller::Operator(name)) = &caller {
+            info!(operator = %name, "{}", what());
         }
         match request {
             Request::Read(Read::Metrics) => match self.ask(Request::Read(Read::Status)) {
@@ -167,6 +169,19 @@ impl Handler for Api {
                 Err(r) => render(Err(r)),
             },
             Request::Operator(Operator::ReadLun { alias, offset }) => self.read_lun(&alias, offset),
+            Request::Operator(Operator::ConsoleInput { name, session, .. }) => {
+                match crate::proto::routes::console_bytes(&req.body) {
+                    Ok(data) => {
+                        let who = match caller {
+                            Some(Caller::Operator(n)) => format!("operator {n}"),
+                            Some(Caller::Peer) => "another blade".into(),
+                            None => "root on the blade".into(),
+                        };
+                        render(self.ask(Request::Operator(Operator::ConsoleInput { name, session, who, data })))
+                    }
+                    Err(e) => message(400, "error", &e),
+                }
+            }
             Request::Operator(Operator::Logs { since, service, guest }) => {
                 let (entries, next) = crate::logging::ring::RING.lock().unwrap_or_else(|p| p.into_inner()).since(
                     since,

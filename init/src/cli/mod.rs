@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod console;
 mod credentials;
 mod offline;
 mod render;
@@ -190,12 +191,15 @@ enum Cmd {
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
-    /// Show a guest's serial console (the last 64 KiB).
+    /// Show a guest's serial console (the last 64 KiB), follow it, or type into it (-i).
     Console {
         name: String,
         /// Keep following it, like tail -f.
         #[arg(long, short)]
         follow: bool,
+        /// Type into it too (one operator at a time; Ctrl-] leaves).
+        #[arg(long, short, conflicts_with = "follow")]
+        interactive: bool,
     },
 }
 
@@ -490,7 +494,8 @@ pub fn main() {
             };
             fail(crate::leases::exec::run(&plan));
         }
-        Cmd::Console { name, follow } => {
+        Cmd::Console { name, interactive: true, .. } => console::interactive(&cli, name),
+        Cmd::Console { name, follow, .. } => {
             let mut offset = 0u64;
             loop {
                 let c: ConsoleText = ask(&cli, Operator::Console { name: name.clone(), offset });

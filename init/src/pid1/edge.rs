@@ -142,6 +142,10 @@ impl Init {
                 });
                 return;
             }
+            Request::Operator(Operator::ConsoleInput { name, session, who, data }) => {
+                self.console_input(&name, &session, Some((&who, &data)))
+            }
+            Request::Operator(Operator::ConsoleDetach { name, session }) => self.console_input(&name, &session, None),
             Request::Operator(Operator::ReadLun { .. } | Operator::Logs { .. }) => {
                 Err(Refusal::invalid("LUN reads and logs are served by the API"))
             }
@@ -246,12 +250,35 @@ impl Init {
     fn console(&self, name: &str, offset: u64) -> Reply {
         let consoles = self.edge.consoles.lock().unwrap_or_else(|p| p.into_inner());
         match consoles.get(name) {
-            Some(ring) => {
-                let (data, next) = ring.read_from(offset);
+            Some(c) => {
+                let (data, next) = c.ring.read_from(offset);
                 let text = String::from_utf8_lossy(&data).into_owned();
                 Ok(Answer::Console(ConsoleText { guest: name.to_string(), next, text }))
             }
             None => Err(Refusal::not_found(format!("no console for guest {name:?} on this blade"))),
+        }
+    }
+
+    /// Types on a guest's console as `session` (`input`: who and what), or detaches it.
+    fn console_input(&self, name: &str, session: &str, input: Option<(&str, &[u8])>) -> Reply {
+        let valid =
+            (1..=64).contains(&session.len()) && session.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid {
+            return Err(Refusal::invalid("session must be 1-64 letters, digits and '-'"));
+        }
+        let mut consoles = self.edge.consoles.lock().unwrap_or_else(|p| p.into_inner());
+        let c = consoles
+            .get_mut(name)
+            .ok_or_else(|| Refusal::not_found(format!("no console for guest {name:?} on this blade")))?;
+        match input {
+            Some((who, data)) => c
+                .write(session, who, data, Instant::now())
+                .map(|_| Answer::done(format!("{} bytes typed", data.len())))
+                .map_err(Refusal::conflict),
+            None => {
+                c.detach(session);
+                Ok(Answer::done("detached"))
+            }
         }
     }
 

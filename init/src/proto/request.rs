@@ -48,6 +48,19 @@ pub enum Operator {
     Undrain,
     /// Every guest of the cluster and where it runs, asked of every blade at once.
     ClusterGuests,
+    /// Type `data` on a guest's console, as `session` (one session types at a time); `who` is
+    /// filled in by the API from the caller's credentials, never taken from the request.
+    ConsoleInput {
+        name: String,
+        session: String,
+        who: String,
+        data: Vec<u8>,
+    },
+    /// `session` stops typing on the guest's console.
+    ConsoleDetach {
+        name: String,
+        session: String,
+    },
     /// The blade's recent log entries after `since`, those about a service or a guest if asked.
     Logs {
         since: u64,

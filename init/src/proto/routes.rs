@@ -96,6 +96,15 @@ pub fn route(method: &str, target: &str) -> Result<Request, RouteError> {
         }),
         ("GET", ["v1", "guests", g]) => R(Read::Guest(name(g))),
         ("GET", ["v1", "guests", g, "console"]) => Op(Operator::Console { name: name(g), offset: offset(target)? }),
+        ("POST", ["v1", "guests", g, "console"]) => Op(Operator::ConsoleInput {
+            name: name(g),
+            session: required("session", "console input")?,
+            who: String::new(),
+            data: vec![],
+        }),
+        ("POST", ["v1", "guests", g, "console", "detach"]) => {
+            Op(Operator::ConsoleDetach { name: name(g), session: required("session", "console detach")? })
+        }
         ("GET", ["v1", "luns", alias, "read"]) => Op(Operator::ReadLun { alias: name(alias), offset: offset(target)? }),
         ("POST", ["v1", "power", action]) => {
             Op(Operator::Power(PowerAction::parse(action).ok_or(RouteError::NotFound)?))
@@ -146,6 +155,7 @@ pub fn route(method: &str, target: &str) -> Result<Request, RouteError> {
         | (_, ["metrics"])
         | (_, ["v1", "guests", _])
         | (_, ["v1", "guests", _, _])
+        | (_, ["v1", "guests", _, "console", "detach"])
         | (_, ["v1", "power" | "incoming", ..])
         | (_, ["v1", "services" | "nodes", _, _])
         | (_, ["v1", "storage" | "leases", "reload" | "init" | "rescan"])
@@ -205,6 +215,12 @@ impl Request {
                 }
                 Operator::GuestQmp { guest, .. } => format!("/v1/guests/{}/qmp", enc(guest)),
                 Operator::Console { name, offset } => format!("/v1/guests/{}/console?offset={offset}", enc(name)),
+                Operator::ConsoleInput { name, session, .. } => {
+                    format!("/v1/guests/{}/console?session={}", enc(name), enc(session))
+                }
+                Operator::ConsoleDetach { name, session } => {
+                    format!("/v1/guests/{}/console/detach?session={}", enc(name), enc(session))
+                }
                 Operator::ReadLun { alias, offset } => format!("/v1/luns/{}/read?offset={offset}", enc(alias)),
                 Operator::StorageReload { all } => format!("/v1/storage/reload{}", if *all { "?all=1" } else { "" }),
                 Operator::StorageRescan => "/v1/storage/rescan".into(),
@@ -230,19 +246,31 @@ impl Request {
     pub fn body(&self) -> Option<String> {
         match self {
             Request::Operator(Operator::GuestQmp { command, .. }) => Some(command.to_string()),
+            Request::Operator(Operator::ConsoleInput { data, .. }) => {
+                Some(data.iter().map(|b| format!("{b:02x}")).collect())
+            }
             _ => None,
         }
     }
 
-    /// The largest body a route takes, known before the body is read: a QMP query's JSON; every
-    /// other call carries its few arguments in the URL.
+    /// The largest body a route takes, known before the body is read: a QMP query's JSON, the
+    /// hex of what is typed on a console; every other call carries its few arguments in the URL.
     pub fn body_limit(&self) -> usize {
-        if self.body().is_some() {
-            QMP_BODY_LIMIT
-        } else {
-            0
+        match self {
+            Request::Operator(Operator::GuestQmp { .. }) => QMP_BODY_LIMIT,
+            Request::Operator(Operator::ConsoleInput { .. }) => 2 * crate::qemu::console::MAX_INPUT,
+            _ => 0,
         }
     }
+}
+
+/// The bytes of a console input's body (hex), or why not.
+pub fn console_bytes(body: &[u8]) -> Result<Vec<u8>, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body must be hex digits".to_string())?.trim();
+    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("the body must be an even number of hex digits (the bytes typed)".into());
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|e| e.to_string())).collect()
 }
 
 /// The largest QMP query the API takes.
@@ -277,6 +305,8 @@ mod tests {
             Op(Operator::Logs { since: 42, service: Some(odd.clone()), guest: Some("web".into()) }),
             Op(Operator::GuestQmp { guest: "web".into(), command: serde_json::Value::Null }),
             Op(Operator::Console { name: "web".into(), offset: 77 }),
+            Op(Operator::ConsoleInput { name: odd.clone(), session: "s 1".into(), who: String::new(), data: vec![] }),
+            Op(Operator::ConsoleDetach { name: "web".into(), session: odd.clone() }),
             Op(Operator::ReadLun { alias: "vm1".into(), offset: 8192 }),
             Op(Operator::StorageReload { all: false }),
             Op(Operator::StorageReload { all: true }),
