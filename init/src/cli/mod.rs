@@ -40,6 +40,9 @@ struct Cli {
     /// Your operator token, for calls over --api that change anything.
     #[arg(long, global = true, env = "BLADEVISOR_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Print the answer as JSON (one object; `logs`: one per entry) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -49,18 +52,10 @@ enum Cmd {
     /// Run as the init (what /sbin/init does on a blade).
     Init,
     /// Show the blade's status.
-    Status {
-        /// Print the raw JSON of GET /v1/status.
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// Every guest of the cluster: where it runs, or why it does not (every blade asked at
     /// once; a blade that could not be asked is named).
-    List {
-        /// Print the raw JSON of GET /v1/cluster/guests.
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// The blade's recent log (kept in memory), optionally only a service's or a guest's.
     Logs {
         /// Keep following it, like tail -f.
@@ -70,9 +65,6 @@ enum Cmd {
         service: Option<String>,
         #[arg(long)]
         guest: Option<String>,
-        /// One JSON object per entry.
-        #[arg(long)]
-        json: bool,
     },
     /// Stop all services in order and reboot.
     Reboot,
@@ -272,7 +264,17 @@ fn ask_for<T: serde::de::DeserializeOwned>(cli: &Cli, op: Operator, limit: Durat
 }
 
 fn post(cli: &Cli, op: Operator) {
-    println!("{}", ask::<Done>(cli, op).ok);
+    let done = ask::<Done>(cli, op);
+    show(cli, &done, || format!("{}\n", done.ok));
+}
+
+/// Prints `value` as JSON with --json, else the text `human` makes.
+fn show<T: serde::Serialize>(cli: &Cli, value: &T, human: impl FnOnce() -> String) {
+    if cli.json {
+        println!("{}", serde_json::to_string(value).unwrap_or_default());
+    } else {
+        print!("{}", human());
+    }
 }
 
 fn get_status(cli: &Cli) -> Status {
@@ -287,10 +289,10 @@ fn follow_migration(cli: &Cli, id: u64) -> crate::migration::Outcome {
             fail(format!("migration {id} is not in the blade's status any more"));
         };
         let line = render_migration(m);
-        if line != last {
+        if line != last && !cli.json {
             println!("{line}");
-            last = line;
         }
+        last = line;
         if let Some(o) = &m.outcome {
             return o.clone();
         }
@@ -307,36 +309,24 @@ pub fn main() {
     let cli = Cli::parse();
     match &cli.cmd {
         Cmd::Init => crate::pid1::run(),
-        Cmd::Status { json } => {
+        Cmd::Status => {
             let s = get_status(&cli);
-            if *json {
-                println!("{}", serde_json::to_string(&s).unwrap_or_default());
-            } else {
-                print!("{}", render_status(&s));
-            }
+            show(&cli, &s, || render_status(&s));
         }
-        Cmd::List { json } => {
+        Cmd::List => {
             let v: crate::proto::cluster::ClusterGuests = ask(&cli, Operator::ClusterGuests);
-            if *json {
-                println!("{}", serde_json::to_string(&v).unwrap_or_default());
-            } else {
-                print!("{}", render_list(&v));
-            }
+            show(&cli, &v, || render_list(&v));
             if v.blades.iter().any(|b| b.error.is_some()) {
                 std::process::exit(2);
             }
         }
-        Cmd::Logs { follow, service, guest, json } => {
+        Cmd::Logs { follow, service, guest } => {
             let mut since = 0;
             loop {
                 let op = Operator::Logs { since, service: service.clone(), guest: guest.clone() };
                 let page: crate::proto::request::LogsPage = ask(&cli, op);
                 for e in &page.entries {
-                    if *json {
-                        println!("{}", serde_json::to_string(e).unwrap_or_default());
-                    } else {
-                        println!("{}", e.line());
-                    }
+                    show(&cli, e, || format!("{}\n", e.line()));
                 }
                 let full = page.next > since && !page.entries.is_empty() && page.entries.len() >= 1000;
                 since = page.next;
@@ -354,34 +344,44 @@ pub fn main() {
         Cmd::Service { name, action } => post(&cli, Operator::Service { name: name.clone(), action: *action }),
         Cmd::ReloadAliases { all: false } => {
             let r: ReloadReport = ask_for(&cli, Operator::StorageReload { all: false }, Duration::from_secs(120));
-            print!("{}", render_reload(&r));
+            show(&cli, &r, || render_reload(&r));
         }
         Cmd::ReloadAliases { all: true } => {
             let r: ReloadedAll = ask_for(&cli, Operator::StorageReload { all: true }, Duration::from_secs(240));
-            println!("{}", r.ok);
-            for b in &r.blades {
-                match (&b.report, &b.error) {
-                    (Some(rep), _) => print!("{}: {}", b.node, render_reload(rep)),
-                    (None, e) => println!("{}: FAILED: {}", b.node, e.as_deref().unwrap_or("no answer")),
+            show(&cli, &r, || {
+                let mut out = format!("{}\n", r.ok);
+                for b in &r.blades {
+                    match (&b.report, &b.error) {
+                        (Some(rep), _) => out.push_str(&format!("{}: {}", b.node, render_reload(rep))),
+                        (None, e) => {
+                            out.push_str(&format!("{}: FAILED: {}\n", b.node, e.as_deref().unwrap_or("no answer")))
+                        }
+                    }
                 }
-            }
+                out
+            });
             if r.blades.iter().any(|b| b.error.is_some()) {
                 std::process::exit(1);
             }
         }
         Cmd::Rescan => {
             let r: Rescanned = ask_for(&cli, Operator::StorageRescan, Duration::from_secs(60));
-            println!("{}", r.ok);
+            show(&cli, &r, || format!("{}\n", r.ok));
         }
         Cmd::Guest { name, action, force } => {
             post(&cli, Operator::Guest { name: name.clone(), action: *action, force: *force })
         }
         Cmd::Migrate { guest, to, max_bandwidth_mbps, no_wait } => {
             let op = Operator::Migrate { guest: guest.clone(), to: to.clone(), bandwidth_mbps: *max_bandwidth_mbps };
-            let MigrationStarted { ok, id } = ask(&cli, op);
-            println!("{ok}");
+            let started: MigrationStarted = ask(&cli, op);
+            if *no_wait || !cli.json {
+                show(&cli, &started, || format!("{}\n", started.ok));
+            }
             if !no_wait {
-                let o = follow_migration(&cli, id);
+                let o = follow_migration(&cli, started.id);
+                if cli.json {
+                    println!("{}", serde_json::to_string(&o).unwrap_or_default());
+                }
                 if o.result != Ending::Completed {
                     std::process::exit(1);
                 }
@@ -398,23 +398,25 @@ pub fn main() {
                 let Some(e) = &s.evacuation else { fail("the blade reports no evacuation") };
                 for m in s.migrations.iter().filter(|m| e.guests.iter().any(|g| g.migration == Some(m.id))) {
                     let line = render_migration(m);
-                    if lines.insert(m.id, line.clone()).as_ref() != Some(&line) {
+                    if lines.insert(m.id, line.clone()).as_ref() != Some(&line) && !cli.json {
                         println!("{line}");
                     }
                 }
                 for g in e.guests.iter().filter(|g| g.moved == Some(false) && g.migration.is_none()) {
-                    if shown.insert(g.guest.clone()) {
+                    if shown.insert(g.guest.clone()) && !cli.json {
                         println!("{}: {}", g.guest, g.result.as_deref().unwrap_or("not moved"));
                     }
                 }
                 if e.done {
                     let failed = e.guests.iter().filter(|g| g.moved != Some(true)).count();
-                    println!(
-                        "evacuation of {}: {} of {} guests moved; the blade is drained (bladevisor undrain)",
-                        s.node,
-                        e.guests.len() - failed,
-                        e.guests.len()
-                    );
+                    show(&cli, e, || {
+                        format!(
+                            "evacuation of {}: {} of {} guests moved; the blade is drained (bladevisor undrain)\n",
+                            s.node,
+                            e.guests.len() - failed,
+                            e.guests.len()
+                        )
+                    });
                     std::process::exit(if failed == 0 { 0 } else { 1 });
                 }
                 std::thread::sleep(Duration::from_millis(500));
@@ -428,11 +430,14 @@ pub fn main() {
                 fail(format!("operator {name:?}: names are letters, digits, '-' and '_'"));
             }
             let token = new_token().unwrap_or_else(|e| fail(e));
-            println!("token for {name} (give it to them once; it is not kept anywhere): {token}");
-            println!(
-                "\n# in the cluster configuration:\n[operators.{name}]\ntoken-sha256 = \"{}\"",
-                sha256_hex(&token)
-            );
+            let hash = sha256_hex(&token);
+            let v = serde_json::json!({ "name": name, "token": token, "token_sha256": hash });
+            show(&cli, &v, || {
+                format!(
+                    "token for {name} (give it to them once; it is not kept anywhere): {token}\n\n\
+                     # in the cluster configuration:\n[operators.{name}]\ntoken-sha256 = \"{hash}\"\n"
+                )
+            });
         }
         Cmd::Token { cmd: TokenCmd::Hash } => {
             let mut token = String::new();
@@ -441,17 +446,21 @@ pub fn main() {
             if let Some(why) = crate::config::values::token_problem(token) {
                 fail(why);
             }
-            println!("token-sha256 = \"{}\"", crate::config::credentials::sha256_hex(token));
+            let hash = crate::config::credentials::sha256_hex(token);
+            show(&cli, &serde_json::json!({ "token_sha256": hash }), || format!("token-sha256 = \"{hash}\"\n"));
         }
         Cmd::Credentials { cmd: CredentialsCmd::Init { dir, cluster } } => {
-            for f in credentials::init(dir, cluster).unwrap_or_else(|e| fail(e)) {
-                println!("wrote {}", f.display());
-            }
-            println!("next: bladevisor credentials issue {} <blade> for each blade", dir.display());
+            let wrote = credentials::init(dir, cluster).unwrap_or_else(|e| fail(e));
+            show(&cli, &serde_json::json!({ "wrote": wrote }), || {
+                let files: String = wrote.iter().map(|f| format!("wrote {}\n", f.display())).collect();
+                format!("{files}next: bladevisor credentials issue {} <blade> for each blade\n", dir.display())
+            });
         }
         Cmd::Credentials { cmd: CredentialsCmd::Issue { dir, node, ips, days } } => {
             let f = credentials::issue(dir, node, ips, *days).unwrap_or_else(|e| fail(e));
-            println!("wrote {} (secret: serve it to {node} only, at its credentials URL)", f.display());
+            show(&cli, &serde_json::json!({ "wrote": f }), || {
+                format!("wrote {} (secret: serve it to {node} only, at its credentials URL)\n", f.display())
+            });
         }
         Cmd::Check { config, aliases, credentials, node } => {
             let c = offline::Check {
@@ -459,12 +468,11 @@ pub fn main() {
                 aliases: aliases.clone(),
                 credentials: credentials.clone().zip(node.clone()),
             };
-            for line in offline::check(&c).unwrap_or_else(|e| fail(e)) {
-                println!("{line}");
-            }
+            let lines = offline::check(&c).unwrap_or_else(|e| fail(e));
+            show(&cli, &serde_json::json!({ "ok": lines }), || lines.iter().map(|l| format!("{l}\n")).collect());
         }
         Cmd::ImportLibvirt { domains, node, aliases } => {
-            let (out, all) = offline::import_libvirt(domains, node.as_deref(), aliases.as_deref());
+            let (out, all) = offline::import_libvirt(domains, node.as_deref(), aliases.as_deref(), cli.json);
             print!("{out}");
             if !all {
                 std::process::exit(1);

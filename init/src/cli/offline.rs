@@ -69,8 +69,26 @@ const PLACEHOLDER: &str = "CHOOSE-A-BLADE";
 
 /// `import-libvirt`: each domain's section with its notes as comments, or its error. Err when
 /// any domain could not be imported at all.
-pub fn import_libvirt(files: &[PathBuf], node: Option<&str>, aliases: Option<&Path>) -> (String, bool) {
+pub fn import_libvirt(files: &[PathBuf], node: Option<&str>, aliases: Option<&Path>, json: bool) -> (String, bool) {
     let placed = node.unwrap_or(PLACEHOLDER);
+    if json {
+        let table = match aliases.map(alias_table).transpose() {
+            Ok(t) => t.unwrap_or_default(),
+            Err(e) => return (serde_json::json!({ "error": e }).to_string() + "\n", false),
+        };
+        let results: Vec<serde_json::Value> = files
+            .iter()
+            .map(|f| {
+                let source = f.display().to_string();
+                match read(f).and_then(|xml| crate::config::libvirt::import(&source, &xml, placed, &table)) {
+                    Ok(i) => serde_json::json!({ "file": source, "name": i.name, "toml": i.toml, "notes": i.notes }),
+                    Err(e) => serde_json::json!({ "file": source, "error": e }),
+                }
+            })
+            .collect();
+        let all = results.iter().all(|r| r.get("error").is_none());
+        return (serde_json::Value::Array(results).to_string() + "\n", all);
+    }
     let table = match aliases.map(alias_table).transpose() {
         Ok(t) => t.unwrap_or_default(),
         Err(e) => return (format!("# {e}\n"), false),
@@ -152,7 +170,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let web = write(d.path(), "web.xml", include_str!("../../tests/fixtures/libvirt/web.xml"));
         let junk = write(d.path(), "junk.xml", "<network/>");
-        let (out, all) = import_libvirt(&[web.clone(), junk], Some("blade1"), None);
+        let (out, all) = import_libvirt(&[web.clone(), junk], Some("blade1"), None, false);
         assert!(!all);
         assert!(out.contains("# imported from ") && out.contains("[guests.web]\nnode = \"blade1\""), "{out}");
         assert!(out.contains("# note: graphics spice: not carried over"), "{out}");
@@ -165,7 +183,7 @@ mod tests {
         );
         assert!(crate::config::cluster::parse_cluster(Path::new("c.toml"), &cfg).is_ok(), "{cfg}");
         // Without --node: a placeholder, said so.
-        let (out, all) = import_libvirt(&[web], None, None);
+        let (out, all) = import_libvirt(std::slice::from_ref(&web), None, None, false);
         assert!(
             all && out.contains("node = \"CHOOSE-A-BLADE\"") && out.contains("# note: node: CHOOSE-A-BLADE"),
             "{out}"
