@@ -3,6 +3,14 @@ use super::*;
 const WEB: &str = include_str!("../../../tests/fixtures/libvirt/web.xml");
 const DB: &str = include_str!("../../../tests/fixtures/libvirt/db.xml");
 
+/// Every one of `expected` is among the notes.
+fn has_notes(notes: &[String], expected: &[&str]) {
+    let all = notes.join("\n");
+    for e in expected {
+        assert!(all.contains(e), "{e:?} missing from:\n{all}");
+    }
+}
+
 fn table() -> Vec<Alias> {
     let text = "[aliases]\nweb-root = { wwid = \"3600a0b800050c1f2000012345678ffff\" }\n\
                 web-data = { wwid = \"3600a0b800050c1f2000012345678abcd\" }\n\
@@ -21,18 +29,18 @@ fn a_virt_install_domain_becomes_a_guest_section_and_says_what_it_left_out() {
          { alias = \"web-data\", cache = \"none\", aio = \"native\" },\n]\n\
          nics = [\n  { bridge = \"br0\", mac = \"52:54:00:6c:3e:01\", model = \"virtio-net-pci\" },\n]\n"
     );
-    let notes = i.notes.join("\n");
-    for expected in [
-        "disk sda: a cdrom (/var/lib/libvirt/images/debian-12.iso) is not carried over",
-        "interface 52:54:00:6c:3e:02: type network (default) is not a bridge",
-        "channel unix: not carried over",
-        "graphics spice: not carried over",
-        "video: not carried over",
-        "rng virtio: not carried over",
-    ] {
-        assert!(notes.contains(expected), "{expected:?} missing from:\n{notes}");
-    }
-    assert_eq!(i.notes.len(), 6, "{notes}");
+    has_notes(
+        &i.notes,
+        &[
+            "disk sda: a cdrom (/var/lib/libvirt/images/debian-12.iso) is not carried over",
+            "interface 52:54:00:6c:3e:02: type network (default) is not a bridge",
+            "channel unix: not carried over",
+            "graphics spice: not carried over",
+            "video: not carried over",
+            "rng virtio: not carried over",
+        ],
+    );
+    assert_eq!(i.notes.len(), 6, "{:?}", i.notes);
 }
 
 #[test]
@@ -41,17 +49,17 @@ fn what_a_blade_cannot_run_as_written_is_changed_and_said() {
     assert!(i.toml.contains("memory-mib = 8192\nvcpus = 2\nmachine = \"pc-q35-7.2\"\n"), "{}", i.toml);
     assert!(i.toml.contains("{ alias = \"db-data\", cache = \"none\", aio = \"native\" }"), "{}", i.toml);
     assert!(i.toml.contains("model = \"rtl8139\""), "{}", i.toml);
-    let notes = i.notes.join("\n");
-    for expected in [
-        "vcpu current 2 of 8: 2 given",
-        "machine pc-q35-8.2 is newer than this image's QEMU 7.2: pc-q35-7.2 used",
-        "cpu mode host-passthrough: a guest that live-migrates needs a pinned model",
-        "disk sda: cache writeback is not safe on a LUN shared by blades: cache none used",
-        "disk sda: bus scsi: attached as virtio-blk here",
-        "disk vdc: /var/lib/libvirt/images/db-scratch.qcow2 is not a block device: copy it onto a LUN",
-    ] {
-        assert!(notes.contains(expected), "{expected:?} missing from:\n{notes}");
-    }
+    has_notes(
+        &i.notes,
+        &[
+            "vcpu current 2 of 8: 2 given",
+            "machine pc-q35-8.2 is newer than this image's QEMU 7.2: pc-q35-7.2 used",
+            "cpu mode host-passthrough: a guest that live-migrates needs a pinned model",
+            "disk sda: cache writeback is not safe on a LUN shared by blades: cache none used",
+            "disk sda: bus scsi: attached as virtio-blk here",
+            "disk vdc: /var/lib/libvirt/images/db-scratch.qcow2 is not a block device: copy it onto a LUN",
+        ],
+    );
     // Without the alias table a WWID cannot be named.
     let i = import("db.xml", DB, "blade2", &[]).unwrap();
     assert!(i.notes.iter().any(|n| n.contains("WWID 3600a0b800050c1f20000aaaa00000001 has no alias")), "{:?}", i.notes);
