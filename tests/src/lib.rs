@@ -7,6 +7,7 @@ pub mod demo;
 pub mod hostile;
 pub mod http;
 pub mod live;
+pub mod ntp;
 pub mod pair;
 pub mod pki;
 pub mod qmp;

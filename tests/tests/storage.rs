@@ -152,7 +152,9 @@ fn an_alias_whose_lun_does_not_exist_is_missing_and_the_blade_is_still_ready() {
     // The alias file operators already have: multipath's bindings format, fetched at boot.
     let ghost = "3600a0b800000000000000000000dead";
     let bindings = format!("# multipath bindings\nlab-vm1 {}\nghost {ghost}\n", wwid_of(LAB_LUNS[0].1));
-    let cluster = format!("[cluster]\nname = \"lab\"\ntoken = \"{LAB_TOKEN}\"\n[storage]\nwait-s = 15\ndefault-paths = 2\n[nodes.blade1]\nmacs = [\"52:54:00:b1:ad:01\"]\n");
+    // The site's time server is an hour ahead of the blade's clock: the blade steps to it.
+    let ntp = bladevisor_lab::ntp::serve(3600.0);
+    let cluster = format!("[cluster]\nname = \"lab\"\ntoken = \"{LAB_TOKEN}\"\n[storage]\nwait-s = 15\ndefault-paths = 2\n[time]\nntp-servers = [\"10.0.2.2:{ntp}\"]\n[nodes.blade1]\nmacs = [\"52:54:00:b1:ad:01\"]\n");
     let (_http, url) = serve_files(&dir, &[("bindings", &bindings), ("cluster.toml", &cluster)]);
     let spec = BladeSpec::new(
         "san-missing",
@@ -174,6 +176,8 @@ fn an_alias_whose_lun_does_not_exist_is_missing_and_the_blade_is_still_ready() {
     ok(blade.wait_console("bladevisor ready", READY));
     let status = ok(blade.status());
     assert_eq!(status.booting, None, "the boot is over");
+    let clock = status.clock.clone().unwrap_or_default();
+    assert!(clock.starts_with("synchronised with 10.0.2.2:") && clock.contains("stepped by +36"), "{clock}");
     assert_eq!(status.aliases_source.as_deref(), Some(format!("fetched from {url}/bindings (Bindings)").as_str()));
     let g = lun(&blade, "ghost");
     assert_eq!((g.state, g.paths_up, g.dm.clone()), (LunState::Missing, 0, None), "{g:?}");

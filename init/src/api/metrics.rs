@@ -261,6 +261,7 @@ mod tests {
             migration_stats: Default::default(),
             booting: None,
             cert_not_after: Some(1_900_000_000),
+            clock: None,
             warnings: vec![],
             orphans_reaped: 2,
             cluster: Some("lab".into()),

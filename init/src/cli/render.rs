@@ -114,6 +114,9 @@ pub fn render_status(s: &Status) -> String {
     if let Some(m) = &s.management {
         out.push_str(&format!("mgmt     {m}\n"));
     }
+    if let Some(c) = &s.clock {
+        out.push_str(&format!("clock    {c}\n"));
+    }
     if let Some(b) = &s.booting {
         out.push_str(&format!("booting  {b}\n"));
     }

@@ -120,6 +120,31 @@ pub struct ClusterConfig {
     /// Where the blades' logs go besides their consoles and memory.
     #[serde(default)]
     pub logging: crate::logging::remote::LoggingConfig,
+    #[serde(default)]
+    pub time: TimeConfig,
+}
+
+/// `[time]`: where blades set their clocks from.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TimeConfig {
+    /// NTP servers by address (`10.0.0.1`, or with a port `10.0.0.1:123`), asked in turn.
+    #[serde(default)]
+    pub ntp_servers: Vec<String>,
+}
+
+impl TimeConfig {
+    /// The servers' socket addresses, or the first that is not one.
+    pub fn servers(&self) -> Result<Vec<std::net::SocketAddr>, String> {
+        self.ntp_servers
+            .iter()
+            .map(|s| {
+                s.parse::<std::net::SocketAddr>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 123)))
+                    .map_err(|_| format!("{s:?} is not an address (or address:port) of an NTP server"))
+            })
+            .collect()
+    }
 }
 
 /// A bridge for guests. Its uplink puts it on the same L2 segment on every blade; it must not
@@ -171,6 +196,10 @@ pub fn parse_cluster(file: &Path, text: &str) -> Result<ClusterConfig, ConfigErr
     if cfg.storage.aliases_refresh_s.is_some_and(|s| !(5..=86400).contains(&s)) {
         return Err(at("storage", "aliases-refresh-s", "storage: aliases-refresh-s must be 5-86400 seconds".into()));
     }
+    if cfg.time.ntp_servers.len() > 8 {
+        return Err(at("time", "ntp-servers", "time: at most 8 ntp-servers".into()));
+    }
+    cfg.time.servers().map_err(|e| at("time", "ntp-servers", format!("time: ntp-servers: {e}")))?;
     if let Some(r) = &cfg.logging.remote {
         crate::logging::remote::parse_remote(r)
             .map_err(|e| at("logging", "remote", format!("logging: remote: {e}")))?;

@@ -53,6 +53,8 @@ pub struct BootOutcome {
     pub credentials: String,
     /// This blade's TLS, from its credentials: none, and the API is read-only.
     pub tls: Option<std::sync::Arc<crate::tls::ClusterTls>>,
+    /// How the clock was set at boot (None without `[time] ntp-servers`).
+    pub clock: Option<String>,
 }
 
 impl BootOutcome {
@@ -249,6 +251,21 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
         out.config_source = source;
         cluster
     });
+
+    // 2b. The clock, from the cluster's NTP servers: certificates are checked against it.
+    if let Some(servers) = cluster.as_ref().and_then(|c| c.time.servers().ok()).filter(|s| !s.is_empty()) {
+        out.phase(tx, "clock", |out| match crate::net::sntp::sync(&servers, crate::net::sntp::step_clock) {
+            Ok(said) => {
+                info!("clock {said}");
+                out.clock = Some(said);
+            }
+            Err(e) => {
+                warn!("clock: {e}");
+                out.problems.push(format!("clock: {e}"));
+                out.clock = Some(format!("not synchronised: {e}"));
+            }
+        });
+    }
 
     // 3. Who this blade is, and the peer link the other blades' supervisors and migration
     //    streams use.

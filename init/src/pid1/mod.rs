@@ -187,6 +187,7 @@ impl Init {
             config_source: self.boot.as_ref().map(|b| b.config_source.clone()),
             credentials: self.boot.as_ref().map(|b| b.credentials.clone()),
             cert_not_after: self.boot.as_ref().and_then(|b| b.tls.as_ref()).and_then(|t| t.not_after),
+            clock: self.boot.as_ref().and_then(|b| b.clock.clone()),
             management: self.boot.as_ref().and_then(|b| b.management.clone()),
             boot_phases: self.boot.as_ref().map(|b| b.phases.clone()).unwrap_or_else(|| self.boot_progress.0.clone()),
             booting: self
@@ -272,6 +273,17 @@ impl Init {
             if let Err(e) = nix::unistd::sethostname(&self.node) {
                 warn!("cannot set hostname {}: {e}", self.node);
             }
+        }
+        if let Some(servers) = outcome.cluster.as_ref().and_then(|c| c.time.servers().ok()).filter(|s| !s.is_empty()) {
+            // Kept right while the blade runs: asked again every 15 minutes, stepped when off.
+            crate::spawn_worker("clock", move || loop {
+                std::thread::sleep(Duration::from_secs(900));
+                match crate::net::sntp::sync(&servers, crate::net::sntp::step_clock) {
+                    Ok(said) if said.contains("stepped") => warn!("clock {said}"),
+                    Ok(_) => {}
+                    Err(e) => warn!("clock: {e}"),
+                }
+            });
         }
         if let Some(c) = &outcome.cluster {
             if let Some(url) = &c.logging.remote {
@@ -546,6 +558,7 @@ pub fn run() -> ! {
                     keys: Default::default(),
                     credentials: "none (boot failed)".into(),
                     tls: None,
+                    clock: None,
                 }
             });
         let _ = boot_tx.send(Event::Boot(BootAsk::Done(Box::new(outcome))));

@@ -112,6 +112,9 @@ pub struct Status {
     /// Where this blade's peer token came from, or why it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<String>,
+    /// How the clock was set at boot from the cluster's NTP servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<String>,
     /// When this blade's TLS certificate expires (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_not_after: Option<i64>,

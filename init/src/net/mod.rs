@@ -1,6 +1,8 @@
 //! The management network: which NIC carries it, how it gets its address (a supervised DHCP
 //! client, or a one-shot static setup), and whether it has one yet.
 
+pub mod sntp;
+
 use std::net::Ipv4Addr;
 use std::path::Path;
 
