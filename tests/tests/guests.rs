@@ -69,6 +69,13 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
         cpu(&ok(blade.call(&Request::Read(Read::Metrics), None)).body) > first
     });
     assert!(metrics.contains("bladevisor_guest_memory_bytes{guest=\"demo\"}"), "{metrics}");
+    // Per disk, by its alias (it booted from lab-vm1: it read it), and per NIC.
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("bladevisor_guest_disk_read_bytes_total{guest=\"demo\",disk=\"lab-vm1\"}"))
+        .unwrap_or_else(|| panic!("no lab-vm1 reads:\n{metrics}"));
+    assert!(line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v >= 512.0), "{line}");
+    assert!(metrics.contains("bladevisor_guest_network_receive_bytes_total{guest=\"demo\",nic=\"net0\"}"), "{metrics}");
 
     // The boot's lines and the guest's start reached the collector, as syslog.
     collector.set_read_timeout(Some(Duration::from_secs(30))).unwrap();

@@ -213,6 +213,42 @@ pub fn metrics(s: &Status, now: f64) -> String {
         "counter",
         usage(|u| u.io_write_bytes.map(|v| v as f64)),
     );
+    let per =
+        |what: &str, rows: &dyn Fn(&crate::supervisor::cgroup::Usage) -> Vec<(String, f64)>| -> Vec<(String, f64)> {
+            s.guests
+                .iter()
+                .filter_map(|x| x.usage.as_ref().map(|u| (x, u)))
+                .flat_map(|(x, u)| {
+                    rows(u)
+                        .into_iter()
+                        .map(move |(item, v)| (format!("{{guest=\"{}\",{what}=\"{}\"}}", esc(&x.name), esc(&item)), v))
+                })
+                .collect()
+        };
+    let disk = |f: fn(&crate::supervisor::cgroup::DiskIo) -> u64| {
+        move |u: &crate::supervisor::cgroup::Usage| u.disks.iter().map(|d| (d.device.clone(), f(d) as f64)).collect()
+    };
+    for (name, help, f) in [
+        (
+            "read_bytes",
+            "Bytes the guest read from the disk (its cgroup; the disk by its alias).",
+            disk(|d| d.read_bytes),
+        ),
+        ("written_bytes", "Bytes the guest wrote to the disk.", disk(|d| d.write_bytes)),
+        ("reads_completed", "Reads the guest completed on the disk.", disk(|d| d.reads)),
+        ("writes_completed", "Writes the guest completed on the disk.", disk(|d| d.writes)),
+    ] {
+        metric(&format!("bladevisor_guest_disk_{name}_total"), help, "counter", per("disk", &f));
+    }
+    let nic = |f: fn(&crate::supervisor::cgroup::NicIo) -> u64| {
+        move |u: &crate::supervisor::cgroup::Usage| u.nics.iter().map(|n| (n.nic.clone(), f(n) as f64)).collect()
+    };
+    for (name, help, f) in [
+        ("receive", "Bytes the guest received on the NIC (its tap).", nic(|n| n.receive_bytes)),
+        ("transmit", "Bytes the guest sent on the NIC (its tap).", nic(|n| n.transmit_bytes)),
+    ] {
+        metric(&format!("bladevisor_guest_network_{name}_bytes_total"), help, "counter", per("nic", &f));
+    }
     let m = &s.migration_stats;
     metric(
         "bladevisor_migrations_total",
@@ -296,6 +332,7 @@ mod tests {
                     memory_bytes: Some(1024),
                     io_read_bytes: Some(10),
                     io_write_bytes: Some(20),
+                    ..Default::default()
                 }),
             }],
             drained: None,
@@ -359,6 +396,18 @@ mod tests {
                 memory_bytes: Some(1 << 20),
                 io_read_bytes: Some(4096),
                 io_write_bytes: Some(0),
+                disks: vec![crate::supervisor::cgroup::DiskIo {
+                    device: "lab-vm1".into(),
+                    read_bytes: 4096,
+                    write_bytes: 0,
+                    reads: 1,
+                    writes: 0,
+                }],
+                nics: vec![crate::supervisor::cgroup::NicIo {
+                    nic: "net0".into(),
+                    receive_bytes: 60,
+                    transmit_bytes: 0,
+                }],
             }),
         }];
         s.migration_stats.completed = 1;
@@ -381,6 +430,8 @@ mod tests {
         assert!(m.contains("bladevisor_migration_downtime_seconds_bucket{le=\"+Inf\"} 1\n"), "{m}");
         assert!(m.contains("bladevisor_migration_downtime_seconds_count 1\n"), "{m}");
         assert!(!m.contains("uptime"), "start times, not uptimes: {m}");
+        assert!(m.contains("bladevisor_guest_disk_read_bytes_total{guest=\"web\",disk=\"lab-vm1\"} 4096\n"), "{m}");
+        assert!(m.contains("bladevisor_guest_network_receive_bytes_total{guest=\"web\",nic=\"net0\"} 60\n"), "{m}");
     }
 
     /// Prometheus's own linter (`promtool check metrics`, from Debian's prometheus package, which

@@ -62,3 +62,62 @@ pub(super) fn raise_open_files_limit() {
         }
     }
 }
+
+/// Names each `major:minor` of a guest's disk figures by its device-mapper name (the LUN's
+/// alias) where `<sys>/dev/block/<maj:min>/dm/name` says it; others keep their numbers.
+pub fn name_disks(sys: &std::path::Path, disks: &mut [crate::supervisor::cgroup::DiskIo]) {
+    for d in disks {
+        if let Ok(name) = std::fs::read_to_string(sys.join("dev/block").join(&d.device).join("dm/name")) {
+            let name = name.trim();
+            if !name.is_empty() {
+                d.device = name.to_string();
+            }
+        }
+    }
+}
+
+/// The bytes through guest `guest`'s `count` NICs as the guest sees them (its tap's transmit is
+/// the guest's receive), read from `<class_net>/<tap>/statistics`.
+pub fn nic_io(class_net: &std::path::Path, guest: &str, count: usize) -> Vec<crate::supervisor::cgroup::NicIo> {
+    (0..count)
+        .filter_map(|i| {
+            let tap = crate::config::guest::tap_name(guest, i);
+            let read = |f: &str| -> Option<u64> {
+                std::fs::read_to_string(class_net.join(&tap).join("statistics").join(f)).ok()?.trim().parse().ok()
+            };
+            Some(crate::supervisor::cgroup::NicIo {
+                nic: format!("net{i}"),
+                receive_bytes: read("tx_bytes")?,
+                transmit_bytes: read("rx_bytes")?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod io_tests {
+    use super::*;
+
+    #[test]
+    fn disks_are_named_by_their_alias_and_nics_seen_from_the_guest() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("dev/block/253:0/dm")).unwrap();
+        std::fs::write(d.path().join("dev/block/253:0/dm/name"), "lab-vm1\n").unwrap();
+        let mut disks = vec![
+            crate::supervisor::cgroup::DiskIo { device: "253:0".into(), ..Default::default() },
+            crate::supervisor::cgroup::DiskIo { device: "8:0".into(), ..Default::default() },
+        ];
+        name_disks(d.path(), &mut disks);
+        assert_eq!((disks[0].device.as_str(), disks[1].device.as_str()), ("lab-vm1", "8:0"));
+        let tap = crate::config::guest::tap_name("web", 0);
+        let stats = d.path().join("net").join(&tap).join("statistics");
+        std::fs::create_dir_all(&stats).unwrap();
+        std::fs::write(stats.join("rx_bytes"), "100\n").unwrap();
+        std::fs::write(stats.join("tx_bytes"), "250\n").unwrap();
+        let n = nic_io(&d.path().join("net"), "web", 2);
+        assert_eq!(
+            n,
+            vec![crate::supervisor::cgroup::NicIo { nic: "net0".into(), receive_bytes: 250, transmit_bytes: 100 }]
+        );
+    }
+}

@@ -226,8 +226,15 @@ impl Init {
     /// The guests' status, each running one with what its cgroup has used.
     fn guests_with_usage(&self) -> Vec<proto::GuestStatus> {
         let mut guests = self.coord.as_ref().map(|c| c.guest_status(&self.facts())).unwrap_or_default();
+        let nics = |g: &str| {
+            self.boot.as_ref().and_then(|b| b.cluster.as_ref()).and_then(|c| c.guests.get(g)).map(|s| s.nics.len())
+        };
         for g in guests.iter_mut().filter(|g| g.pid.is_some()) {
-            g.usage = self.rt.cgroups.usage(&crate::coord::service_name(&g.name));
+            g.usage = self.rt.cgroups.usage(&crate::coord::service_name(&g.name)).map(|mut u| {
+                host::name_disks(std::path::Path::new("/sys"), &mut u.disks);
+                u.nics = host::nic_io(std::path::Path::new("/sys/class/net"), &g.name, nics(&g.name).unwrap_or(0));
+                u
+            });
         }
         guests
     }

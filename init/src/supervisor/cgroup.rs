@@ -108,7 +108,7 @@ impl Cgroups {
 }
 
 /// A cgroup's figures.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     /// CPU time used, in seconds (`cpu.stat` usage_usec).
     pub cpu_seconds: Option<f64>,
@@ -117,6 +117,54 @@ pub struct Usage {
     /// Bytes read and written, all devices (`io.stat`).
     pub io_read_bytes: Option<u64>,
     pub io_write_bytes: Option<u64>,
+    /// The same per block device (`major:minor`, named by the caller where it can).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskIo>,
+    /// Bytes through each of the guest's NICs, as the guest sees them (filled by the caller).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicIo>,
+}
+
+/// One block device's figures in a cgroup.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DiskIo {
+    pub device: String,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub reads: u64,
+    pub writes: u64,
+}
+
+/// One NIC's bytes, as the guest sees them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NicIo {
+    pub nic: String,
+    pub receive_bytes: u64,
+    pub transmit_bytes: u64,
+}
+
+/// `io.stat`'s lines, one per device.
+pub fn parse_io_devices(io_stat: &str) -> Vec<DiskIo> {
+    io_stat
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let device = words.next()?.to_string();
+            let mut d = DiskIo { device, ..Default::default() };
+            for kv in words {
+                let (k, v) = kv.split_once('=')?;
+                let v: u64 = v.parse().ok()?;
+                match k {
+                    "rbytes" => d.read_bytes = v,
+                    "wbytes" => d.write_bytes = v,
+                    "rios" => d.reads = v,
+                    "wios" => d.writes = v,
+                    _ => {}
+                }
+            }
+            Some(d)
+        })
+        .collect()
 }
 
 /// Reads a cgroup's `cpu.stat`, `memory.current` and `io.stat` texts.
@@ -134,6 +182,8 @@ pub fn parse_usage(cpu_stat: Option<&str>, memory_current: Option<&str>, io_stat
         memory_bytes: memory_current.and_then(|t| t.trim().parse().ok()),
         io_read_bytes: io.map(|x| x.0),
         io_write_bytes: io.map(|x| x.1),
+        disks: io_stat.map(parse_io_devices).unwrap_or_default(),
+        nics: vec![],
     }
 }
 
@@ -171,6 +221,11 @@ mod tests {
         assert_eq!(u.cpu_seconds, Some(2.5));
         assert_eq!(u.memory_bytes, Some(32 << 20));
         assert_eq!((u.io_read_bytes, u.io_write_bytes), (Some(1048576 + 512), Some(4096)));
+        assert_eq!(
+            u.disks[0],
+            DiskIo { device: "253:0".into(), read_bytes: 1048576, write_bytes: 4096, reads: 10, writes: 1 }
+        );
+        assert_eq!(u.disks.len(), 2);
         assert_eq!(parse_usage(None, None, None), Usage::default(), "a controller that is off gives nothing");
         let tmp = tempfile::tempdir().unwrap();
         let cg = Cgroups::at(&tmp.path().join("bv")).unwrap();
