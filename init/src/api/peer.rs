@@ -125,10 +125,10 @@ impl MigrationPeer for HttpPeer {
         self.send::<Listening>(&Request::Peer(req)).map(|l| l.port).map_err(peer_error)
     }
     fn resume(&mut self, guest: &str) -> Result<(), PeerError> {
-        self.call(Peer::IncomingResume(guest.into())).map(|_| ())
+        self.call(Peer::IncomingResume { guest: guest.into(), from: self.local.clone() }).map(|_| ())
     }
     fn abort(&mut self, guest: &str) -> Result<(), PeerError> {
-        self.call(Peer::IncomingAbort(guest.into())).map(|_| ())
+        self.call(Peer::IncomingAbort { guest: guest.into(), from: self.local.clone() }).map(|_| ())
     }
 }
 

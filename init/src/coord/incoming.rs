@@ -154,10 +154,23 @@ impl Coordinator {
         self.reply(Some(ticket), r);
     }
 
-    pub(super) fn incoming_resume(&mut self, guest: &str, ticket: Ticket) {
+    /// Only the blade that sends a guest's stream may resume or abort its arrival here.
+    fn sent_by(&self, guest: &str, by: &str) -> Result<(), Refusal> {
+        match self.guests.get(guest).map(|g| &g.place) {
+            Some(Place::Incoming { from, .. }) if from != by => Err(Refusal::forbidden(format!(
+                "guest {guest} arrives from {from}, not {by}: only {from} may resume or abort it"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn incoming_resume(&mut self, guest: &str, by: &str, ticket: Ticket) {
         if self.incoming_id(guest).is_none() {
             let r = Err(Refusal::conflict(format!("guest {guest} is not arriving on {}", self.node)));
             return self.reply(Some(ticket), r);
+        }
+        if let Err(r) = self.sent_by(guest, by) {
+            return self.reply(Some(ticket), Err(r));
         }
         self.effects.push(Effect::Resume { guest: guest.to_string(), ticket });
     }
@@ -188,7 +201,10 @@ impl Coordinator {
         self.reply(Some(ticket), r);
     }
 
-    pub(super) fn incoming_abort(&mut self, guest: &str, ticket: Ticket) {
+    pub(super) fn incoming_abort(&mut self, guest: &str, by: &str, ticket: Ticket) {
+        if let Err(r) = self.sent_by(guest, by) {
+            return self.reply(Some(ticket), Err(r));
+        }
         let msg = if self.incoming_id(guest).is_none() {
             format!("no incoming process for guest {guest}")
         } else {

@@ -323,8 +323,8 @@ impl Coordinator {
     pub fn peer(&mut self, req: Peer, ticket: Ticket, blade: &dyn Blade, now: Instant) {
         match req {
             Peer::Incoming { guest, from, caps } => self.incoming(&guest, &from, caps, ticket, blade, now),
-            Peer::IncomingResume(guest) => self.incoming_resume(&guest, ticket),
-            Peer::IncomingAbort(guest) => self.incoming_abort(&guest, ticket),
+            Peer::IncomingResume { guest, from } => self.incoming_resume(&guest, &from, ticket),
+            Peer::IncomingAbort { guest, from } => self.incoming_abort(&guest, &from, ticket),
             Peer::Drained { node, drained } => self.peer_drained(&node, drained, ticket),
         }
     }

@@ -102,9 +102,9 @@ pub enum Peer {
     /// Start this guest paused, listening for its migration stream from `from`.
     Incoming { guest: String, from: String, caps: Vec<String> },
     /// The stream is complete: run the guest.
-    IncomingResume(String),
+    IncomingResume { guest: String, from: String },
     /// The migration failed: remove the incoming process.
-    IncomingAbort(String),
+    IncomingAbort { guest: String, from: String },
     /// `node` is drained (or no longer).
     Drained { node: String, drained: bool },
 }
@@ -121,9 +121,10 @@ impl Peer {
     /// The blade this call says it comes from, where it names one.
     pub fn from_node(&self) -> Option<&str> {
         match self {
-            Peer::Incoming { from, .. } => Some(from),
+            Peer::Incoming { from, .. } | Peer::IncomingResume { from, .. } | Peer::IncomingAbort { from, .. } => {
+                Some(from)
+            }
             Peer::Drained { node, .. } => Some(node),
-            Peer::IncomingResume(_) | Peer::IncomingAbort(_) => None,
         }
     }
 }

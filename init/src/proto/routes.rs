@@ -144,8 +144,12 @@ pub fn route(method: &str, target: &str) -> Result<Request, RouteError> {
         ("POST", ["v1", "incoming", g]) => {
             P(Peer::Incoming { guest: name(g), from: required("from", "incoming")?, caps: query_list(target, "caps")? })
         }
-        ("POST", ["v1", "incoming", g, "resume"]) => P(Peer::IncomingResume(name(g))),
-        ("POST", ["v1", "incoming", g, "abort"]) => P(Peer::IncomingAbort(name(g))),
+        ("POST", ["v1", "incoming", g, "resume"]) => {
+            P(Peer::IncomingResume { guest: name(g), from: required("from", "resume")? })
+        }
+        ("POST", ["v1", "incoming", g, "abort"]) => {
+            P(Peer::IncomingAbort { guest: name(g), from: required("from", "abort")? })
+        }
         ("POST", ["v1", "nodes", n, verb @ ("drained" | "undrained")]) => {
             P(Peer::Drained { node: name(n), drained: *verb == "drained" })
         }
@@ -233,8 +237,10 @@ impl Request {
                     enc(from),
                     caps.iter().map(|c| enc(c)).collect::<Vec<_>>().join(",")
                 ),
-                Peer::IncomingResume(g) => format!("/v1/incoming/{}/resume", enc(g)),
-                Peer::IncomingAbort(g) => format!("/v1/incoming/{}/abort", enc(g)),
+                Peer::IncomingResume { guest, from } => {
+                    format!("/v1/incoming/{}/resume?from={}", enc(guest), enc(from))
+                }
+                Peer::IncomingAbort { guest, from } => format!("/v1/incoming/{}/abort?from={}", enc(guest), enc(from)),
                 Peer::Drained { node, drained } => {
                     format!("/v1/nodes/{}/{}", enc(node), if *drained { "drained" } else { "undrained" })
                 }
@@ -315,8 +321,8 @@ mod tests {
             Op(Operator::LeasesInit { force: false }),
             P(Peer::Incoming { guest: odd.clone(), from: "blade1".into(), caps: vec!["events".into(), "x,y".into()] }),
             P(Peer::Incoming { guest: "web".into(), from: "blade1".into(), caps: vec![] }),
-            P(Peer::IncomingResume("web".into())),
-            P(Peer::IncomingAbort("web".into())),
+            P(Peer::IncomingResume { guest: "web".into(), from: "blade1".into() }),
+            P(Peer::IncomingAbort { guest: odd.clone(), from: "blade2".into() }),
             P(Peer::Drained { node: "blade1".into(), drained: true }),
             P(Peer::Drained { node: "blade1".into(), drained: false }),
         ]

@@ -424,7 +424,18 @@ fn a_guest_arrives_paused_then_runs_here_under_its_own_restart_policy() {
         lab.replies[&t],
         Ok(Answer::Listening(crate::proto::request::Listening { guest: "batch".into(), port: 49152 }))
     );
-    let (t, _) = lab.peer(Peer::IncomingResume("batch".into()));
+    // Only the blade that sends the stream may resume or abort the arrival.
+    for p in [
+        Peer::IncomingResume { guest: "batch".into(), from: "blade3".into() },
+        Peer::IncomingAbort { guest: "batch".into(), from: "blade3".into() },
+    ] {
+        let (_, r) = lab.peer(p);
+        let r = r.expect("answered at once").unwrap_err();
+        assert_eq!(r.why, crate::proto::request::Why::Forbidden);
+        assert!(r.message.contains("arrives from blade2, not blade3"), "{}", r.message);
+    }
+    assert_eq!(lab.state("batch"), GuestState::Incoming, "still arriving");
+    let (t, _) = lab.peer(Peer::IncomingResume { guest: "batch".into(), from: "blade2".into() });
     lab.report(Report::Resumed { guest: "batch".into(), result: Ok(()), ticket: t });
     assert_eq!(lab.replies[&t], Ok(Answer::done("guest batch runs on blade1")));
     assert_eq!(lab.state("batch"), GuestState::Running);
@@ -512,7 +523,7 @@ fn an_evacuation_runs_at_most_parallel_migrations_at_once() {
     // batch arrives and runs here too: two guests to move, one at a time.
     let (t, _) = lab.peer(Peer::Incoming { guest: "batch".into(), from: "blade2".into(), caps: vec![] });
     lab.report(Report::Listening { guest: "batch".into(), result: Ok(49152), ticket: t });
-    let (t, _) = lab.peer(Peer::IncomingResume("batch".into()));
+    let (t, _) = lab.peer(Peer::IncomingResume { guest: "batch".into(), from: "blade2".into() });
     lab.report(Report::Resumed { guest: "batch".into(), result: Ok(()), ticket: t });
     lab.blade.services.borrow_mut().remove("db");
     lab.operator(Operator::Evacuate { parallel: Some(1) });
