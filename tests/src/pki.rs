@@ -68,17 +68,5 @@ pub fn foreign_client(node: &str) -> Arc<rustls::ClientConfig> {
 }
 
 fn client_presenting(ca: &str, who: &Issued) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in bladevisor::tls::certs_from_pem("ca", ca).expect("the CA") {
-        roots.add(c).expect("a root");
-    }
-    let chain = bladevisor::tls::certs_from_pem("cert", &who.cert).expect("cert");
-    let key = bladevisor::tls::key_from_pem("key", &who.key).expect("key");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .expect("a client certificate");
-    Arc::new(config)
+    bladevisor::tls::client_presenting_pem("lab client", ca, &who.cert, &who.key).expect("a client certificate")
 }

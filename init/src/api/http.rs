@@ -163,7 +163,7 @@ impl Handler for Api {
                 Ok(Answer::Status(s)) => ApiResponse {
                     code: 200,
                     content_type: "text/plain; version=0.0.4",
-                    body: super::metrics::metrics(&s, super::metrics::now_unix()),
+                    body: super::metrics::metrics(&s, crate::logging::unix_secs()),
                 },
                 Ok(_) => message(500, "error", "the status came back as something else"),
                 Err(r) => render(Err(r)),

@@ -7,11 +7,6 @@
 use crate::proto::{GuestState, Status};
 use crate::supervisor::ServiceState;
 
-/// Now, in Unix seconds.
-pub fn now_unix() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
-
 fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

@@ -22,9 +22,7 @@ fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), String> {
     f.write_all(text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
-}
+use super::read_text as read;
 
 /// `credentials init <dir>`: a new CA and peer token for a cluster. Refuses a folder that
 /// already holds a CA (that would orphan every blade's certificate).

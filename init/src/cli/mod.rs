@@ -268,6 +268,11 @@ fn post(cli: &Cli, op: Operator) {
     show(cli, &done, || format!("{}\n", done.ok));
 }
 
+/// A file's text, or why not, naming it.
+fn read_text(path: &std::path::Path) -> Result<String, String> {
+    crate::config::read(path).map_err(|e| e.to_string())
+}
+
 /// Prints `value` as JSON with --json, else the text `human` makes.
 fn show<T: serde::Serialize>(cli: &Cli, value: &T, human: impl FnOnce() -> String) {
     if cli.json {

@@ -54,9 +54,14 @@ pub fn init() {
     let _ = tracing_subscriber::registry().with(console).with(capture).with(journald).try_init();
 }
 
-/// Unix milliseconds by the blade's clock.
+/// Unix seconds by the blade's clock (what logs, metrics, certificates and NTP compare).
+pub fn unix_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// The same in milliseconds.
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    (unix_secs() * 1000.0) as u64
 }
 
 /// The layer that keeps every event in the ring and offers it to the remote collector.

@@ -4,7 +4,7 @@
 //! certificate "not yet valid" on a blade whose RTC lags), and logs carry it.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Seconds from 1900 (NTP's epoch) to 1970.
 const NTP_UNIX: u64 = 2_208_988_800;
@@ -12,7 +12,7 @@ const NTP_UNIX: u64 = 2_208_988_800;
 pub const STEP_BEYOND: Duration = Duration::from_millis(500);
 
 /// A time as NTP writes it: seconds since 1900 and a binary fraction, from Unix seconds.
-fn to_ntp(unix: f64) -> [u8; 8] {
+pub fn to_ntp(unix: f64) -> [u8; 8] {
     let secs = unix.floor();
     let frac = ((unix - secs) * 4_294_967_296.0) as u32;
     let mut b = [0u8; 8];
@@ -28,7 +28,7 @@ fn from_ntp(b: &[u8]) -> f64 {
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    crate::logging::unix_secs()
 }
 
 /// A client request sent at `t1` (Unix seconds).

@@ -462,7 +462,7 @@ impl Init {
     /// Whether this blade's certificate expires soon (a warning) or has expired (a fault).
     fn cert_expiry(&self) -> Option<(bool, String)> {
         let tls = self.boot.as_ref().and_then(|b| b.tls.as_ref())?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
+        let now = crate::logging::unix_secs() as i64;
         crate::tls::expiry(&tls.node, tls.not_after?, now)
     }
 

@@ -144,14 +144,9 @@ impl ClusterTls {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| format!("{source}: cert and key: {e}"))?;
-        let client = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(VERSIONS)
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| format!("{source}: cert and key: {e}"))?;
+        let client = client_presenting(source, roots, chain, key)?;
         let not_after = not_after(&chain_leaf);
-        Ok(ClusterTls { node: node.to_string(), not_after, server: Arc::new(server), client: Arc::new(client), pem })
+        Ok(ClusterTls { node: node.to_string(), not_after, server: Arc::new(server), client, pem })
     }
 }
 
@@ -170,6 +165,36 @@ fn verify_leaf(ca: &[CertificateDer<'static>], chain: &[CertificateDer<'static>]
         Err(webpki::Error::CertNotValidYet { .. }) => Err("not valid yet (or this blade's clock is wrong)".into()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A client that verifies servers with `roots` and presents `chain` (what a blade is to another).
+fn client_presenting(
+    source: &str,
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ClientConfig>, String> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("{source}: cert and key: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+/// The same from PEM texts, without checking who signed the certificate presented: for tests
+/// that play a blade with a certificate of another CA (a blade's own goes through
+/// [`ClusterTls::new`], which checks).
+pub fn client_presenting_pem(
+    what: &str,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<ClientConfig>, String> {
+    let roots = roots(&format!("{what}: ca"), ca_pem)?;
+    let chain = certs_from_pem(&format!("{what}: cert"), cert_pem)?;
+    client_presenting(what, roots, chain, key_from_pem(&format!("{what}: key"), key_pem)?)
 }
 
 /// The operator's client: verifies blades against the cluster CA, presents no certificate.

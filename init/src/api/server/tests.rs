@@ -236,19 +236,7 @@ fn over_tls_the_server_is_verified_and_a_client_certificate_is_verified_before_a
     assert!(e.contains("not one the CA trusted here signed"), "{e}");
     // A client with a certificate of another CA (trusting ours) is refused at the handshake.
     let forged = crate::tls::Pem { ca: ca.cert.clone(), ..pem(&other, "blade2") };
-    let forged_client = {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(crate::tls::certs_from_pem("ca", &ca.cert).unwrap().remove(0)).unwrap();
-        let chain = crate::tls::certs_from_pem("cert", &forged.cert).unwrap();
-        let key = crate::tls::key_from_pem("key", &forged.key).unwrap();
-        let c = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap();
-        Arc::new(c)
-    };
+    let forged_client = crate::tls::client_presenting_pem("forged", &ca.cert, &forged.cert, &forged.key).unwrap();
     let r = call(&ep("blade1", forged_client), "GET", "/v1/status", None, t);
     assert!(r.is_err(), "a foreign certificate gets no answer: {:?}", r.map(|r| r.body));
     // Plain HTTP on the TLS port gets no answer at all.
