@@ -55,6 +55,16 @@ backoff = { initial-s = 0.2, factor = 2, give-up-after = 3 }
         .collect();
     assert_eq!(delays, vec!["200", "400", "800"], "console:\n{log}");
     assert_eq!(log.matches("crashing now service=crasher").count(), 4, "console:\n{log}");
+    // The kernel's log (here a file standing for /dev/kmsg) has the same lines, one record each,
+    // with their severity: a warning is daemon.warning (<28>).
+    let kmsg = std::fs::read_to_string(ns.dir.join("kmsg")).unwrap_or_default();
+    let records: Vec<&str> = kmsg.lines().filter(|l| l.contains("restarting after backoff")).collect();
+    assert_eq!(records.len(), 3, "kmsg:\n{kmsg}");
+    assert!(
+        records.iter().all(|r| r.starts_with("<28>bladevisor[1]:  WARN ") && r.contains("service=crasher")),
+        "{records:?}"
+    );
+    assert!(kmsg.lines().all(|l| l.starts_with('<')), "one record per line:\n{kmsg}");
     let status = ns.status();
     assert!(status.degraded.iter().any(|d| d.contains("crasher")), "a failed service degrades the blade: {status:?}");
     // Still manageable: an operator can start it again.

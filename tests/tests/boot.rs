@@ -24,6 +24,11 @@ fn a_blade_boots_to_ready_answers_its_api_and_powers_off_in_order() {
         line.contains(&format!("version {version}")) && line.contains("ms since kernel start"),
         "ready line: {line}"
     );
+    // The line went through the kernel's log (`/dev/kmsg`, daemon facility) and the kernel put it
+    // on the console: once, not once by the kernel and again by bladevisor.
+    let console = blade.console();
+    assert!(line.contains("bladevisor[1]:"), "ready line not from the kernel's log: {line}");
+    assert_eq!(console.matches("bladevisor ready").count(), 1, "{}", blade.report());
 
     let status = ok(blade.status());
     assert_eq!(status.node, "blade1", "{status:?}");

@@ -1,8 +1,9 @@
 //! Logging: human-readable lines on the console (the serial console on a blade); the same
 //! events with their fields in an in-memory ring (`GET /v1/logs`, `bladevisor logs`) and, when
-//! the configuration names a collector, sent to it (`[logging] remote`); and in the journal when
-//! journald's socket exists.
+//! the configuration names a collector, sent to it (`[logging] remote`); and in the kernel's log
+//! (`kmsg`).
 
+pub mod kmsg;
 pub mod remote;
 pub mod ring;
 
@@ -10,6 +11,7 @@ use std::fmt;
 
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::prelude::*;
 
 /// Seconds since the kernel started, like the kernel's own log: lines from dmesg and from
@@ -39,19 +41,25 @@ pub fn init() {
         Ok("trace") => tracing::Level::TRACE,
         _ => tracing::Level::INFO,
     };
+    kmsg::init();
+    // Lines the kernel puts on the console from its log are left to it (see kmsg).
+    let console_writer = std::io::stderr.with_filter(|m: &tracing::Metadata<'_>| !kmsg::echoed(m.level()));
     let console = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(console_writer)
         .with_ansi(false)
         .with_target(false)
         .with_timer(BootTime)
         .with_filter(tracing_subscriber::filter::LevelFilter::from_level(level));
-    let journald = std::path::Path::new("/run/systemd/journal/socket")
-        .exists()
-        .then(|| tracing_journald::layer().ok())
-        .flatten()
-        .map(|l| l.with_syslog_identifier("bladevisor".into()));
+    let kmsg = kmsg::enabled().then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(kmsg::Writer)
+            .with_ansi(false)
+            .with_target(false)
+            .without_time()
+            .with_filter(tracing_subscriber::filter::LevelFilter::from_level(level))
+    });
     let capture = Capture.with_filter(tracing_subscriber::filter::LevelFilter::from_level(level));
-    let _ = tracing_subscriber::registry().with(console).with(capture).with(journald).try_init();
+    let _ = tracing_subscriber::registry().with(console).with(capture).with(kmsg).try_init();
 }
 
 /// Unix seconds by the blade's clock (what logs, metrics, certificates and NTP compare).

@@ -48,6 +48,7 @@ impl Ns {
             .env("BLADEVISOR_ETC", dir.join("etc"))
             .env("BLADEVISOR_RUN", dir.join("run"))
             .env("BLADEVISOR_CGROUP", &cgroup)
+            .env("BLADEVISOR_KMSG", dir.join("kmsg"))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
