@@ -257,3 +257,32 @@ impl Drop for RestoreOnDrop {
         }
     }
 }
+
+#[test]
+fn a_service_started_without_memory_locking_cannot_lock_memory() {
+    // multipathd's mlockall guards a root on the SAN; a blade's root is in RAM, so it runs
+    // without CAP_IPC_LOCK and with RLIMIT_MEMLOCK 0 (its mlockall fails and it goes on).
+    let ns = Ns::start(
+        "nomlock",
+        r#"
+[services.locker]
+argv = ["/bin/sh", "-c", "grep CapBnd /proc/self/status > @DIR@/run/caps; ulimit -l > @DIR@/run/memlock; exec sleep 1000"]
+no-memory-lock = true
+
+[services.other]
+argv = ["/bin/sh", "-c", "grep CapBnd /proc/self/status > @DIR@/run/caps-other; exec sleep 1000"]
+"#,
+    );
+    ns.wait_for("both services to write", Duration::from_secs(20), |ns| {
+        ns.dir.join("run/memlock").exists() && ns.dir.join("run/caps-other").exists()
+    });
+    let mask = |f: &str| {
+        let t = std::fs::read_to_string(ns.dir.join(f)).unwrap();
+        u64::from_str_radix(t.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    const CAP_IPC_LOCK: u64 = 1 << 14;
+    assert_eq!(mask("run/caps") & CAP_IPC_LOCK, 0, "CAP_IPC_LOCK left in the bounding set");
+    assert_ne!(mask("run/caps-other") & CAP_IPC_LOCK, 0, "other services keep it");
+    assert_eq!(mask("run/caps") | CAP_IPC_LOCK, mask("run/caps-other"), "only CAP_IPC_LOCK is dropped");
+    assert_eq!(std::fs::read_to_string(ns.dir.join("run/memlock")).unwrap().trim(), "0");
+}

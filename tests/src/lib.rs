@@ -102,6 +102,8 @@ pub struct Lun {
     /// e.g. 0x5000c50015ea71ac
     pub wwn: String,
     pub serial: String,
+    /// The SCSI target it sits at behind each HBA (LUN 0 there); QEMU's next free one if None.
+    pub scsi_id: Option<u32>,
 }
 
 impl Lun {
@@ -115,7 +117,8 @@ impl Lun {
     /// vendor-specific ID, as the seed's `Vendor_...` LUNs have).
     pub fn device(&self, i: usize, hba: usize) -> String {
         let wwn = if self.wwn.is_empty() { String::new() } else { format!(",wwn={}", self.wwn) };
-        format!("scsi-hd,id=lun{i}p{hba},bus=hba{hba}.0,drive=lun{i}{wwn},serial={},share-rw=on", self.serial)
+        let at = self.scsi_id.map(|t| format!(",scsi-id={t},lun=0")).unwrap_or_default();
+        format!("scsi-hd,id=lun{i}p{hba},bus=hba{hba}.0,drive=lun{i}{wwn}{at},serial={},share-rw=on", self.serial)
     }
 }
 
@@ -160,7 +163,7 @@ pub fn lab_san(dir: &Path, size_mib: u64) -> Vec<Lun> {
                 f.write_all(&guest).expect("boot sector");
             }
             f.seek(SeekFrom::Start(MARKER_OFFSET)).and_then(|_| f.write_all(&lun_marker(alias))).expect("LUN marker");
-            Lun { file, wwn: wwn.to_string(), serial: format!("LABLUN{i:04}") }
+            Lun { file, wwn: wwn.to_string(), serial: format!("LABLUN{i:04}"), scsi_id: None }
         })
         .collect()
 }
@@ -578,7 +581,7 @@ impl TwoBlades {
         let mut luns = lab_san(&dir, lun_mib);
         let file = dir.join(format!("{}.lun", LEASE_LUN.0));
         std::fs::File::create(&file).and_then(|f| f.set_len(17 << 20)).expect("lease LUN");
-        luns.push(Lun { file, wwn: LEASE_LUN.1.to_string(), serial: "LABLUN0099".into() });
+        luns.push(Lun { file, wwn: LEASE_LUN.1.to_string(), serial: "LABLUN0099".into(), scsi_id: None });
         let base = std::fs::read_to_string(repo_root().join("tests/two-blades.toml")).expect("lab config");
         let config = base
             .replace("[nodes.blade1]\n", "[nodes.blade1]\nhost-id = 1\n")

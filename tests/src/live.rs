@@ -66,7 +66,7 @@ pub fn new_lun(lab: &TwoBlades, index: usize, wwn: &str, serial: &str) -> Lun {
     let mut f = std::fs::File::create(&file).expect("LUN file");
     f.set_len(32 << 20).expect("LUN size");
     f.write_all(&std::fs::read(test_guest(&lab.dir)).expect("test guest")).expect("boot sector");
-    Lun { file, wwn: wwn.into(), serial: serial.into() }
+    Lun { file, wwn: wwn.into(), serial: serial.into(), scsi_id: None }
 }
 
 /// The array presents `lun` (number `index`) to `blade` on both paths. Nothing tells the blade.

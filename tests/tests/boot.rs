@@ -29,6 +29,13 @@ fn a_blade_boots_to_ready_answers_its_api_and_powers_off_in_order() {
     let console = blade.console();
     assert!(line.contains("bladevisor[1]:"), "ready line not from the kernel's log: {line}");
     assert_eq!(console.matches("bladevisor ready").count(), 1, "{}", blade.report());
+    // The root stayed compressed: PID 1 mounted the initrd's squashfs under a tmpfs overlay
+    // and ran the image's init from it, and the RAM it keeps for that is in status.
+    assert!(
+        console.contains("root: the compressed image mounted under a tmpfs overlay; starting its init"),
+        "{}",
+        blade.report()
+    );
 
     let status = ok(blade.status());
     assert_eq!(status.node, "blade1", "{status:?}");
@@ -53,6 +60,9 @@ fn a_blade_boots_to_ready_answers_its_api_and_powers_off_in_order() {
     let udevd = status.services.iter().find(|s| s.name == "udevd").expect("udevd listed");
     assert_eq!(udevd.state, bladevisor::supervisor::ServiceState::Running, "{status:?}");
     assert!(status.memory.total_mib > 1500 && status.cpus == 2, "{status:?}");
+    // The image (about 37 MiB) is shared memory of the initramfs; multipathd locks nothing.
+    assert!(status.memory.detail.get("Shmem").is_some_and(|m| *m >= 20), "{:?}", status.memory);
+    assert!(status.memory.detail.get("Mlocked").is_some_and(|m| *m < 8), "{:?}", status.memory);
 
     let metrics = ok(blade.call(&Request::Read(Read::Metrics), None));
     assert!(metrics.body.contains("bladevisor_ready 1"), "{}", metrics.body);

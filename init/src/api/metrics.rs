@@ -272,6 +272,15 @@ pub fn metrics(s: &Status, now: f64) -> String {
         "counter",
         s.services.iter().map(|x| (format!("{{service=\"{}\"}}", esc(&x.name)), x.restarts as f64)).collect(),
     );
+    metric(
+        "bladevisor_service_memory_bytes",
+        "Memory the service's cgroup uses now (its processes and the file pages they read).",
+        "gauge",
+        s.services
+            .iter()
+            .filter_map(|x| Some((format!("{{service=\"{}\"}}", esc(&x.name)), x.memory_bytes? as f64)))
+            .collect(),
+    );
     out
 }
 
@@ -344,6 +353,7 @@ mod tests {
                 last_exit: None,
                 since_s: 1.0,
                 reason: None,
+                memory_bytes: Some(4 << 20),
             }],
             leases: None,
         }
@@ -363,6 +373,7 @@ mod tests {
         assert_eq!(m.matches("bladevisor_guest_state{guest=\"web\"").count(), GuestState::ALL.len());
         assert!(m.contains("bladevisor_guest_running{guest=\"web\"} 0\n"), "{m}");
         assert!(m.contains("bladevisor_service_restarts_total{service=\"udevd\"} 3\n"), "{m}");
+        assert!(m.contains("bladevisor_service_memory_bytes{service=\"udevd\"} 4194304\n"), "{m}");
         assert!(m.contains("bladevisor_lun_paths_up{alias=\"vm1\",wwid=\"3600a\"} 1\n"), "{m}");
         assert!(m.contains("bladevisor_lun_state{alias=\"vm1\",state=\"degraded\"} 1\n"), "{m}");
         assert!(m.contains("bladevisor_lun_state{alias=\"vm1\",state=\"healthy\"} 0\n"), "{m}");

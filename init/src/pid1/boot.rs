@@ -191,6 +191,20 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
         }
         super::blade_macs(&plan.class_net)
     });
+    // The HBAs come up (LIPs where ports are down, then every host scanned) while the network
+    // and the configuration are fetched: none depends on the other. The LIP wait is the baked
+    // configuration's (the shared one is not in yet).
+    let hbas = plan.settings.storage.then(|| {
+        let sys = crate::storage::sysfs::Sysfs::new(&plan.sys);
+        let cfg = baked.as_ref().ok().and_then(|b| b.as_ref()).map(|c| c.storage.clone()).unwrap_or_default();
+        let limit = crate::config::values::secs(cfg.lip_timeout_s);
+        std::thread::Builder::new().name("hba".into()).spawn(move || {
+            let t0 = Instant::now();
+            let b = crate::storage::hba::bring_up(&sys, limit, || std::thread::sleep(Duration::from_millis(500)));
+            info!(ms = t0.elapsed().as_millis() as u64, "HBAs up and SCSI hosts scanned (alongside the network)");
+            b
+        })
+    });
 
     // 1. Management network, configured from the baked entry for this blade if there is one
     //    (the shared configuration may be behind the network).
@@ -299,7 +313,7 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     }
     // 4. Storage: HBAs, scans, multipath from the alias table, and the wait for every alias.
     if plan.settings.storage {
-        out.phase(tx, "storage", |out| bring_up_storage(plan, tx, cluster.as_ref(), out));
+        out.phase(tx, "storage", |out| bring_up_storage(plan, tx, cluster.as_ref(), hbas, out));
     }
     out.cluster = cluster;
     out
@@ -369,11 +383,19 @@ fn multipathd_service() -> crate::config::ServiceSpec {
     crate::config::ServiceSpec {
         after: vec!["udevd".into()],
         backoff: crate::config::services::Backoff { give_up_after: 0, ..Default::default() },
+        // Its mlockall guards a root on multipath; the blade's root is in RAM.
+        no_memory_lock: true,
         ..crate::config::ServiceSpec::new("multipathd", argv, crate::config::RestartPolicy::Always)
     }
 }
 
-fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&ClusterConfig>, out: &mut BootOutcome) {
+fn bring_up_storage(
+    plan: &BootPlan,
+    tx: &Sender<Event>,
+    cluster: Option<&ClusterConfig>,
+    hbas: Option<std::io::Result<std::thread::JoinHandle<crate::storage::hba::BringUp>>>,
+    out: &mut BootOutcome,
+) {
     use crate::storage::{self, hba, sysfs::Sysfs, AliasSources, LunState};
     let cfg = cluster.map(|c| c.storage.clone()).unwrap_or_default();
     let sources = AliasSources {
@@ -402,9 +424,16 @@ fn bring_up_storage(plan: &BootPlan, tx: &Sender<Event>, cluster: Option<&Cluste
         s.scanner = Some(scanner.clone());
         s.map_wait = storage::reload::MAP_WAIT;
     }
-    let b = hba::bring_up(&sys, crate::config::values::secs(cfg.lip_timeout_s), || {
-        std::thread::sleep(Duration::from_millis(500))
-    });
+    // The bring-up started after udev, or (if its thread could not start) now.
+    let b = match hbas {
+        Some(Ok(h)) => h.join().unwrap_or_else(|p| hba::BringUp {
+            problems: vec![format!("HBA bring-up failed: {}", crate::panic_message(&p))],
+            ..Default::default()
+        }),
+        _ => hba::bring_up(&sys, crate::config::values::secs(cfg.lip_timeout_s), || {
+            std::thread::sleep(Duration::from_millis(500))
+        }),
+    };
     out.problems.extend(b.problems);
     let Some(table) = table else {
         info!("no alias table: no LUN is multipathed");

@@ -18,6 +18,7 @@ pub fn memory() -> proto::Memory {
         total_mib: mib(sys.total_memory()),
         used_mib: mib(sys.used_memory()),
         available_mib: mib(sys.available_memory()),
+        detail: std::fs::read_to_string("/proc/meminfo").map(|t| proto::meminfo_detail(&t)).unwrap_or_default(),
     }
 }
 

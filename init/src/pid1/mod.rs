@@ -9,6 +9,7 @@ pub mod host;
 pub mod leasekeeper;
 pub mod mounts;
 pub mod powerbutton;
+pub mod rootfs;
 pub mod shutdown;
 pub mod storage;
 pub mod workers;
@@ -208,7 +209,7 @@ impl Init {
             kvm: self.kvm,
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             memory: memory(),
-            services: self.sup.status(Instant::now()),
+            services: self.services_with_memory(),
             leases: self
                 .edge
                 .area
@@ -221,6 +222,15 @@ impl Init {
     fn storage_snapshot(&self) -> (Vec<crate::storage::LunStatus>, Vec<crate::storage::sysfs::FcHost>, String) {
         let s = crate::storage::lock(&self.storage);
         (s.luns.clone(), s.hbas.clone(), s.table_source.clone())
+    }
+
+    /// The services' status, each running one with the memory its cgroup uses.
+    fn services_with_memory(&self) -> Vec<crate::supervisor::ServiceStatus> {
+        let mut v = self.sup.status(Instant::now());
+        for s in v.iter_mut().filter(|s| s.pid.is_some()) {
+            s.memory_bytes = self.rt.cgroups.usage(&s.name).and_then(|u| u.memory_bytes);
+        }
+        v
     }
 
     /// The guests' status, each running one with what its cgroup has used.
@@ -491,6 +501,13 @@ pub fn run() -> ! {
     info!(version = %version, pid1 = is_pid1, "bladevisor init starting");
     let mut degraded = Vec::new();
     if is_pid1 {
+        // In the initramfs: mount the compressed root and become its init (never returns unless
+        // that fails).
+        if let Some(image) = rootfs::image(Path::new("/")) {
+            let why = rootfs::enter(&image);
+            error!("{why}");
+            degraded.push(why);
+        }
         degraded.extend(mounts::mount_early());
         // ctrl-alt-del becomes SIGINT to us instead of an immediate reboot.
         let _ = nix::sys::reboot::set_cad_enabled(false);

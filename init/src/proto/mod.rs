@@ -87,6 +87,24 @@ pub struct Memory {
     pub total_mib: u64,
     pub used_mib: u64,
     pub available_mib: u64,
+    /// Where the blade's own memory goes (from `/proc/meminfo`, MiB): processes' anonymous
+    /// memory, shared memory and tmpfs, pages that cannot be evicted (the root image, mlocked
+    /// daemons), the kernel's unreclaimable slab, stacks and page tables.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub detail: std::collections::BTreeMap<String, u64>,
+}
+
+/// The fields of `/proc/meminfo` that `Memory::detail` carries, in MiB.
+pub fn meminfo_detail(text: &str) -> std::collections::BTreeMap<String, u64> {
+    const KEYS: [&str; 8] =
+        ["AnonPages", "Shmem", "Unevictable", "Mlocked", "SUnreclaim", "KernelStack", "PageTables", "Percpu"];
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let kib: u64 = v.split_whitespace().next()?.parse().ok()?;
+            KEYS.contains(&k).then(|| (k.to_string(), kib / 1024))
+        })
+        .collect()
 }
 
 /// `GET /v1/status`: one JSON object describing the blade.
@@ -175,6 +193,14 @@ pub struct Capacity {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn memory_detail_takes_the_named_meminfo_fields_in_mib() {
+        let d = super::meminfo_detail(
+            "MemTotal: 2048000 kB\nAnonPages:   51200 kB\nShmem: 2048 kB\nbogus\nMlocked: x kB\n",
+        );
+        assert_eq!(d.into_iter().collect::<Vec<_>>(), [("AnonPages".to_string(), 50), ("Shmem".to_string(), 2)]);
+    }
+
     use super::*;
 
     #[test]

@@ -1,5 +1,6 @@
 //! HBA bring-up: every FC port Online (a LIP where it is not, then a bounded wait), then a scan
-//! of every SCSI host so the LUNs behind them appear. Blades without FC (the QEMU lab) skip
+//! of every SCSI host at once (a scan only reaches remote ports that are Online) so the LUNs
+//! behind them appear. Blades without FC (the QEMU lab) skip
 //! straight to the scan.
 
 use std::time::{Duration, Instant};
@@ -44,14 +45,20 @@ pub fn bring_up(sys: &Sysfs, limit: Duration, mut pause: impl FnMut()) -> BringU
         warn!(hba = %h, state = %state, "port still not Online after the LIP");
         out.problems.push(format!("FC port {h} is {state} after a LIP and {:.0} s", limit.as_secs_f64()));
     }
-    for host in sys.scsi_hosts() {
-        if waiting.contains(&host) {
-            continue; // a scan only reaches remote ports that are Online
+    // Every host at once: the kernel's write returns only when that host's scan is done, and a
+    // big fabric (or an emulated one under TCG) takes seconds per host.
+    let hosts: Vec<String> = sys.scsi_hosts().into_iter().filter(|h| !waiting.contains(h)).collect();
+    std::thread::scope(|s| {
+        for host in &hosts {
+            s.spawn(move || {
+                let t0 = Instant::now();
+                match sys.scan(host) {
+                    Ok(()) => info!(hba = %host, ms = t0.elapsed().as_millis() as u64, "scanned"),
+                    Err(e) => warn!(hba = %host, "cannot scan: {e}"),
+                }
+            });
         }
-        if let Err(e) = sys.scan(&host) {
-            warn!(hba = %host, "cannot scan: {e}");
-        }
-    }
+    });
     out.hbas = sys.fc_hosts();
     out
 }

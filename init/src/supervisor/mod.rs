@@ -73,6 +73,10 @@ pub struct ServiceStatus {
     pub since_s: f64,
     /// Why the service is not running, when that is not obvious from the state.
     pub reason: Option<String>,
+    /// Memory its cgroup uses now (`memory.current`: its processes and the file pages they
+    /// brought in), where cgroups are on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -192,6 +196,7 @@ impl Supervisor {
             last_exit: u.last_exit,
             since_s: now.saturating_duration_since(u.since).as_secs_f64(),
             reason: u.reason.clone(),
+            memory_bytes: None,
         })
     }
 

@@ -83,6 +83,7 @@ impl Runtime for ProcessRuntime {
             hand_over(u).map_err(std::io::Error::other)?;
         }
         let ids = spec.unprivileged.as_ref().filter(|u| !u.drops_itself).map(|u| (u.uid, u.gid));
+        let no_memory_lock = spec.no_memory_lock;
         let (reader, writer) = std::io::pipe()?;
         let mut cmd = Command::new(&spec.argv[0]);
         cmd.args(&spec.argv[1..])
@@ -101,14 +102,24 @@ impl Runtime for ProcessRuntime {
         };
         let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
         // SAFETY: between fork and exec only async-signal-safe calls: setsid(2), write(2) on an
-        // fd opened before the fork, prctl(2), setgroups(2), setgid(2), setuid(2) with values
-        // copied before the fork. No allocation, no locks.
+        // fd opened before the fork, prctl(2), setrlimit(2), setgroups(2), setgid(2), setuid(2)
+        // with values copied before the fork. No allocation, no locks.
         unsafe {
             cmd.pre_exec(move || {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
                 if let Some(fd) = procs_fd {
                     // "0" moves the writing process itself: the child joins before it can fork.
                     if nix::libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if no_memory_lock {
+                    // Out of the bounding set, the capability is gone from what it executes.
+                    let none = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                    const CAP_IPC_LOCK: nix::libc::c_ulong = 14; // linux/capability.h
+                    if nix::libc::prctl(nix::libc::PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0) < 0
+                        || nix::libc::setrlimit(nix::libc::RLIMIT_MEMLOCK, &none) < 0
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                 }

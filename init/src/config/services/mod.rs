@@ -138,6 +138,11 @@ pub struct ServiceSpec {
     /// Run without root (a guest's QEMU): decided in code, never in a file.
     #[serde(skip)]
     pub unprivileged: Option<Unprivileged>,
+    /// Started unable to lock memory (no CAP_IPC_LOCK, RLIMIT_MEMLOCK 0): for a daemon that
+    /// mlocks everything it maps to survive a root filesystem on the SAN, which a blade's RAM
+    /// root never is (multipathd: 26 MiB of RAM otherwise). Its mlockall fails, and it goes on.
+    #[serde(default)]
+    pub no_memory_lock: bool,
 }
 
 /// How a service runs without root, the way libvirt runs QEMU: as its own user and group with
@@ -184,6 +189,7 @@ impl ServiceSpec {
             enabled: true,
             qmp: None,
             unprivileged: None,
+            no_memory_lock: false,
         }
     }
 

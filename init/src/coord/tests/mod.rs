@@ -65,6 +65,7 @@ impl Blade for FakeBlade {
             last_exit: None,
             since_s: 1.0,
             reason: None,
+            memory_bytes: None,
         })
     }
     fn lun(&self, alias: &str) -> Option<LunState> {
@@ -99,7 +100,7 @@ impl Lab {
             blade: FakeBlade {
                 services: RefCell::default(),
                 luns: healthy.into_iter().collect(),
-                memory: Memory { total_mib: 4096, used_mib: 1024, available_mib: 3072 },
+                memory: Memory { total_mib: 4096, used_mib: 1024, available_mib: 3072, ..Default::default() },
             },
             now: Instant::now(),
             next_ticket: 0,
@@ -479,7 +480,7 @@ fn an_arrival_that_does_not_fit_is_refused_with_the_memory_figures() {
 }
 
 fn capacity(node: &str, available_mib: u64, drained: Option<&str>) -> (String, Result<Capacity, String>) {
-    let memory = Memory { total_mib: 8192, used_mib: 0, available_mib };
+    let memory = Memory { total_mib: 8192, used_mib: 0, available_mib, ..Default::default() };
     let c = Capacity {
         node: node.into(),
         drained: drained.map(String::from),
