@@ -18,6 +18,7 @@ pub mod net;
 pub mod pid1;
 pub mod proto;
 pub mod qemu;
+pub mod release;
 pub mod storage;
 pub mod supervisor;
 pub mod tls;
@@ -63,7 +64,7 @@ mod tests {
     /// The README's layout, lowest first: a module may use only modules of its own layer or
     /// below. Shared types sit low, decisions in the middle, effects at the top.
     const LAYERS: &[&[&str]] = &[
-        &["logging", "cmdline", "tls", "httpc", "child"],
+        &["logging", "cmdline", "tls", "httpc", "child", "release"],
         &["config"],
         &["net"],
         &["qemu"],

@@ -29,6 +29,8 @@ fn a_blade_boots_to_ready_answers_its_api_and_powers_off_in_order() {
     let console = blade.console();
     assert!(line.contains("bladevisor[1]:"), "ready line not from the kernel's log: {line}");
     assert_eq!(console.matches("bladevisor ready").count(), 1, "{}", blade.report());
+    // The blade knows what its QEMU provides, to refuse guests it could not run.
+    ok(blade.wait_console("QEMU's machine types and CPU models known", Duration::from_secs(60)));
     // The root stayed compressed: PID 1 mounted the initrd's squashfs under a tmpfs overlay
     // and ran the image's init from it, and the RAM it keeps for that is in status.
     assert!(

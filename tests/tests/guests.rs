@@ -230,7 +230,7 @@ fn hostile_clients_do_not_reach_the_guest(blade: &Blade) {
     }
     // Peer calls name a blade of this cluster.
     let r = ok(blade.call(
-        &Request::Peer(Peer::Incoming { guest: "demo".into(), from: "mallory".into(), caps: vec![] }),
+        &Request::Peer(Peer::Incoming { guest: "demo".into(), from: "mallory".into(), caps: vec![], release: None }),
         Some(TOKEN),
     ));
     assert_eq!(r.code, 403, "{}", r.body);

@@ -293,7 +293,9 @@ mod tests {
         let blade = TlsInfo { client_cert: Some(cert) };
         let operator = TlsInfo { client_cert: None };
         let op = Request::Operator(Operator::Undrain);
-        let peer = |from: &str| Request::Peer(Peer::Incoming { guest: "web".into(), from: from.into(), caps: vec![] });
+        let peer = |from: &str| {
+            Request::Peer(Peer::Incoming { guest: "web".into(), from: from.into(), caps: vec![], release: None })
+        };
         let status = Request::Read(Read::Status);
         let alice = Some(Caller::Operator("alice".into()));
         assert_eq!(check(&t, &op, Some("Bearer alice-s3cret-0123"), Some(&operator)), Ok(alice));

@@ -121,7 +121,12 @@ fn peer_error(e: CallError) -> PeerError {
 
 impl MigrationPeer for HttpPeer {
     fn prepare(&mut self, guest: &str, caps: &[String]) -> Result<u16, PeerError> {
-        let req = Peer::Incoming { guest: guest.into(), from: self.local.clone(), caps: caps.to_vec() };
+        let req = Peer::Incoming {
+            guest: guest.into(),
+            from: self.local.clone(),
+            caps: caps.to_vec(),
+            release: Some(crate::image_version()),
+        };
         self.send::<Listening>(&Request::Peer(req)).map(|l| l.port).map_err(peer_error)
     }
     fn resume(&mut self, guest: &str) -> Result<(), PeerError> {

@@ -152,6 +152,9 @@ enum Cmd {
         #[arg(long)]
         node: Option<String>,
     },
+    /// What changed between two releases: their manifests (`bladevisor.manifest` beside each
+    /// image): version, kernel, packages added, removed and changed, artifacts' hashes.
+    ManifestDiff { old: std::path::PathBuf, new: std::path::PathBuf },
     /// Print libvirt domains (virsh dumpxml) as [guests.<name>] sections (for blade --node),
     /// with what could not be carried over as comments.
     ImportLibvirt {
@@ -475,6 +478,11 @@ pub fn main() {
             };
             let lines = offline::check(&c).unwrap_or_else(|e| fail(e));
             show(&cli, &serde_json::json!({ "ok": lines }), || lines.iter().map(|l| format!("{l}\n")).collect());
+        }
+        Cmd::ManifestDiff { old, new } => {
+            let (a, b) = (crate::release::read_manifest(old), crate::release::read_manifest(new));
+            let d = crate::release::diff(&a.unwrap_or_else(|e| fail(e)), &b.unwrap_or_else(|e| fail(e)));
+            show(&cli, &d, || crate::release::render(&d));
         }
         Cmd::ImportLibvirt { domains, node, aliases } => {
             let (out, all) = offline::import_libvirt(domains, node.as_deref(), aliases.as_deref(), cli.json);

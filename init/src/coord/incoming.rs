@@ -14,18 +14,20 @@ use crate::supervisor::ServiceState;
 /// Memory an arriving guest must leave free on this blade besides its own.
 pub const MEMORY_MARGIN_MIB: u64 = 64;
 
+/// What a peer asks when it would send a guest here.
+pub(super) struct Arrival<'a> {
+    pub guest: &'a str,
+    pub from: &'a str,
+    pub caps: Vec<String>,
+    /// The sender's release, for a refusal's words.
+    pub release: Option<&'a str>,
+}
+
 impl Coordinator {
     /// A peer asks this blade to receive `guest`: start it paused, listening for its stream.
-    pub(super) fn incoming(
-        &mut self,
-        guest: &str,
-        from: &str,
-        caps: Vec<String>,
-        ticket: Ticket,
-        blade: &dyn Blade,
-        now: Instant,
-    ) {
-        match self.accept_incoming(guest, from, &caps, blade) {
+    pub(super) fn incoming(&mut self, a: Arrival<'_>, ticket: Ticket, blade: &dyn Blade, now: Instant) {
+        let Arrival { guest, from, caps, release } = a;
+        match self.accept_incoming(guest, from, &caps, release, blade) {
             Ok(ports) => {
                 let id = self.new_migration(guest, Direction::In, from, now);
                 let taken: Vec<u16> = self
@@ -54,6 +56,7 @@ impl Coordinator {
         guest: &str,
         from: &str,
         caps: &[String],
+        release: Option<&str>,
         blade: &dyn Blade,
     ) -> Result<(u16, u16), Refusal> {
         let node = self.node.clone();
@@ -75,6 +78,17 @@ impl Coordinator {
         }
         if let Some(d) = &self.drained {
             return Err(Refusal::conflict(format!("{node} is drained ({d})")));
+        }
+        // Before the source stops anything: a guest this QEMU cannot run stays where it is.
+        if let Some(why) = blade.qemu_lacks(&g.spec.machine, &g.spec.cpu) {
+            return Err(Refusal::conflict(format!(
+                "guest {guest} needs machine type {} and CPU model {}: {node} (release {}) cannot take it, {why}; \
+                 {from} runs release {}",
+                g.spec.machine,
+                g.spec.cpu,
+                blade.release(),
+                release.unwrap_or("(not said)")
+            )));
         }
         if !matches!(g.place, Place::Here | Place::Elsewhere { .. }) {
             return Err(Refusal::conflict(format!(

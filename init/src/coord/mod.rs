@@ -48,6 +48,15 @@ pub trait Blade {
     /// The state of an alias's LUN, if the alias table has it.
     fn lun(&self, alias: &str) -> Option<LunState>;
     fn memory(&self) -> Memory;
+    /// What this blade's QEMU lacks to run a guest of this machine type and CPU model, in words
+    /// (None: it has both, or it could not be asked).
+    fn qemu_lacks(&self, _machine: &str, _cpu: &str) -> Option<String> {
+        None
+    }
+    /// The release (image version) this blade runs.
+    fn release(&self) -> String {
+        "unknown".into()
+    }
 
     fn state(&self, guest: &str) -> Option<ServiceState> {
         self.service(guest).map(|s| s.state)
@@ -322,7 +331,10 @@ impl Coordinator {
     /// A peer's request.
     pub fn peer(&mut self, req: Peer, ticket: Ticket, blade: &dyn Blade, now: Instant) {
         match req {
-            Peer::Incoming { guest, from, caps } => self.incoming(&guest, &from, caps, ticket, blade, now),
+            Peer::Incoming { guest, from, caps, release } => {
+                let a = incoming::Arrival { guest: &guest, from: &from, caps, release: release.as_deref() };
+                self.incoming(a, ticket, blade, now)
+            }
             Peer::IncomingResume { guest, from } => self.incoming_resume(&guest, &from, ticket),
             Peer::IncomingAbort { guest, from } => self.incoming_abort(&guest, &from, ticket),
             Peer::Drained { node, drained } => self.peer_drained(&node, drained, ticket),

@@ -83,6 +83,12 @@ impl Blade for Facts<'_> {
     fn memory(&self) -> Memory {
         self.memory.get_or_init(super::memory).clone()
     }
+    fn qemu_lacks(&self, machine: &str, cpu: &str) -> Option<String> {
+        crate::qemu::offer::known()?.lacks(machine, cpu)
+    }
+    fn release(&self) -> String {
+        crate::image_version()
+    }
 }
 
 impl Init {

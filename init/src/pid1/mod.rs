@@ -564,6 +564,8 @@ pub fn run() -> ! {
             let _ = power_tx.send(Event::PowerButton);
         });
     }
+    // What this blade's QEMU provides, for arriving guests (a second, alongside the boot).
+    crate::spawn_worker("qemu-offer", || crate::qemu::offer::learn(Path::new(crate::qemu::QEMU)));
     let boot_tx = tx.clone();
     crate::spawn_worker("boot", move || {
         // A bug in a boot step must still leave a blade that is ready (degraded) and can be

@@ -99,8 +99,9 @@ pub enum Operator {
 /// What another blade of the cluster asks (with the cluster's token).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Peer {
-    /// Start this guest paused, listening for its migration stream from `from`.
-    Incoming { guest: String, from: String, caps: Vec<String> },
+    /// Start this guest paused, listening for its migration stream from `from`, which runs
+    /// `release` (older blades do not say).
+    Incoming { guest: String, from: String, caps: Vec<String>, release: Option<String> },
     /// The stream is complete: run the guest.
     IncomingResume { guest: String, from: String },
     /// The migration failed: remove the incoming process.

@@ -141,9 +141,12 @@ pub fn route(method: &str, target: &str) -> Result<Request, RouteError> {
             Some(_) => return Err(RouteError::Invalid(format!("parallel must be 1-{MAX_PARALLEL}"))),
         },
         ("POST", ["v1", "undrain"]) => Op(Operator::Undrain),
-        ("POST", ["v1", "incoming", g]) => {
-            P(Peer::Incoming { guest: name(g), from: required("from", "incoming")?, caps: query_list(target, "caps")? })
-        }
+        ("POST", ["v1", "incoming", g]) => P(Peer::Incoming {
+            guest: name(g),
+            from: required("from", "incoming")?,
+            caps: query_list(target, "caps")?,
+            release: query(target, "release")?.map(|r| shorten(&r)),
+        }),
         ("POST", ["v1", "incoming", g, "resume"]) => {
             P(Peer::IncomingResume { guest: name(g), from: required("from", "resume")? })
         }
@@ -231,11 +234,12 @@ impl Request {
                 Operator::LeasesInit { force } => format!("/v1/leases/init{}", if *force { "?force=1" } else { "" }),
             },
             Request::Peer(p) => match p {
-                Peer::Incoming { guest, from, caps } => format!(
-                    "/v1/incoming/{}?from={}&caps={}",
+                Peer::Incoming { guest, from, caps, release } => format!(
+                    "/v1/incoming/{}?from={}&caps={}{}",
                     enc(guest),
                     enc(from),
-                    caps.iter().map(|c| enc(c)).collect::<Vec<_>>().join(",")
+                    caps.iter().map(|c| enc(c)).collect::<Vec<_>>().join(","),
+                    release.as_deref().map(|r| format!("&release={}", enc(r))).unwrap_or_default()
                 ),
                 Peer::IncomingResume { guest, from } => {
                     format!("/v1/incoming/{}/resume?from={}", enc(guest), enc(from))
@@ -319,8 +323,13 @@ mod tests {
             Op(Operator::StorageRescan),
             Op(Operator::LeasesInit { force: true }),
             Op(Operator::LeasesInit { force: false }),
-            P(Peer::Incoming { guest: odd.clone(), from: "blade1".into(), caps: vec!["events".into(), "x,y".into()] }),
-            P(Peer::Incoming { guest: "web".into(), from: "blade1".into(), caps: vec![] }),
+            P(Peer::Incoming {
+                guest: odd.clone(),
+                from: "blade1".into(),
+                caps: vec!["events".into(), "x,y".into()],
+                release: Some("1.2+b&c".into()),
+            }),
+            P(Peer::Incoming { guest: "web".into(), from: "blade1".into(), caps: vec![], release: None }),
             P(Peer::IncomingResume { guest: "web".into(), from: "blade1".into() }),
             P(Peer::IncomingAbort { guest: odd.clone(), from: "blade2".into() }),
             P(Peer::Drained { node: "blade1".into(), drained: true }),
@@ -345,7 +354,8 @@ mod tests {
             Request::Peer(Peer::Incoming {
                 guest: "web".into(),
                 from: "blade1".into(),
-                caps: vec!["events".into(), "x-ignore-shared".into()]
+                caps: vec!["events".into(), "x-ignore-shared".into()],
+                release: None,
             })
         );
         assert_eq!(

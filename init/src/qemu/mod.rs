@@ -3,6 +3,7 @@
 //! serial console kept in a ring. Its definition is [`crate::config::guest`].
 
 pub mod console;
+pub mod offer;
 pub mod qmp;
 
 use std::path::{Path, PathBuf};
@@ -31,11 +32,14 @@ pub fn kvm_usable(dev: &Path) -> bool {
     v == 12
 }
 
+/// The QEMU every guest runs on.
+pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+
 /// The QEMU command line for a guest: no shell, every value a separate argument.
 pub fn argv(g: &GuestSpec, run: &Path, kvm: bool) -> Vec<String> {
     let dir = run_dir(run, &g.name);
     let mut a: Vec<String> = vec![
-        "/usr/bin/qemu-system-x86_64".into(),
+        QEMU.into(),
         "-name".into(),
         format!("guest={},debug-threads=on", g.name),
         "-nodefaults".into(),

@@ -53,6 +53,8 @@ struct FakeBlade {
     services: RefCell<BTreeMap<String, ServiceState>>,
     luns: BTreeMap<String, LunState>,
     memory: Memory,
+    /// Machine types its QEMU provides (None: it could not be asked).
+    machines: Option<Vec<&'static str>>,
 }
 
 impl Blade for FakeBlade {
@@ -73,6 +75,13 @@ impl Blade for FakeBlade {
     }
     fn memory(&self) -> Memory {
         self.memory.clone()
+    }
+    fn qemu_lacks(&self, machine: &str, _cpu: &str) -> Option<String> {
+        let m = self.machines.as_ref()?;
+        (!m.contains(&machine)).then(|| format!("its QEMU does not provide machine type {machine}"))
+    }
+    fn release(&self) -> String {
+        "1.4".into()
     }
 }
 
@@ -101,6 +110,7 @@ impl Lab {
                 services: RefCell::default(),
                 luns: healthy.into_iter().collect(),
                 memory: Memory { total_mib: 4096, used_mib: 1024, available_mib: 3072, ..Default::default() },
+                machines: None,
             },
             now: Instant::now(),
             next_ticket: 0,
@@ -413,7 +423,12 @@ fn a_migration_in_doubt_keeps_the_guest_paused_here_until_resolved() {
 #[test]
 fn a_guest_arrives_paused_then_runs_here_under_its_own_restart_policy() {
     let mut lab = blade1();
-    let (t, r) = lab.peer(Peer::Incoming { guest: "batch".into(), from: "blade2".into(), caps: vec!["events".into()] });
+    let (t, r) = lab.peer(Peer::Incoming {
+        guest: "batch".into(),
+        from: "blade2".into(),
+        caps: vec!["events".into()],
+        release: None,
+    });
     assert!(r.is_none(), "answered once QEMU listens");
     assert_eq!(lab.state("batch"), GuestState::Incoming);
     assert!(lab
@@ -444,13 +459,48 @@ fn a_guest_arrives_paused_then_runs_here_under_its_own_restart_policy() {
 }
 
 #[test]
+fn a_guest_whose_machine_type_this_qemu_lacks_is_refused_before_anything_moves() {
+    let mut lab = blade1();
+    lab.blade.machines = Some(vec!["pc-q35-7.1", "q35"]);
+    let (_, r) = lab.peer(Peer::Incoming {
+        guest: "batch".into(),
+        from: "blade2".into(),
+        caps: vec![],
+        release: Some("1.5".into()),
+    });
+    let r = Lab::refused(r);
+    assert_eq!(r.why, Why::Conflict);
+    assert_eq!(
+        r.message,
+        "guest batch needs machine type pc-q35-7.2 and CPU model qemu64: blade1 (release 1.4) cannot take it, \
+         its QEMU does not provide machine type pc-q35-7.2; blade2 runs release 1.5"
+    );
+    assert_ne!(lab.state("batch"), GuestState::Incoming, "nothing started here");
+    assert!(
+        !lab.asked.iter().any(|e| matches!(e, Effect::Listen { .. } | Effect::AddService { .. })),
+        "{:?}",
+        lab.asked
+    );
+    // With the machine type, it is taken.
+    lab.blade.machines = Some(vec!["pc-q35-7.2"]);
+    let (_, r) = lab.peer(Peer::Incoming { guest: "batch".into(), from: "blade2".into(), caps: vec![], release: None });
+    assert!(r.is_none(), "answered once QEMU listens");
+    assert_eq!(lab.state("batch"), GuestState::Incoming);
+}
+
+#[test]
 fn an_arrival_from_a_blade_that_may_not_run_the_guest_is_forbidden() {
     let mut lab = blade1();
-    let (_, r) = lab.peer(Peer::Incoming { guest: "batch".into(), from: "blade3".into(), caps: vec![] });
+    let (_, r) = lab.peer(Peer::Incoming { guest: "batch".into(), from: "blade3".into(), caps: vec![], release: None });
     let r = Lab::refused(r);
     assert_eq!(r.why, Why::Forbidden);
     assert_eq!(r.message, "\"blade3\" is not a blade guest batch may migrate from (its blades: blade2, blade1)");
-    let (_, r) = lab.peer(Peer::Incoming { guest: "batch".into(), from: "blade2".into(), caps: vec!["x; rm".into()] });
+    let (_, r) = lab.peer(Peer::Incoming {
+        guest: "batch".into(),
+        from: "blade2".into(),
+        caps: vec!["x; rm".into()],
+        release: None,
+    });
     assert_eq!(Lab::refused(r).why, Why::Invalid);
     let (_, r) = lab.peer(Peer::Drained { node: "mallory".into(), drained: true });
     assert_eq!(Lab::refused(r).why, Why::Forbidden);
@@ -460,7 +510,7 @@ fn an_arrival_from_a_blade_that_may_not_run_the_guest_is_forbidden() {
 #[test]
 fn an_arrival_whose_stream_breaks_is_removed_and_the_source_keeps_the_guest() {
     let mut lab = blade1();
-    let (t, _) = lab.peer(Peer::Incoming { guest: "batch".into(), from: "blade2".into(), caps: vec![] });
+    let (t, _) = lab.peer(Peer::Incoming { guest: "batch".into(), from: "blade2".into(), caps: vec![], release: None });
     lab.report(Report::Listening { guest: "batch".into(), result: Ok(49152), ticket: t });
     // QEMU ends when its stream breaks.
     lab.blade.services.borrow_mut().insert("batch".into(), ServiceState::Exited);
@@ -475,7 +525,7 @@ fn an_arrival_whose_stream_breaks_is_removed_and_the_source_keeps_the_guest() {
 fn an_arrival_that_does_not_fit_is_refused_with_the_memory_figures() {
     let mut lab = blade1();
     lab.blade.memory.available_mib = 300;
-    let (_, r) = lab.peer(Peer::Incoming { guest: "batch".into(), from: "blade2".into(), caps: vec![] });
+    let (_, r) = lab.peer(Peer::Incoming { guest: "batch".into(), from: "blade2".into(), caps: vec![], release: None });
     assert_eq!(Lab::refused(r).message, "blade1 has 300 MiB available; guest batch needs 256 MiB");
 }
 
@@ -522,7 +572,7 @@ fn an_evacuation_sends_each_guest_to_the_first_of_its_blades_that_can_take_it() 
 fn an_evacuation_runs_at_most_parallel_migrations_at_once() {
     let mut lab = running_web();
     // batch arrives and runs here too: two guests to move, one at a time.
-    let (t, _) = lab.peer(Peer::Incoming { guest: "batch".into(), from: "blade2".into(), caps: vec![] });
+    let (t, _) = lab.peer(Peer::Incoming { guest: "batch".into(), from: "blade2".into(), caps: vec![], release: None });
     lab.report(Report::Listening { guest: "batch".into(), result: Ok(49152), ticket: t });
     let (t, _) = lab.peer(Peer::IncomingResume { guest: "batch".into(), from: "blade2".into() });
     lab.report(Report::Resumed { guest: "batch".into(), result: Ok(()), ticket: t });
