@@ -87,17 +87,31 @@ pub struct Memory {
     pub total_mib: u64,
     pub used_mib: u64,
     pub available_mib: u64,
-    /// Where the blade's own memory goes (from `/proc/meminfo`, MiB): processes' anonymous
-    /// memory, shared memory and tmpfs, pages that cannot be evicted (the root image, mlocked
-    /// daemons), the kernel's unreclaimable slab, stacks and page tables.
+    /// Where the blade's own memory goes (from `/proc/meminfo`, MiB): free, page cache and
+    /// buffers, processes' anonymous memory, shared memory and tmpfs (the root image), pages
+    /// that cannot be evicted (mlocked daemons), the kernel's slab, stacks, page tables and
+    /// vmalloc (modules).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub detail: std::collections::BTreeMap<String, u64>,
 }
 
 /// The fields of `/proc/meminfo` that `Memory::detail` carries, in MiB.
 pub fn meminfo_detail(text: &str) -> std::collections::BTreeMap<String, u64> {
-    const KEYS: [&str; 8] =
-        ["AnonPages", "Shmem", "Unevictable", "Mlocked", "SUnreclaim", "KernelStack", "PageTables", "Percpu"];
+    const KEYS: [&str; 13] = [
+        "MemFree",
+        "Buffers",
+        "Cached",
+        "AnonPages",
+        "Shmem",
+        "Unevictable",
+        "Mlocked",
+        "KReclaimable",
+        "SUnreclaim",
+        "KernelStack",
+        "PageTables",
+        "Percpu",
+        "VmallocUsed",
+    ];
     text.lines()
         .filter_map(|l| {
             let (k, v) = l.split_once(':')?;

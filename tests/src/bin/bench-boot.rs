@@ -23,8 +23,8 @@ fn floor_initrd(dir: &Path) -> std::path::PathBuf {
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static (image/host-deps installs it)");
     let init = "#!/bin/busybox sh\n/bin/busybox mkdir -p /proc\n/bin/busybox mount -t proc proc /proc\n\
-                /bin/busybox awk '/MemTotal/ {t=$2} /MemAvailable/ {a=$2} END {print \"floor-used-kib \" t-a}' \
-                /proc/meminfo\n/bin/busybox poweroff -f\n";
+                /bin/busybox awk '/MemTotal/ {t=$2} /MemAvailable/ {a=$2} {printf \"floor-mi %s %d\\n\", $1, $2/1024} \
+                END {print \"floor-used-kib \" t-a}' /proc/meminfo\n/bin/busybox poweroff -f\n";
     std::fs::write(root.join("init"), init).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(root.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -85,6 +85,7 @@ fn main() {
 
     let mut floor_s = vec![];
     let mut floor_used = vec![];
+    let mut floor_detail: std::collections::BTreeMap<String, String> = Default::default();
     for i in 0..runs {
         let floor_img = Image { initrd: floor.clone(), ..img.clone() };
         let spec =
@@ -93,6 +94,13 @@ fn main() {
         b.wait_exit(Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
         floor_s.push(b.started.elapsed().as_secs_f64());
         let console = b.console();
+        floor_detail = console
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split("floor-mi ").nth(1)?.split_whitespace();
+                Some((w.next()?.trim_end_matches(':').to_string(), w.next()?.to_string()))
+            })
+            .collect();
         if let Some(kib) =
             console.split("floor-used-kib ").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
         {
@@ -169,8 +177,11 @@ fn main() {
     println!("  boot phases (PID 1's, in order, medians): {}", phases.join(", "));
     let shown: Vec<String> = by_process.iter().map(|(n, m)| format!("{n} {m:.1}")).collect();
     println!("  memory by service at ready (MiB, cgroup memory.current, last run): {}", shown.join(", "));
-    let detail: Vec<String> = detail.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("  /proc/meminfo at ready (MiB, last run): {}", detail.join(", "));
+    let both: Vec<String> = detail
+        .iter()
+        .map(|(k, v)| format!("{k} {v} ({})", floor_detail.get(k).map(String::as_str).unwrap_or("?")))
+        .collect();
+    println!("  /proc/meminfo at ready, MiB (in brackets the floor's), last run: {}", both.join(", "));
     // The layout real arrays have: LUNs behind targets other than 0 (the lab's sit at target 0).
     let (s, _, st, console) = boot_once(&img, "bench-boot-targets", |luns| {
         for (i, l) in luns.iter_mut().enumerate() {
