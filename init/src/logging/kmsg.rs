@@ -119,8 +119,7 @@ fn send(level: &Level, line: &[u8]) {
         *file = None;
         k.next_open_ms.store(super::boot_ms() + RETRY_MS, Ordering::Relaxed);
         // The console writer may have left this line to the kernel: it must not be lost.
-        if k.kernel && k.unlimited.load(Ordering::Relaxed) && k.console_level.load(Ordering::Relaxed) > severity(level)
-        {
+        if k.kernel_prints(level) {
             let _ = std::io::stderr().write_all(line);
         }
     }
@@ -145,6 +144,14 @@ impl Kmsg {
         Some(f)
     }
 
+    /// Whether the kernel puts a record of this level on the console (by the console log level
+    /// last read) and drops none of ours.
+    fn kernel_prints(&self, level: &Level) -> bool {
+        self.kernel
+            && self.unlimited.load(Ordering::Relaxed)
+            && severity(level) < self.console_level.load(Ordering::Relaxed)
+    }
+
     fn echoes(&self, level: &Level) -> bool {
         if !self.kernel || !self.unlimited.load(Ordering::Relaxed) {
             return false;
@@ -157,7 +164,7 @@ impl Kmsg {
         }
         // Only while the device is open: a line is left to the kernel only if it will get there.
         let open = self.file.lock().map(|f| f.is_some()).unwrap_or(false);
-        open && severity(level) < self.console_level.load(Ordering::Relaxed)
+        open && self.kernel_prints(level)
     }
 }
 

@@ -198,12 +198,7 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
         let sys = crate::storage::sysfs::Sysfs::new(&plan.sys);
         let cfg = baked.as_ref().ok().and_then(|b| b.as_ref()).map(|c| c.storage.clone()).unwrap_or_default();
         let limit = crate::config::values::secs(cfg.lip_timeout_s);
-        std::thread::Builder::new().name("hba".into()).spawn(move || {
-            let t0 = Instant::now();
-            let b = crate::storage::hba::bring_up(&sys, limit, || std::thread::sleep(Duration::from_millis(500)));
-            info!(ms = t0.elapsed().as_millis() as u64, "HBAs up and SCSI hosts scanned (alongside the network)");
-            b
-        })
+        std::thread::Builder::new().name("hba".into()).spawn(move || bring_up_hbas(&sys, limit))
     });
 
     // 1. Management network, configured from the baked entry for this blade if there is one
@@ -378,6 +373,15 @@ fn credentials(plan: &BootPlan, cluster: Option<&ClusterConfig>, out: &mut BootO
     }
 }
 
+/// The HBAs brought up and every SCSI host scanned, polling a port that is not Online yet
+/// every half second.
+fn bring_up_hbas(sys: &crate::storage::sysfs::Sysfs, lip_limit: Duration) -> crate::storage::hba::BringUp {
+    let t0 = Instant::now();
+    let b = crate::storage::hba::bring_up(sys, lip_limit, || std::thread::sleep(Duration::from_millis(500)));
+    info!(ms = t0.elapsed().as_millis() as u64, "HBAs up and SCSI hosts scanned");
+    b
+}
+
 fn multipathd_service() -> crate::config::ServiceSpec {
     let argv = vec!["/sbin/multipathd".into(), "-d".into(), "-s".into()];
     crate::config::ServiceSpec {
@@ -430,9 +434,7 @@ fn bring_up_storage(
             problems: vec![format!("HBA bring-up failed: {}", crate::panic_message(&p))],
             ..Default::default()
         }),
-        _ => hba::bring_up(&sys, crate::config::values::secs(cfg.lip_timeout_s), || {
-            std::thread::sleep(Duration::from_millis(500))
-        }),
+        _ => bring_up_hbas(&sys, crate::config::values::secs(cfg.lip_timeout_s)),
     };
     out.problems.extend(b.problems);
     let Some(table) = table else {

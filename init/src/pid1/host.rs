@@ -9,17 +9,9 @@ use tracing::warn;
 use super::Event;
 use crate::proto;
 
-/// Memory from sysinfo, in MiB.
+/// Memory in MiB, from one read of `/proc/meminfo`.
 pub fn memory() -> proto::Memory {
-    let mut sys = sysinfo::System::new();
-    sys.refresh_memory();
-    let mib = |b: u64| b / (1024 * 1024);
-    proto::Memory {
-        total_mib: mib(sys.total_memory()),
-        used_mib: mib(sys.used_memory()),
-        available_mib: mib(sys.available_memory()),
-        detail: std::fs::read_to_string("/proc/meminfo").map(|t| proto::meminfo_detail(&t)).unwrap_or_default(),
-    }
+    std::fs::read_to_string("/proc/meminfo").map(|t| proto::Memory::from_meminfo(&t)).unwrap_or_default()
 }
 
 /// MAC addresses of the blade's NICs (loopback and all-zero addresses left out).

@@ -228,7 +228,7 @@ impl Init {
     fn services_with_memory(&self) -> Vec<crate::supervisor::ServiceStatus> {
         let mut v = self.sup.status(Instant::now());
         for s in v.iter_mut().filter(|s| s.pid.is_some()) {
-            s.memory_bytes = self.rt.cgroups.usage(&s.name).and_then(|u| u.memory_bytes);
+            s.memory_bytes = self.rt.cgroups.memory(&s.name);
         }
         v
     }

@@ -89,7 +89,7 @@ pub fn mount_early() -> Vec<String> {
     failures
 }
 
-fn do_mount(m: &EarlyMount) -> Result<(), String> {
+pub fn do_mount(m: &EarlyMount) -> Result<(), String> {
     let _ = std::fs::create_dir_all(m.target);
     let data = (!m.data.is_empty()).then_some(m.data);
     match mount(Some(m.source), m.target, Some(m.fstype), m.flags, data) {

@@ -31,6 +31,8 @@ pub const MODULES: &str = "bladevisor/modules";
 const LOWER: &str = "/.lower";
 const RW: &str = "/.rw";
 const ROOT: &str = "/.root";
+/// Mounted in the initramfs and moved to the new root.
+const MOVED: [&str; 2] = ["/proc", "/dev"];
 /// The image's init, executed on the new root.
 const INIT: &str = "/usr/sbin/init";
 
@@ -98,9 +100,10 @@ fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, Strin
 
 fn switch(image: &Path) -> Result<std::convert::Infallible, String> {
     let t0 = std::time::Instant::now();
-    for (src, target, fstype) in [("devtmpfs", "/dev", "devtmpfs"), ("proc", "/proc", "proc")] {
-        step(&format!("mkdir {target}"), std::fs::create_dir_all(target))?;
-        step(&format!("mount {target}"), mount(Some(src), target, Some(fstype), MsFlags::MS_NOSUID, None::<&str>))?;
+    // The two early mounts the switch needs, as PID 1 mounts them; moved to the new root below,
+    // so the image's init finds them mounted.
+    for m in super::mounts::EARLY_MOUNTS.iter().filter(|m| MOVED.contains(&m.target)) {
+        super::mounts::do_mount(m)?;
     }
     for m in modules(Path::new("/").join(MODULES).as_path())? {
         load_module(&m)?;
@@ -116,7 +119,7 @@ fn switch(image: &Path) -> Result<std::convert::Infallible, String> {
     }
     let opts = overlay_options(LOWER, RW);
     step("mount the overlay", mount(Some("overlay"), ROOT, Some("overlay"), MsFlags::empty(), Some(opts.as_str())))?;
-    for d in ["/dev", "/proc"] {
+    for d in MOVED {
         let to = format!("{ROOT}{d}");
         step(&format!("move {d}"), mount(Some(d), to.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>))?;
     }

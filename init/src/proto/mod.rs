@@ -95,6 +95,26 @@ pub struct Memory {
     pub detail: std::collections::BTreeMap<String, u64>,
 }
 
+impl Memory {
+    /// From the text of `/proc/meminfo`, read once: the totals as the operator budgets them
+    /// (used is MemTotal - MemAvailable) and the detail.
+    pub fn from_meminfo(text: &str) -> Memory {
+        let field = |k: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix(':')?.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+                / 1024
+        };
+        let (total_mib, available_mib) = (field("MemTotal"), field("MemAvailable"));
+        Memory {
+            total_mib,
+            used_mib: total_mib.saturating_sub(available_mib),
+            available_mib,
+            detail: meminfo_detail(text),
+        }
+    }
+}
+
 /// The fields of `/proc/meminfo` that `Memory::detail` carries, in MiB.
 pub fn meminfo_detail(text: &str) -> std::collections::BTreeMap<String, u64> {
     const KEYS: [&str; 13] = [
@@ -213,6 +233,13 @@ mod tests {
             "MemTotal: 2048000 kB\nAnonPages:   51200 kB\nShmem: 2048 kB\nbogus\nMlocked: x kB\n",
         );
         assert_eq!(d.into_iter().collect::<Vec<_>>(), [("AnonPages".to_string(), 50), ("Shmem".to_string(), 2)]);
+    }
+
+    #[test]
+    fn memory_totals_come_from_the_same_meminfo_text() {
+        let m = super::Memory::from_meminfo("MemTotal: 2048000 kB\nMemFree: 1024000 kB\nMemAvailable: 1536000 kB\n");
+        assert_eq!((m.total_mib, m.available_mib, m.used_mib), (2000, 1500, 500));
+        assert_eq!(m.detail.get("MemFree"), Some(&1000));
     }
 
     use super::*;

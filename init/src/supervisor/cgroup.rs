@@ -69,6 +69,11 @@ impl Cgroups {
         Some(parse_usage(read("cpu.stat").as_deref(), read("memory.current").as_deref(), read("io.stat").as_deref()))
     }
 
+    /// Memory the service's cgroup uses now (`memory.current`), alone.
+    pub fn memory(&self, name: &str) -> Option<u64> {
+        fs::read_to_string(self.dir(name)?.join("memory.current")).ok()?.trim().parse().ok()
+    }
+
     fn dir(&self, name: &str) -> Option<PathBuf> {
         self.root.as_ref().map(|r| r.join(name))
     }
@@ -232,6 +237,8 @@ mod tests {
         std::fs::create_dir_all(tmp.path().join("bv/guest-web")).unwrap();
         std::fs::write(tmp.path().join("bv/guest-web/memory.current"), "4096\n").unwrap();
         assert_eq!(cg.usage("guest-web").unwrap().memory_bytes, Some(4096));
+        assert_eq!(cg.memory("guest-web"), Some(4096));
         assert_eq!(Cgroups::disabled().usage("guest-web"), None);
+        assert_eq!(Cgroups::disabled().memory("guest-web"), None);
     }
 }
