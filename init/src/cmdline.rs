@@ -14,6 +14,15 @@ pub struct KernelCmdline {
     /// `bladevisor.fetch-ca=<base64 DER>`: the CA that `https://` fetches are verified with
     /// (else the image's `/etc/bladevisor/fetch-ca.pem`).
     pub fetch_ca: Option<String>,
+    /// `bladevisor.after-upgrade=undrain|drained`: this boot is an in-place upgrade's, and
+    /// whether it undrains the blade once healthy (set by `upgrade`, never by hand).
+    pub after_upgrade: Option<String>,
+    /// `bladevisor.upgraded-from=<version>`: the release the upgrade left.
+    pub upgraded_from: Option<String>,
+    /// `bladevisor.upgrade-moved=<n>`, `bladevisor.upgrade-pause-ms=<ms>`: what the upgrade's
+    /// evacuation moved, and the guests' total pause.
+    pub upgrade_moved: Option<String>,
+    pub upgrade_pause_ms: Option<String>,
     /// Keys that start with `bladevisor.` but mean nothing to this version: reported, not fatal.
     pub unknown: Vec<String>,
 }
@@ -60,6 +69,10 @@ pub fn parse(line: &str) -> KernelCmdline {
             "credentials" => k.credentials_url = value,
             "node" => k.node = value,
             "fetch-ca" => k.fetch_ca = value,
+            "after-upgrade" => k.after_upgrade = value,
+            "upgraded-from" => k.upgraded_from = value,
+            "upgrade-moved" => k.upgrade_moved = value,
+            "upgrade-pause-ms" => k.upgrade_pause_ms = value,
             _ => k.unknown.push(w.clone()),
         }
     }

@@ -126,6 +126,21 @@ stop-timeout-s = 1
 fn the_poweroff_command_powers_off() {
     let mut ns = Ns::start("poweroff", "[services.idle]\nargv = [\"/bin/sleep\", \"1000\"]\n");
     ns.wait_for("ready", Duration::from_secs(20), |ns| ns.status().ready);
+    // An upgrade: a URL that is not a release folder, then PID 1 of a namespace, which must
+    // never load a kernel into the host's.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bladevisor"))
+            .args(args)
+            .env("BLADEVISOR_RUN", ns.dir.join("run"))
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (success, err) = cli(&["upgrade", "--no-wait", "ftp://deploy/r"]);
+    assert!(!success && err.contains("a release folder is an http:// or https:// URL"), "{err}");
+    let (success, err) = cli(&["upgrade", "--no-wait", "http://127.0.0.1:9/releases/1.5"]);
+    assert!(!success && err.contains("it cannot boot another kernel"), "{err}");
+    assert_eq!(ns.status().upgrade, None, "nothing started");
     let out = Command::new(env!("CARGO_BIN_EXE_bladevisor"))
         .arg("poweroff")
         .env("BLADEVISOR_RUN", ns.dir.join("run"))

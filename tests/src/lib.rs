@@ -44,7 +44,19 @@ pub struct Image {
 
 impl Image {
     pub fn built() -> Image {
-        let dir = repo_root().join("out");
+        Self::in_folder(repo_root().join("out"), "run image/build first")
+    }
+
+    /// The next release, built from the same tree with another version (what `tests/run`
+    /// builds into `out/next` for the upgrade test).
+    pub fn next() -> Image {
+        Self::in_folder(
+            repo_root().join("out/next"),
+            "tests/run builds it: image/build --version \"$(git describe --tags --always --dirty)+next\" --out out/next",
+        )
+    }
+
+    fn in_folder(dir: PathBuf, how: &str) -> Image {
         let img = Image {
             kernel: dir.join("bladevisor.vmlinuz"),
             initrd: dir.join("bladevisor.initrd"),
@@ -52,7 +64,7 @@ impl Image {
             dir,
         };
         for f in [&img.kernel, &img.initrd, &img.ipxe] {
-            assert!(f.exists(), "{} is missing: run image/build first", f.display());
+            assert!(f.exists(), "{} is missing: {how}", f.display());
         }
         img
     }

@@ -341,6 +341,8 @@ mod tests {
             }],
             drained: None,
             drained_nodes: vec![],
+            upgrade: None,
+            upgraded: None,
             migrations: vec![],
             evacuation: None,
             kvm: false,

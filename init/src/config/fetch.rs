@@ -83,6 +83,25 @@ fn validator(v: Option<String>) -> Option<String> {
 
 /// `get`, conditional on `known` (a 304 is `NotModified`).
 pub fn get_if_changed(url: &str, deadline: Instant, max_bytes: usize, known: &Validators) -> Result<Fetched, String> {
+    match request(url, deadline, max_bytes, known)? {
+        None => Ok(Fetched::NotModified),
+        Some((body, validators)) => {
+            let text = String::from_utf8(body).map_err(|_| format!("{url}: the reply is not UTF-8 text"))?;
+            Ok(Fetched::Body { text, validators })
+        }
+    }
+}
+
+/// `get` of a binary file (a kernel, an initrd): the bytes as they came.
+pub fn get_bytes(url: &str, deadline: Instant, max_bytes: usize) -> Result<Vec<u8>, String> {
+    match request(url, deadline, max_bytes, &Validators::default())? {
+        Some((body, _)) => Ok(body),
+        None => Err(format!("{url}: HTTP 304 to an unconditional GET")),
+    }
+}
+
+/// One GET: the body and its validators, or None for a 304.
+fn request(url: &str, deadline: Instant, max_bytes: usize, known: &Validators) -> Result<Option<Body>, String> {
     let (ep, path) = parse_http_url(url)?;
     let fail = |e: String| format!("{url}: {e}");
     let left = deadline.saturating_duration_since(Instant::now());
@@ -113,6 +132,9 @@ pub fn get_if_changed(url: &str, deadline: Instant, max_bytes: usize, known: &Va
     r.response(max_bytes).map_err(fail)
 }
 
+/// A reply's body and what identifies its version.
+type Body = (Vec<u8>, Validators);
+
 /// A response read from a stream with a deadline on every read.
 struct Bounded {
     stream: crate::httpc::Conn,
@@ -127,7 +149,7 @@ impl Bounded {
         read_before(&mut self.stream, self.deadline, |s, t| s.set_read_timeout(t), &mut self.buf)
     }
 
-    fn response(&mut self, max_bytes: usize) -> Result<Fetched, String> {
+    fn response(&mut self, max_bytes: usize) -> Result<Option<Body>, String> {
         // The head: status line and headers, bounded.
         let (code, reason, head_len, length, chunked, location, validators) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -181,7 +203,7 @@ impl Bounded {
             }
         };
         if code == 304 {
-            return Ok(Fetched::NotModified);
+            return Ok(None);
         }
         if (300..400).contains(&code) {
             return Err(format!(
@@ -214,8 +236,7 @@ impl Bounded {
             }
             std::mem::take(&mut self.buf)
         };
-        let text = String::from_utf8(body).map_err(|_| "the reply is not UTF-8 text".to_string())?;
-        Ok(Fetched::Body { text, validators })
+        Ok(Some((body, validators)))
     }
 
     /// Decodes a chunked body of at most `max_bytes`.

@@ -241,6 +241,11 @@ impl Coordinator {
         self.leases.as_ref()
     }
 
+    /// Whether the peers have said what they remember of this blade's drain (at boot).
+    pub fn drain_learnt(&self) -> bool {
+        self.drain_known
+    }
+
     pub fn drained(&self) -> Option<&str> {
         self.drained.as_deref()
     }

@@ -41,7 +41,7 @@ pub struct Edge {
 }
 
 impl Edge {
-    fn ticket(&mut self, reply: Sender<Reply>) -> Ticket {
+    pub(super) fn ticket(&mut self, reply: Sender<Reply>) -> Ticket {
         let now = Instant::now();
         self.replies.retain(|_, (t, _)| now.saturating_duration_since(*t) < TICKET_LIFETIME);
         self.next_ticket += 1;
@@ -114,6 +114,9 @@ impl Init {
                 Ok(Answer::done(format!("{} in progress", action.as_str())))
             }
             Request::Operator(Operator::Service { name, action }) => self.service_action(&name, action),
+            Request::Operator(Operator::Upgrade { base_url, undrain, stop_guests }) => {
+                self.start_upgrade(&base_url, undrain, stop_guests)
+            }
             Request::Operator(Operator::Console { name, offset }) => self.console(&name, offset),
             Request::Operator(Operator::StorageReload { all: false }) => {
                 self.reload_storage(move |r| {

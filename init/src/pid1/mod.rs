@@ -12,6 +12,7 @@ pub mod powerbutton;
 pub mod rootfs;
 pub mod shutdown;
 pub mod storage;
+mod upgrade;
 pub mod workers;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,8 @@ pub enum Event {
     Report(Report),
     /// A change the storage watch saw.
     Storage(crate::storage::StorageEvent),
+    /// The upgrade's fetching worker.
+    Upgrade(upgrade::UpgradeReport),
 }
 
 /// What the boot sequence asks the main loop.
@@ -134,6 +137,15 @@ pub struct Init {
     /// Problems found during boot (configuration, mounts), kept for status.
     boot_problems: Vec<String>,
     shutdown: Option<(PowerAction, Instant)>,
+    /// An upgrade under way, or the last that failed.
+    upgrade: Option<crate::release::upgrade::UpgradeStatus>,
+    /// When the upgrade's evacuation was seen over.
+    upgrade_evacuated: Option<Instant>,
+    /// The upgrade's fetched kernel and initrd (loaded once to check them, loaded again with
+    /// the final command line before the kexec).
+    upgrade_files: Option<upgrade::Files>,
+    /// This boot is an upgrade's: from which release, and whether it still has to undrain.
+    after_upgrade: Option<upgrade::AfterUpgrade>,
     ready_ms: Option<u64>,
     orphans_reaped: u64,
 }
@@ -206,6 +218,8 @@ impl Init {
             drained_nodes: self.coord.as_ref().map(|c| c.drained_nodes()).unwrap_or_default(),
             migrations: self.coord.as_ref().map(|c| c.migration_status(Instant::now())).unwrap_or_default(),
             evacuation: self.coord.as_ref().and_then(|c| c.evacuation()),
+            upgrade: self.upgrade.clone(),
+            upgraded: self.after_upgrade.as_ref().map(|a| a.upgraded.clone()),
             kvm: self.kvm,
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             memory: memory(),
@@ -389,6 +403,7 @@ impl Init {
             Ok(Event::Call(req, reply)) => self.call(req, reply),
             Ok(Event::Boot(ask)) => self.boot_ask(ask),
             Ok(Event::Report(r)) => self.report(r),
+            Ok(Event::Upgrade(r)) => self.upgrade_report(r),
             Ok(Event::Storage(e)) => {
                 if let (Some(c), Some(alias)) = (&mut self.coord, e.alias()) {
                     c.storage_changed(alias);
@@ -404,6 +419,7 @@ impl Init {
         }
         if self.shutdown.is_none() {
             self.tick_guests();
+            self.tick_upgrade();
         }
         self.note_disks_in_use();
         let now = Instant::now();
@@ -418,6 +434,7 @@ impl Init {
                 warn!("degraded: {d}");
             }
         }
+        self.undrain_after_upgrade();
         if let Some((action, since)) = self.shutdown {
             let cap = self.sup.stop_budget() + SHUTDOWN_CAP_EXTRA;
             if self.sup.all_stopped() || since.elapsed() >= cap {
@@ -520,6 +537,11 @@ pub fn run() -> ! {
     for u in &cmdline.unknown {
         warn!("unknown kernel command line key ignored: {u}");
     }
+    let after_upgrade = upgrade::AfterUpgrade::from_cmdline(&cmdline);
+    if let Some(a) = &after_upgrade {
+        let from = a.upgraded.from.as_deref().unwrap_or("an unnamed release");
+        info!("this boot is an in-place upgrade from release {from} to {version}");
+    }
     let (tx, rx) = mpsc::channel();
     if let Err(e) = start_signal_thread(tx.clone()) {
         error!("{e}");
@@ -607,6 +629,10 @@ pub fn run() -> ! {
         kvm: crate::qemu::kvm_usable(std::path::Path::new("/dev/kvm")),
         boot_problems: degraded,
         shutdown: None,
+        upgrade: None,
+        upgrade_evacuated: None,
+        upgrade_files: None,
+        after_upgrade,
         ready_ms: None,
         orphans_reaped: 0,
     };

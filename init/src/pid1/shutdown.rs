@@ -81,6 +81,7 @@ pub fn finish(action: PowerAction) {
         PowerAction::Reboot => RebootMode::RB_AUTOBOOT,
         PowerAction::Poweroff => RebootMode::RB_POWER_OFF,
         PowerAction::Halt => RebootMode::RB_HALT_SYSTEM,
+        PowerAction::Kexec => RebootMode::RB_KEXEC,
     };
     info!(action = action.as_str(), "bladevisor going down");
     let Err(e) = reboot(mode);

@@ -52,6 +52,8 @@ pub enum PowerAction {
     Reboot,
     Poweroff,
     Halt,
+    /// Boot the kernel an upgrade loaded (never asked for by name: `upgrade` does it).
+    Kexec,
 }
 
 impl PowerAction {
@@ -68,6 +70,7 @@ impl PowerAction {
             PowerAction::Reboot => "reboot",
             PowerAction::Poweroff => "poweroff",
             PowerAction::Halt => "halt",
+            PowerAction::Kexec => "kexec",
         }
     }
 }
@@ -202,6 +205,13 @@ pub struct Status {
     /// The last evacuation of this blade.
     #[serde(default)]
     pub evacuation: Option<crate::migration::Evacuation>,
+    /// An upgrade under way, or the last one that failed (absent: none since this boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<crate::release::upgrade::UpgradeStatus>,
+    /// The in-place upgrade (kexec) this boot is, if it is one: from which release, what its
+    /// evacuation moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgraded: Option<crate::release::upgrade::Upgraded>,
     /// Whether guests run with KVM (else TCG, much slower).
     pub kvm: bool,
     pub cpus: usize,

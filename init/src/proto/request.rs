@@ -94,6 +94,15 @@ pub enum Operator {
     LeasesInit {
         force: bool,
     },
+    /// Boot the release served at `base_url` (an `out/` folder of `image/build`): fetch and
+    /// verify it, evacuate, then kexec into it; `undrain`: the new release undrains the blade
+    /// once healthy; `stop_guests`: guests that cannot move are stopped instead of the upgrade
+    /// refused.
+    Upgrade {
+        base_url: String,
+        undrain: bool,
+        stop_guests: bool,
+    },
 }
 
 /// What another blade of the cluster asks (with the cluster's token).

@@ -141,6 +141,17 @@ pub fn route(method: &str, target: &str) -> Result<Request, RouteError> {
             Some(_) => return Err(RouteError::Invalid(format!("parallel must be 1-{MAX_PARALLEL}"))),
         },
         ("POST", ["v1", "undrain"]) => Op(Operator::Undrain),
+        ("POST", ["v1", "upgrade"]) => {
+            let flag = |key: &str| -> Result<bool, RouteError> {
+                Ok(query(target, key)?.is_some_and(|f| f == "1" || f == "true"))
+            };
+            Op(Operator::Upgrade {
+                base_url: query(target, "from")?
+                    .ok_or_else(|| RouteError::Invalid("upgrade needs ?from=<release folder URL>".into()))?,
+                undrain: flag("undrain")?,
+                stop_guests: flag("stop-guests")?,
+            })
+        }
         ("POST", ["v1", "incoming", g]) => P(Peer::Incoming {
             guest: name(g),
             from: required("from", "incoming")?,
@@ -156,7 +167,7 @@ pub fn route(method: &str, target: &str) -> Result<Request, RouteError> {
         ("POST", ["v1", "nodes", n, verb @ ("drained" | "undrained")]) => {
             P(Peer::Drained { node: name(n), drained: *verb == "drained" })
         }
-        (_, ["v1", "status" | "capacity" | "evacuate" | "undrain"])
+        (_, ["v1", "status" | "capacity" | "evacuate" | "undrain" | "upgrade"])
         | (_, ["v1", "cluster", "guests"])
         | (_, ["v1", "logs"])
         | (_, ["metrics"])
@@ -232,6 +243,12 @@ impl Request {
                 Operator::StorageReload { all } => format!("/v1/storage/reload{}", if *all { "?all=1" } else { "" }),
                 Operator::StorageRescan => "/v1/storage/rescan".into(),
                 Operator::LeasesInit { force } => format!("/v1/leases/init{}", if *force { "?force=1" } else { "" }),
+                Operator::Upgrade { base_url, undrain, stop_guests } => format!(
+                    "/v1/upgrade?from={}{}{}",
+                    enc(base_url),
+                    if *undrain { "&undrain=1" } else { "" },
+                    if *stop_guests { "&stop-guests=1" } else { "" }
+                ),
             },
             Request::Peer(p) => match p {
                 Peer::Incoming { guest, from, caps, release } => format!(
@@ -323,6 +340,12 @@ mod tests {
             Op(Operator::StorageRescan),
             Op(Operator::LeasesInit { force: true }),
             Op(Operator::LeasesInit { force: false }),
+            Op(Operator::Upgrade {
+                base_url: "http://10.0.2.2:8000/rel/1.5?x=&y".into(),
+                undrain: true,
+                stop_guests: false,
+            }),
+            Op(Operator::Upgrade { base_url: "https://deploy/r".into(), undrain: false, stop_guests: true }),
             P(Peer::Incoming {
                 guest: odd.clone(),
                 from: "blade1".into(),

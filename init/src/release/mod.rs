@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod upgrade;
+
 /// The most a manifest file may be (one is about 30 KiB).
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
@@ -31,7 +33,7 @@ pub struct Package {
     pub version: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
     pub sha256: String,
     pub bytes: u64,
