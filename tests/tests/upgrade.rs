@@ -11,6 +11,7 @@ use std::time::Duration;
 use bladevisor_lab::demo::*;
 use bladevisor_lab::http::HttpDir;
 use bladevisor_lab::{ok, work_dir, Image, TwoBlades};
+use sha2::Digest;
 
 /// A release folder whose initrd is not the one its manifest describes (one byte differs).
 fn broken_release(next: &Image) -> HttpDir {
@@ -22,6 +23,22 @@ fn broken_release(next: &Image) -> HttpDir {
     let last = initrd.len() - 1;
     initrd[last] ^= 0xff;
     std::fs::write(dir.join("bladevisor.initrd"), initrd).expect("the broken initrd");
+    HttpDir::serve(&dir)
+}
+
+/// A release its manifest describes truly, whose initrd is not one: it loads, and the new
+/// kernel panics for want of a root (the lab's `panic=-1` resets it, and its QEMU, started with
+/// `-no-reboot`, ends: the test boots it again from release N, as PXE would).
+fn unbootable_release(next: &Image) -> HttpDir {
+    let dir = work_dir("upgrade-unbootable-release");
+    std::fs::copy(&next.kernel, dir.join("bladevisor.vmlinuz")).expect("copy the kernel");
+    let initrd = b"not an initramfs\n".repeat(1 << 16);
+    std::fs::write(dir.join("bladevisor.initrd"), &initrd).expect("the initrd");
+    let text = std::fs::read_to_string(next.dir.join("bladevisor.manifest")).expect("manifest");
+    let mut m: serde_json::Value = serde_json::from_str(&text).expect("manifest JSON");
+    let sha: String = sha2::Sha256::digest(&initrd).iter().map(|b| format!("{b:02x}")).collect();
+    m["artifacts"]["bladevisor.initrd"] = serde_json::json!({ "sha256": sha, "bytes": initrd.len() });
+    std::fs::write(dir.join("bladevisor.manifest"), m.to_string()).expect("the manifest");
     HttpDir::serve(&dir)
 }
 
@@ -41,15 +58,15 @@ fn a_rollout_brings_every_blade_to_the_next_release_and_the_guest_never_stops() 
     wait(&lab, "the demo counter on blade1", Duration::from_secs(400), || last_count(b1) >= 3);
     let blades =
         [format!("blade1=https://127.0.0.1:{}", b1.tls_port), format!("blade2=https://127.0.0.1:{}", b2.tls_port)];
-    let rollout = |port: u16| {
+    let rollout = |b: &bladevisor_lab::Blade, port: u16| {
         let url = format!("http://10.0.2.2:{port}/");
         let args = ["rollout", &url, "--blade", &blades[0], "--blade", &blades[1], "--return-guests"];
-        cli(b1, &args)
+        cli(b, &args)
     };
 
     // 1. A release that does not match its manifest: refused on blade1 before it evacuates;
     //    the rollout stops there and says where every blade stands.
-    let (success, out) = rollout(broken.port);
+    let (success, out) = rollout(b1, broken.port);
     println!("{out}");
     assert!(!success, "the rollout must fail:\n{out}");
     for want in [
@@ -69,22 +86,48 @@ fn a_rollout_brings_every_blade_to_the_next_release_and_the_guest_never_stops() 
     assert_eq!(state(b1), "running", "the guest never stopped");
     assert_eq!(ok(b2.status()).version, n, "blade2 was not touched");
 
-    // 2. The real release: both blades move to it, one at a time, through kexec.
-    let before = last_count(b1);
-    let (success, out) = rollout(served.port);
+    // 2. A release that verifies and does not boot: blade1 evacuates, loads it, and its new
+    //    kernel panics; it comes back on release N (the PXE path) and drained. The rollout says
+    //    so and stops there; the guest went on running on blade2.
+    let unbootable = unbootable_release(&next);
+    let url = format!("http://10.0.2.2:{}", unbootable.port);
+    let rollout_cmd = cli_command(&lab.blades[0])
+        .args(["rollout", &url, "--blade", &blades[0], "--blade", &blades[1]])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the CLI runs");
+    ok(lab.blades[0].wait_exit(Duration::from_secs(300)));
+    lab.restart(1, &img);
+    ok(lab.blades[0].wait_console("bladevisor ready", READY));
+    let done = rollout_cmd.wait_with_output().expect("the rollout ends");
+    let out = format!("{}{}", String::from_utf8_lossy(&done.stdout), String::from_utf8_lossy(&done.stderr));
+    println!("{out}");
+    assert!(!done.status.success(), "the rollout must fail:\n{out}");
+    let want = format!("blade1: upgrade failed: it came back on release {n}, not {n1}: the new release did not boot; the blade is drained");
+    assert!(out.contains(&want), "the rollout's output lacks {want:?}:\n{out}\n{}", lab.report());
+    assert!(out.contains("blade2: release") && out.contains("guests running here: demo"), "{out}");
+    let [b1, b2] = &lab.blades;
+    assert_eq!(state(b2), "running", "the guest runs on blade2, where the evacuation moved it");
+    assert!(ok(b1.status()).drained.is_some(), "blade1 stays drained");
+
+    // 3. The real release: both blades move to it, one at a time, through kexec.
+    let before = last_count(b2);
+    let (success, out) = rollout(b1, served.port);
     println!("{out}");
     assert!(success, "the rollout failed:\n{out}\n{}", lab.report());
     assert!(out.contains(&format!("rollout of release {n1} done")), "{out}");
     for b in ["blade1", "blade2"] {
-        assert!(out.contains(&format!("{b}: {n} -> {n1} in")) && out.contains("guests moved: 1,"), "{out}");
+        assert!(out.contains(&format!("{b}: {n} -> {n1} in")), "{out}");
     }
     for b in [b1, b2] {
         let s = ok(b.status());
         assert_eq!((s.version.as_str(), s.ready), (n1.as_str(), true), "{}: {s:?}", b.spec.node);
         let upgraded = s.upgraded.clone().unwrap_or_default();
         assert_eq!(upgraded.from.as_deref(), Some(n.as_str()), "{} booted by kexec from {n}", b.spec.node);
-        // Each blade's evacuation moved the demo guest (to the other blade, then back home).
-        assert_eq!(upgraded.guests_moved, Some(1), "{}: {upgraded:?}", b.spec.node);
+        // blade1 had nothing to move (the guest was on blade2); blade2's evacuation brought it home.
+        let moved = if b.spec.node == "blade1" { 0 } else { 1 };
+        assert_eq!(upgraded.guests_moved, Some(moved), "{}: {upgraded:?}", b.spec.node);
         assert!(s.drained.is_none(), "{} undrained itself once healthy: {:?}", b.spec.node, s.drained);
         assert!(s.degraded.is_empty(), "{}: {:?}", b.spec.node, s.degraded);
     }

@@ -44,8 +44,28 @@ pub struct Seen {
     pub from: String,
     /// The release being installed, once the blade has read the manifest.
     pub to: Option<String>,
-    /// It stopped answering since the upgrade began.
+    /// It rebooted since the upgrade began: it stopped answering, or its uptime went back.
     pub went_away: bool,
+    /// Its uptime in the last status read.
+    pub uptime_s: f64,
+}
+
+impl Seen {
+    /// Takes in one status read (None: no answer).
+    pub fn read(&mut self, s: Option<&Status>) {
+        match s {
+            None => self.went_away = true,
+            Some(s) => {
+                // A connection held open across the reboot (a NAT, a slow SYN) can answer only
+                // from the new boot: its uptime says so.
+                self.went_away |= s.uptime_s < self.uptime_s;
+                self.uptime_s = s.uptime_s;
+                if let Some(to) = s.upgrade.as_ref().and_then(|u| u.to.clone()) {
+                    self.to = Some(to);
+                }
+            }
+        }
+    }
 }
 
 /// Decides from a status (None: no answer) whether the blade is done, still going, or failed.
@@ -61,6 +81,10 @@ pub fn stand(s: Option<&Status>, seen: &Seen, undrain: bool) -> Stand {
         None => {}
     }
     if s.version == seen.from || seen.to.as_ref().is_some_and(|to| *to != s.version) {
+        if !s.ready {
+            // Said once it is ready: its drain is known then.
+            return Stand::Back(format!("back on release {}, not the new one; booting", s.version));
+        }
         return Stand::Failed(format!(
             "it came back on release {}, not {}: the new release did not boot; {}",
             s.version,
@@ -130,14 +154,13 @@ pub fn upgrade_one(
     let done: Done = send(&t.ep, &Request::Operator(op), token, Duration::from_secs(30))
         .map_err(|e| format!("{}: the upgrade was refused: {e}", t.node))?;
     say(format!("{}: {}", t.node, done.ok));
-    let mut seen = Seen { from: before.version.clone(), to: expect.map(String::from), went_away: false };
+    let mut seen = Seen { from: before.version.clone(), to: expect.map(String::from), ..Default::default() };
+    seen.read(Some(&before));
     let (mut last, mut downtimes) = (String::new(), BTreeMap::new());
     loop {
         let s = status(&t.ep).ok();
+        seen.read(s.as_ref());
         if let Some(s) = &s {
-            if let Some(to) = s.upgrade.as_ref().and_then(|u| u.to.clone()) {
-                seen.to = Some(to);
-            }
             // The guests' migrations off the blade: their downtime is the guests' pause.
             let ids: Vec<u64> = s.evacuation.iter().flat_map(|e| e.guests.iter().filter_map(|g| g.migration)).collect();
             for m in s.migrations.iter().filter(|m| ids.contains(&m.id)) {
@@ -146,7 +169,6 @@ pub fn upgrade_one(
                 }
             }
         }
-        seen.went_away |= s.is_none();
         let now = stand(s.as_ref(), &seen, true);
         let to = seen.to.clone().or_else(|| s.as_ref().filter(|_| now == Stand::Done).map(|s| s.version.clone()));
         let to = to.unwrap_or_else(|| "the new release".into());
@@ -254,7 +276,25 @@ mod tests {
     }
 
     fn seen(went_away: bool) -> Seen {
-        Seen { from: "1.4".into(), to: Some("1.5".into()), went_away }
+        Seen { from: "1.4".into(), to: Some("1.5".into()), went_away, uptime_s: 0.0 }
+    }
+
+    #[test]
+    fn a_reboot_is_seen_by_a_failed_read_or_by_the_uptime_going_back() {
+        let mut seen = Seen::default();
+        let mut s = blade("1.4");
+        s.uptime_s = 300.0;
+        seen.read(Some(&s));
+        assert!(!seen.went_away);
+        s.uptime_s = 301.0;
+        seen.read(Some(&s));
+        assert!(!seen.went_away, "time goes on");
+        s.uptime_s = 4.0;
+        seen.read(Some(&s));
+        assert!(seen.went_away, "a new boot answered");
+        let mut seen = Seen::default();
+        seen.read(None);
+        assert!(seen.went_away, "no answer");
     }
 
     #[test]
@@ -278,6 +318,9 @@ mod tests {
     fn a_blade_on_its_old_release_is_upgrading_failed_or_back_from_a_cold_boot() {
         let mut s = blade("1.4");
         assert_eq!(stand(Some(&s), &seen(false), true), Stand::Upgrading("starting".into()));
+        s.ready = false;
+        assert!(matches!(stand(Some(&s), &seen(true), true), Stand::Back(w) if w.contains("back on release 1.4")));
+        s.ready = true;
         let failed = stand(Some(&s), &seen(true), true);
         assert!(matches!(&failed, Stand::Failed(w) if w.contains("came back on release 1.4, not 1.5")), "{failed:?}");
         let other = stand(Some(&blade("1.6")), &seen(true), true);

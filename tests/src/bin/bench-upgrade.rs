@@ -17,11 +17,18 @@ use bladevisor_lab::{ok, serve_lab_config, work_dir, Blade, BladeSpec, Boot, Ima
 /// Waits until the blade answers ready on `version` after it stopped answering (so a status
 /// from before the restart never counts); returns the seconds since `t0`.
 fn back_on(blade: &Blade, version: &str, t0: Instant) -> f64 {
-    let mut went_away = false;
+    // A new boot is one that stopped answering or whose uptime went back (QEMU's user network
+    // can hold a connection open across the reboot and hand it to the new boot).
+    let (mut went_away, mut uptime) = (false, f64::MAX);
     loop {
         match blade.status() {
-            Ok(s) if went_away && s.ready && s.version == version => return t0.elapsed().as_secs_f64(),
-            Ok(_) => {}
+            Ok(s) => {
+                went_away |= s.uptime_s < uptime && uptime != f64::MAX;
+                uptime = s.uptime_s;
+                if went_away && s.ready && s.version == version {
+                    return t0.elapsed().as_secs_f64();
+                }
+            }
             Err(_) => went_away = true,
         }
         assert!(t0.elapsed() < READY * 2, "not back on {version} after {:?}\n{}", READY * 2, blade.report());
