@@ -74,7 +74,7 @@ fn a_rollout_brings_every_blade_to_the_next_release_and_the_guest_never_stops() 
         "blade1: upgrade failed",
         "SHA-256",
         "not the release it describes",
-        "upgraded before it: none",
+        "upgraded: none",
     ] {
         assert!(out.contains(want), "the rollout's output lacks {want:?}:\n{out}");
     }

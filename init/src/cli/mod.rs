@@ -155,6 +155,10 @@ enum Cmd {
         /// Stop guests that cannot move instead of stopping the rollout.
         #[arg(long)]
         stop_guests: bool,
+        /// Blades upgraded at once (fewer than the blades: the others take the guests; each
+        /// evacuation checks the room it needs and fails, stopping the rollout, without it).
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
         /// How long each blade may take to come back healthy, in seconds.
         #[arg(long, default_value_t = 1200)]
         timeout_s: u64,
@@ -344,7 +348,17 @@ fn follow_migration(cli: &Cli, id: u64) -> crate::migration::Outcome {
 }
 
 /// `rollout`: every blade in turn, then the guests home; stops at the first failure.
-fn rollout_cmd(cli: &Cli, base_url: &str, blades: &[String], home: bool, stop_guests: bool, limit: Duration) {
+/// What `rollout` was asked, besides where the release is.
+struct RolloutArgs<'a> {
+    blades: &'a [String],
+    home: bool,
+    stop_guests: bool,
+    parallel: usize,
+    limit: Duration,
+}
+
+fn rollout_cmd(cli: &Cli, base_url: &str, a: RolloutArgs) {
+    let RolloutArgs { blades, home, stop_guests, parallel, limit } = a;
     let base = crate::release::upgrade::base_url(base_url).unwrap_or_else(|e| fail(e));
     let targets: Vec<rollout::Target> = if blades.is_empty() {
         let v: crate::proto::cluster::ClusterGuests = ask(cli, Operator::ClusterGuests);
@@ -362,22 +376,49 @@ fn rollout_cmd(cli: &Cli, base_url: &str, blades: &[String], home: bool, stop_gu
         rollout::Target { node, ep }
     })
     .collect();
+    if parallel == 0 || (parallel > 1 && parallel >= targets.len()) {
+        fail(format!(
+            "--parallel {parallel}: between 1 and {} (the blades not being upgraded take the guests)",
+            targets.len().saturating_sub(1).max(1)
+        ));
+    }
     let started = std::time::Instant::now();
     let mut say = |l: String| eprintln!("{l}");
-    say(format!("rollout of the release at {base} to {} blades, one at a time", targets.len()));
+    let at_once = if parallel == 1 { "one at a time".to_string() } else { format!("{parallel} at a time") };
+    say(format!("rollout of the release at {base} to {} blades, {at_once}", targets.len()));
     let mut results: Vec<rollout::BladeResult> = vec![];
-    for t in &targets {
+    for group in targets.chunks(parallel) {
         let expect = results.last().map(|r| r.to.clone());
-        match rollout::upgrade_one(t, cli.token.as_deref(), &base, expect.as_deref(), stop_guests, limit, &mut say) {
-            Ok(r) => results.push(r),
-            Err(e) => {
-                let done: Vec<&str> = results.iter().map(|r| r.node.as_str()).collect();
-                fail(format!(
-                    "rollout stopped: {e}\nupgraded before it: {}\nwhere every blade stands:\n{}",
-                    if done.is_empty() { "none".into() } else { done.join(", ") },
-                    rollout::where_things_stand(&targets)
-                ))
+        // The blades of a group at once; each one's evacuation finds room on the others (or
+        // fails, which stops the rollout).
+        let outcomes: Vec<Result<rollout::BladeResult, String>> = std::thread::scope(|scope| {
+            let runs: Vec<_> = group
+                .iter()
+                .map(|t| {
+                    let (token, base, expect) = (cli.token.as_deref(), base.as_str(), expect.as_deref());
+                    scope.spawn(move || {
+                        let mut say = |l: String| eprintln!("{l}");
+                        rollout::upgrade_one(t, token, base, expect, stop_guests, limit, &mut say)
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap_or_else(|_| Err("the follower panicked".into()))).collect()
+        });
+        let mut failed = vec![];
+        for o in outcomes {
+            match o {
+                Ok(r) => results.push(r),
+                Err(e) => failed.push(e),
             }
+        }
+        if !failed.is_empty() {
+            let done: Vec<&str> = results.iter().map(|r| r.node.as_str()).collect();
+            fail(format!(
+                "rollout stopped: {}\nupgraded: {}\nwhere every blade stands:\n{}",
+                failed.join("\n"),
+                if done.is_empty() { "none".into() } else { done.join(", ") },
+                rollout::where_things_stand(&targets)
+            ))
         }
     }
     let to = results.last().map(|r| r.to.clone()).unwrap_or_default();
@@ -555,8 +596,10 @@ pub fn main() {
                 )
             });
         }
-        Cmd::Rollout { base_url, blades, return_guests, stop_guests, timeout_s } => {
-            rollout_cmd(&cli, base_url, blades, *return_guests, *stop_guests, Duration::from_secs(*timeout_s))
+        Cmd::Rollout { base_url, blades, return_guests, stop_guests, parallel, timeout_s } => {
+            let limit = Duration::from_secs(*timeout_s);
+            let (home, stop_guests, parallel) = (*return_guests, *stop_guests, *parallel);
+            rollout_cmd(&cli, base_url, RolloutArgs { blades, home, stop_guests, parallel, limit })
         }
         Cmd::Leases { cmd: LeasesCmd::Init { force } } => post(&cli, Operator::LeasesInit { force: *force }),
         Cmd::Token { cmd: TokenCmd::New { name } } => {
