@@ -69,13 +69,9 @@ fn a_rollout_brings_every_blade_to_the_next_release_and_the_guest_never_stops() 
     let (success, out) = rollout(b1, broken.port);
     println!("{out}");
     assert!(!success, "the rollout must fail:\n{out}");
-    for want in [
-        "rollout stopped",
-        "blade1: upgrade failed",
-        "SHA-256",
-        "not the release it describes",
-        "upgraded: none",
-    ] {
+    for want in
+        ["rollout stopped", "blade1: upgrade failed", "SHA-256", "not the release it describes", "upgraded: none"]
+    {
         assert!(out.contains(want), "the rollout's output lacks {want:?}:\n{out}");
     }
     assert!(out.contains(&format!("blade1: release {n}, ready, guests running here: demo")), "{out}");

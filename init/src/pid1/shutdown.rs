@@ -85,6 +85,14 @@ pub fn finish(action: PowerAction) {
     };
     info!(action = action.as_str(), "bladevisor going down");
     let Err(e) = reboot(mode);
+    if action == PowerAction::Kexec {
+        // Nothing loaded any more, or the kernel refuses: everything is already stopped, so a
+        // plain reboot (firmware, PXE: the release in force) beats a blade that runs nothing.
+        error!("kexec failed: {e}; rebooting through the firmware instead");
+        let Err(e) = reboot(RebootMode::RB_AUTOBOOT);
+        error!("reboot(2) failed too: {e}; staying up as a reaper");
+        return;
+    }
     error!(action = action.as_str(), "reboot(2) failed: {e}; staying up as a reaper");
 }
 
