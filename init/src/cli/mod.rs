@@ -347,7 +347,6 @@ fn follow_migration(cli: &Cli, id: u64) -> crate::migration::Outcome {
     }
 }
 
-/// `rollout`: every blade in turn, then the guests home; stops at the first failure.
 /// What `rollout` was asked, besides where the release is.
 struct RolloutArgs<'a> {
     blades: &'a [String],
@@ -357,6 +356,7 @@ struct RolloutArgs<'a> {
     limit: Duration,
 }
 
+/// `rollout`: every blade in turn, then the guests home; stops at the first failure.
 fn rollout_cmd(cli: &Cli, base_url: &str, a: RolloutArgs) {
     let RolloutArgs { blades, home, stop_guests, parallel, limit } = a;
     let base = crate::release::upgrade::base_url(base_url).unwrap_or_else(|e| fail(e));
