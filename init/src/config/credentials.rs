@@ -120,8 +120,9 @@ pub fn sha256(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-pub fn sha256_hex(token: &str) -> String {
-    sha256(token).iter().map(|b| format!("{b:02x}")).collect()
+/// The SHA-256 of any bytes (a token, a release's kernel) in lower-case hex.
+pub fn sha256_hex(data: impl AsRef<[u8]>) -> String {
+    Sha256::digest(data.as_ref()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Option<[u8; 32]> {

@@ -138,12 +138,7 @@ pub struct Init {
     boot_problems: Vec<String>,
     shutdown: Option<(PowerAction, Instant)>,
     /// An upgrade under way, or the last that failed.
-    upgrade: Option<crate::release::upgrade::UpgradeStatus>,
-    /// When the upgrade's evacuation was seen over.
-    upgrade_evacuated: Option<Instant>,
-    /// The upgrade's fetched kernel and initrd (loaded once to check them, loaded again with
-    /// the final command line before the kexec).
-    upgrade_files: Option<upgrade::Files>,
+    upgrade: Option<upgrade::Run>,
     /// This boot is an upgrade's: from which release, and whether it still has to undrain.
     after_upgrade: Option<upgrade::AfterUpgrade>,
     ready_ms: Option<u64>,
@@ -218,7 +213,7 @@ impl Init {
             drained_nodes: self.coord.as_ref().map(|c| c.drained_nodes()).unwrap_or_default(),
             migrations: self.coord.as_ref().map(|c| c.migration_status(Instant::now())).unwrap_or_default(),
             evacuation: self.coord.as_ref().and_then(|c| c.evacuation()),
-            upgrade: self.upgrade.clone(),
+            upgrade: self.upgrade.as_ref().map(|r| r.status.clone()),
             upgraded: self.after_upgrade.as_ref().map(|a| a.upgraded.clone()),
             kvm: self.kvm,
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -630,8 +625,6 @@ pub fn run() -> ! {
         boot_problems: degraded,
         shutdown: None,
         upgrade: None,
-        upgrade_evacuated: None,
-        upgrade_files: None,
         after_upgrade,
         ready_ms: None,
         orphans_reaped: 0,

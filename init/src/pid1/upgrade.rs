@@ -70,10 +70,29 @@ fn machine_init() -> bool {
     std::process::id() == 1 && std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == INIT_PID_NS_INO)
 }
 
+/// An upgrade under way, or the last that failed: what `status` shows, the fetched release
+/// while it is held, and when the evacuation was seen over.
+pub struct Run {
+    pub status: UpgradeStatus,
+    files: Option<Files>,
+    evacuated: Option<Instant>,
+}
+
+impl Run {
+    /// The upgrade stops: the loaded kernel is forgotten, the files dropped, status says why.
+    fn fail(&mut self, detail: String) {
+        if self.files.take().is_some() {
+            unload();
+        }
+        self.status.phase = "failed".into();
+        self.status.detail = detail;
+    }
+}
+
 impl Init {
     /// `POST /v1/upgrade`: checks what can be checked at once, then fetches in a worker.
     pub(super) fn start_upgrade(&mut self, base_url: &str, undrain: bool, stop_guests: bool) -> Reply {
-        if let Some(u) = self.upgrade.as_ref().filter(|u| u.running()) {
+        if let Some(u) = self.upgrade.as_ref().map(|r| &r.status).filter(|u| u.running()) {
             let to = u.to.as_deref().unwrap_or("?");
             return Err(Refusal::conflict(format!("an upgrade to {to} from {} is under way: {}", u.from_url, u.phase)));
         }
@@ -93,15 +112,16 @@ impl Init {
         let cmdline = now.trim().to_string();
         up::next_cmdline(&cmdline, &self.version, undrain, None).map_err(Refusal::invalid)?;
         info!(from = %base, undrain, stop_guests, "upgrade requested: fetching the release");
-        self.upgrade = Some(UpgradeStatus {
+        let status = UpgradeStatus {
             from_url: base.clone(),
             to: None,
             phase: "fetching".into(),
             detail: format!("fetching {base}/{}", up::MANIFEST),
             undrain,
             stop_guests,
-        });
-        let (tx, current) = (self.tx.clone(), self.version.clone());
+        };
+        self.upgrade = Some(Run { status, files: None, evacuated: None });
+        let (tx, current, answer_base) = (self.tx.clone(), self.version.clone(), base.clone());
         crate::spawn_worker("upgrade-fetch", move || {
             let report = fetch_and_load(&base, &cmdline, &current, undrain, |v| {
                 let _ = tx.send(Event::Upgrade(UpgradeReport::Planned(v.to_string())));
@@ -110,19 +130,19 @@ impl Init {
             let _ = tx.send(Event::Upgrade(report));
         });
         Ok(Answer::done(format!(
-            "upgrade from {} started: fetching and verifying, then evacuating; `bladevisor status` follows it",
-            self.upgrade.as_ref().map(|u| u.from_url.as_str()).unwrap_or_default()
+            "upgrade from {answer_base} started: fetching and verifying, then evacuating; `bladevisor status` follows it"
         )))
     }
 
     /// The worker's news.
     pub(super) fn upgrade_report(&mut self, r: UpgradeReport) {
-        let Some(u) = self.upgrade.as_mut().filter(|u| u.running()) else {
+        let Some(run) = self.upgrade.as_mut().filter(|r| r.status.running()) else {
             if matches!(r, UpgradeReport::Loaded(..)) {
                 unload();
             }
             return;
         };
+        let u = &mut run.status;
         match r {
             UpgradeReport::Planned(v) => {
                 u.detail = format!("fetching and verifying release {v}");
@@ -135,20 +155,16 @@ impl Init {
             }
             UpgradeReport::Failed(e) => {
                 error!(from = %u.from_url, "upgrade failed, nothing changed: {e}");
-                u.phase = "failed".into();
-                u.detail = format!("{e}; nothing changed: the blade runs release {}", self.version);
-            }
-            UpgradeReport::Loaded(v, _) if self.shutdown.is_some() => {
-                unload();
-                u.phase = "failed".into();
-                u.detail = format!("release {v} was loaded as the blade began shutting down: not booted");
+                run.fail(format!("{e}; nothing changed: the blade runs release {}", self.version));
             }
             UpgradeReport::Loaded(v, files) => {
+                run.files = Some(files);
+                if self.shutdown.is_some() {
+                    return run.fail(format!("release {v} was loaded as the blade began shutting down: not booted"));
+                }
                 info!(release = %v, "upgrade: release {v} fetched, verified and loaded; evacuating the blade");
-                self.upgrade_files = Some(files);
                 u.phase = "evacuating".into();
                 u.detail = format!("release {v} is loaded; evacuating the blade");
-                self.upgrade_evacuated = None;
                 self.tell_coordinator(Operator::Evacuate { parallel: None });
             }
         }
@@ -156,7 +172,7 @@ impl Init {
 
     /// Each pass of the loop: once the evacuation is over, boot the release or say why not.
     pub(super) fn tick_upgrade(&mut self) {
-        let Some(u) = self.upgrade.as_ref().filter(|u| u.phase == "evacuating") else { return };
+        let Some(run) = self.upgrade.as_ref().filter(|r| r.status.phase == "evacuating") else { return };
         let Some(ev) = self.coord.as_ref().and_then(|c| c.evacuation()).filter(|e| e.done) else { return };
         let still_here: Vec<String> = self
             .coord
@@ -170,43 +186,34 @@ impl Init {
             })
             .map(|g| g.name)
             .collect();
-        let (stop_guests, to) = (u.stop_guests, u.to.clone().unwrap_or_default());
-        let waited = self.upgrade_evacuated.get_or_insert_with(Instant::now).elapsed();
-        match up::after_evacuation(&ev, &still_here, stop_guests, waited) {
+        let (stop_guests, to) = (run.status.stop_guests, run.status.to.clone().unwrap_or_default());
+        let Some(waited) = self.upgrade.as_mut().map(|r| r.evacuated.get_or_insert_with(Instant::now).elapsed()) else {
+            return;
+        };
+        let next = up::after_evacuation(&ev, &still_here, stop_guests, waited);
+        // Before it boots, loaded again: its command line now tells what the evacuation moved.
+        let reloaded = matches!(next, Next::Boot { .. })
+            .then(|| self.final_cmdline(self.moved(&ev)).and_then(|(line, f)| load(&f.kernel, &f.initrd, &line)));
+        let (version, Some(run)) = (self.version.clone(), self.upgrade.as_mut()) else { return };
+        match next {
             Next::Wait(leaving) => {
-                if let Some(u) = &mut self.upgrade {
-                    u.detail =
-                        format!("waiting for the paused copies of guests that moved to end: {}", leaving.join(", "));
-                }
+                run.status.detail =
+                    format!("waiting for the paused copies of guests that moved to end: {}", leaving.join(", "));
             }
             Next::Refuse(why) => {
-                unload();
-                self.upgrade_files = None;
                 warn!(release = %to, "upgrade stopped: {why}");
-                if let Some(u) = &mut self.upgrade {
-                    u.phase = "failed".into();
-                    u.detail = why;
-                }
+                run.fail(why);
             }
             Next::Boot { stopping } => {
                 if !stopping.is_empty() {
                     warn!(guests = ?stopping, "upgrade: stopping guests that could not move, as the operator allowed");
                 }
-                let moved = self.moved(&ev);
-                if let Err(e) = self.reload(moved) {
-                    unload();
-                    self.upgrade_files = None;
+                if let Some(Err(e)) = reloaded {
                     error!(release = %to, "upgrade stopped: {e}");
-                    if let Some(u) = &mut self.upgrade {
-                        u.phase = "failed".into();
-                        u.detail = format!("{e}; the blade stays drained on release {}", self.version);
-                    }
-                    return;
+                    return run.fail(format!("{e}; the blade stays drained on release {version}"));
                 }
-                if let Some(u) = &mut self.upgrade {
-                    u.phase = "booting".into();
-                    u.detail = format!("stopping services, then booting release {to} (kexec)");
-                }
+                run.status.phase = "booting".into();
+                run.status.detail = format!("stopping services, then booting release {to} (kexec)");
                 self.begin_shutdown(crate::proto::PowerAction::Kexec, &format!("upgrade to release {to}"));
             }
         }
@@ -224,14 +231,12 @@ impl Init {
         up::Moved { guests: ids.len(), pause_ms }
     }
 
-    /// Loads the release again, its command line now telling what the evacuation moved.
-    fn reload(&mut self, moved: up::Moved) -> Result<(), String> {
-        let (undrain, f) = match (&self.upgrade, &self.upgrade_files) {
-            (Some(u), Some(f)) => (u.undrain, f),
-            _ => return Err("the fetched release is no longer held".into()),
-        };
-        let cmdline = up::next_cmdline(&f.cmdline, &self.version, undrain, Some(moved))?;
-        load(&f.kernel, &f.initrd, &cmdline)
+    /// The command line the release boots with once the evacuation moved `moved`, and the
+    /// files to load it with.
+    fn final_cmdline(&self, moved: up::Moved) -> Result<(String, &Files), String> {
+        let run = self.upgrade.as_ref().ok_or("no upgrade under way")?;
+        let f = run.files.as_ref().ok_or("the fetched release is no longer held")?;
+        Ok((up::next_cmdline(&f.cmdline, &self.version, run.status.undrain, Some(moved))?, f))
     }
 
     /// After an upgraded boot: undrain once ready, healthy and the drain is known, if asked.

@@ -140,11 +140,10 @@ impl Plan {
 
 /// Whether fetched bytes are the artifact the manifest names.
 pub fn check(url: &str, data: &[u8], want: &Artifact) -> Result<(), String> {
-    use sha2::Digest;
     if data.len() as u64 != want.bytes {
         return Err(format!("{url}: {} bytes, the manifest says {}", data.len(), want.bytes));
     }
-    let got: String = sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
+    let got = crate::config::credentials::sha256_hex(data);
     if got != want.sha256 {
         return Err(format!("{url}: SHA-256 {got}, the manifest says {}: not the release it describes", want.sha256));
     }
@@ -291,10 +290,7 @@ mod tests {
         let data = b"kernel";
         let other = Artifact { sha256: "0".repeat(64), bytes: 6 };
         // The digest is computed here, not trusted: only an exact match passes.
-        let right = {
-            use sha2::Digest;
-            sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect::<String>()
-        };
+        let right = crate::config::credentials::sha256_hex(data);
         assert!(check("u", data, &Artifact { sha256: right, bytes: 6 }).is_ok());
         let e = check("http://h/r/bladevisor.initrd", data, &other).unwrap_err();
         assert!(e.contains("http://h/r/bladevisor.initrd") && e.contains("not the release"), "{e}");
