@@ -340,6 +340,7 @@ mod tests {
                 }),
             }],
             drained: None,
+            drain_pending: false,
             drained_nodes: vec![],
             upgrade: None,
             upgraded: None,

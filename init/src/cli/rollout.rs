@@ -81,8 +81,8 @@ pub fn stand(s: Option<&Status>, seen: &Seen, undrain: bool) -> Stand {
         None => {}
     }
     if s.version == seen.from || seen.to.as_ref().is_some_and(|to| *to != s.version) {
-        if !s.ready {
-            // Said once it is ready: its drain is known then.
+        if !s.ready || s.drain_pending {
+            // Said once it is ready and its drain settled (the peers have said).
             return Stand::Back(format!("back on release {}, not the new one; booting", s.version));
         }
         return Stand::Failed(format!(
@@ -93,7 +93,7 @@ pub fn stand(s: Option<&Status>, seen: &Seen, undrain: bool) -> Stand {
         ));
     }
     let to = &s.version;
-    if !s.ready {
+    if !s.ready || s.drain_pending {
         Stand::Back(format!(
             "release {to}, booting{}",
             s.booting.as_deref().map(|b| format!(": {b}")).unwrap_or_default()
@@ -309,6 +309,9 @@ mod tests {
         assert!(matches!(stand(Some(&s), &seen(true), true), Stand::Back(w) if w.contains("lab-vm1")));
         s.ready = false;
         assert!(matches!(stand(Some(&s), &seen(true), true), Stand::Back(w) if w.contains("booting")));
+        let mut s = blade("1.5");
+        s.drain_pending = true;
+        assert!(matches!(stand(Some(&s), &seen(true), true), Stand::Back(_)), "not done before its drain is known");
         // Before the blade names the release, any other than the one it ran counts.
         let unknown = Seen { to: None, ..seen(true) };
         assert_eq!(stand(Some(&blade("1.5")), &unknown, true), Stand::Done);
@@ -321,6 +324,12 @@ mod tests {
         s.ready = false;
         assert!(matches!(stand(Some(&s), &seen(true), true), Stand::Back(w) if w.contains("back on release 1.4")));
         s.ready = true;
+        s.drain_pending = true;
+        assert!(
+            matches!(stand(Some(&s), &seen(true), true), Stand::Back(w) if w.contains("back on release 1.4")),
+            "its drain is said only once the peers have said it"
+        );
+        s.drain_pending = false;
         let failed = stand(Some(&s), &seen(true), true);
         assert!(matches!(&failed, Stand::Failed(w) if w.contains("came back on release 1.4, not 1.5")), "{failed:?}");
         let other = stand(Some(&blade("1.6")), &seen(true), true);

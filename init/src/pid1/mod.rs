@@ -210,6 +210,7 @@ impl Init {
             guests: self.guests_with_usage(),
             migration_stats: self.coord.as_ref().map(|c| c.migration_stats().clone()).unwrap_or_default(),
             drained: self.coord.as_ref().and_then(|c| c.drained().map(String::from)),
+            drain_pending: !self.coord.as_ref().is_some_and(|c| c.drain_learnt()),
             drained_nodes: self.coord.as_ref().map(|c| c.drained_nodes()).unwrap_or_default(),
             migrations: self.coord.as_ref().map(|c| c.migration_status(Instant::now())).unwrap_or_default(),
             evacuation: self.coord.as_ref().and_then(|c| c.evacuation()),

@@ -196,6 +196,10 @@ pub struct Status {
     /// Why this blade takes no guests, when it is drained.
     #[serde(default)]
     pub drained: Option<String>,
+    /// True while `drained` is not settled: after a boot, until the peers have said whether
+    /// they remember this blade drained, it reads as not drained.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain_pending: bool,
     /// Peers that said they are drained (remembered across their reboots).
     #[serde(default)]
     pub drained_nodes: Vec<String>,
