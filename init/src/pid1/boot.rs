@@ -119,12 +119,14 @@ fn add_service(tx: &Sender<Event>, spec: crate::config::ServiceSpec) -> Result<(
         .unwrap_or_else(|| Err("the main loop did not answer".into()))
 }
 
-/// Waits until a one-shot service has finished (or cannot: failed, stopped), up to `limit`.
-fn wait_oneshot(tx: &Sender<Event>, name: &str, limit: Duration) -> Result<(), String> {
+/// Waits until a one-shot service has finished (or cannot: failed, stopped), up to `limit`; with
+/// `or_ready`, until it has said it is ready (its readiness check passed) if that comes first.
+fn wait_oneshot(tx: &Sender<Event>, name: &str, limit: Duration, or_ready: bool) -> Result<(), String> {
     let end = Instant::now() + limit;
     loop {
         match service_state(tx, name) {
             None | Some(ServiceState::Exited) => return Ok(()),
+            Some(ServiceState::Running) if or_ready => return Ok(()),
             Some(ServiceState::Failed) | Some(ServiceState::Stopped) => return Err(format!("service {name} failed")),
             _ if Instant::now() >= end => return Err(format!("service {name} did not finish within {limit:?}")),
             _ => std::thread::sleep(Duration::from_millis(100)),
@@ -165,7 +167,7 @@ fn bring_up_peer_link(
         .ok_or_else(|| format!("no NIC has the peer link's MAC {}", link.mac))?;
     info!(interface = %iface, address = %link.address, "bringing up the peer link");
     add_service(tx, crate::net::peer_link_service(&iface, &link.address))?;
-    wait_oneshot(tx, "peer-link", Duration::from_secs(10))
+    wait_oneshot(tx, "peer-link", Duration::from_secs(10), false)
 }
 
 /// Hands the storage watch's events to the main loop.
@@ -184,9 +186,12 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     let baked = load_baked(&baked_path);
     let named = plan.cmdline.node.as_deref();
     // NICs (whose MACs say who this blade is) exist once udev has replayed the kernel's events
-    // and loaded their drivers.
+    // for the devices it loads drivers for, and handled the devices those drivers made: the
+    // coldplug says so by being ready (it goes on with the other devices, which nothing here
+    // waits for).
     let macs = out.phase(tx, "udev", |_| {
-        if let Err(e) = wait_oneshot(tx, "udev-trigger", crate::config::values::secs(plan.settings.network_timeout_s)) {
+        let limit = crate::config::values::secs(plan.settings.network_timeout_s);
+        if let Err(e) = wait_oneshot(tx, "udev-trigger", limit, true) {
             warn!("{e}; looking for NICs anyway");
         }
         super::blade_macs(&plan.class_net)
@@ -489,7 +494,7 @@ fn bring_up_storage(
             storage::settled(&plan.storage);
             return;
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

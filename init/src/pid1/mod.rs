@@ -582,8 +582,13 @@ pub fn run() -> ! {
             let _ = power_tx.send(Event::PowerButton);
         });
     }
-    // What this blade's QEMU provides, for arriving guests (a second, alongside the boot).
-    crate::spawn_worker("qemu-offer", || crate::qemu::offer::learn(Path::new(crate::qemu::QEMU)));
+    // What this blade's QEMU provides, for arriving guests: asked alongside the boot, at the
+    // lowest CPU priority (this thread, and the QEMU it runs inherits it), so that reading QEMU
+    // from the compressed root never holds up udev and storage on a blade with few CPUs.
+    crate::spawn_worker("qemu-offer", || {
+        let _ = rustix::process::setpriority_process(None, 19);
+        crate::qemu::offer::learn(Path::new(crate::qemu::QEMU))
+    });
     let boot_tx = tx.clone();
     crate::spawn_worker("boot", move || {
         // A bug in a boot step must still leave a blade that is ready (degraded) and can be

@@ -90,10 +90,10 @@ pub struct Memory {
     pub total_mib: u64,
     pub used_mib: u64,
     pub available_mib: u64,
-    /// Where the blade's own memory goes (from `/proc/meminfo`, MiB): free, page cache and
-    /// buffers, processes' anonymous memory, shared memory and tmpfs (the root image), pages
-    /// that cannot be evicted (mlocked daemons), the kernel's slab, stacks, page tables and
-    /// vmalloc (modules).
+    /// Where the blade's own memory goes (from `/proc/meminfo`, MiB): total, free and
+    /// available, page cache (active and inactive file pages, mapped) and buffers, processes'
+    /// anonymous memory, shared memory and tmpfs (the root image), pages that cannot be evicted
+    /// (mlocked daemons), the kernel's slab, stacks, page tables and vmalloc (modules).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub detail: std::collections::BTreeMap<String, u64>,
 }
@@ -120,8 +120,13 @@ impl Memory {
 
 /// The fields of `/proc/meminfo` that `Memory::detail` carries, in MiB.
 pub fn meminfo_detail(text: &str) -> std::collections::BTreeMap<String, u64> {
-    const KEYS: [&str; 13] = [
+    const KEYS: [&str; 18] = [
+        "MemTotal",
         "MemFree",
+        "MemAvailable",
+        "Active(file)",
+        "Inactive(file)",
+        "Mapped",
         "Buffers",
         "Cached",
         "AnonPages",
@@ -244,9 +249,12 @@ mod tests {
     #[test]
     fn memory_detail_takes_the_named_meminfo_fields_in_mib() {
         let d = super::meminfo_detail(
-            "MemTotal: 2048000 kB\nAnonPages:   51200 kB\nShmem: 2048 kB\nbogus\nMlocked: x kB\n",
+            "MemTotal: 2048000 kB\nAnonPages:   51200 kB\nShmem: 2048 kB\nbogus\nMlocked: x kB\n\
+             Inactive(file): 10240 kB\nHugePages_Total: 0\n",
         );
-        assert_eq!(d.into_iter().collect::<Vec<_>>(), [("AnonPages".to_string(), 50), ("Shmem".to_string(), 2)]);
+        let got: Vec<(String, u64)> = d.into_iter().collect();
+        let want = [("AnonPages", 50), ("Inactive(file)", 10), ("MemTotal", 2000), ("Shmem", 2)];
+        assert_eq!(got, want.map(|(k, v)| (k.to_string(), v)), "{got:?}");
     }
 
     #[test]

@@ -191,7 +191,8 @@ pub fn watch(shared: Shared, sys: Sysfs, sink: impl Fn(StorageEvent) + Send + 's
             }
             sink(e);
         }
-        std::thread::sleep(Duration::from_secs(1));
+        // While the boot waits for the maps, look often: each pass reads only sysfs.
+        std::thread::sleep(if quiet { Duration::from_millis(100) } else { Duration::from_secs(1) });
     });
 }
 

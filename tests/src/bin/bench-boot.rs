@@ -182,6 +182,24 @@ fn main() {
         .map(|(k, v)| format!("{k} {v} ({})", floor_detail.get(k).map(String::as_str).unwrap_or("?")))
         .collect();
     println!("  /proc/meminfo at ready, MiB (in brackets the floor's), last run: {}", both.join(", "));
+    // Where the memory above the floor goes (last run), so the next diet starts from data.
+    let at = |k: &str| detail.get(k).copied().unwrap_or(0) as i64;
+    let at_floor = |k: &str| floor_detail.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    let above = |k: &str| at(k) - at_floor(k);
+    let used_above = (at("MemTotal") - at("MemAvailable")) - (at_floor("MemTotal") - at_floor("MemAvailable"));
+    let kernel = above("SUnreclaim") + above("VmallocUsed") + above("KernelStack") + above("PageTables");
+    let file = at("Active(file)") + at("Inactive(file)");
+    if detail.contains_key("MemAvailable") {
+        let rest = used_above - above("Shmem") - above("AnonPages") - kernel;
+        println!(
+            "  memory in use above the floor, last run: {used_above} MiB = root image (Shmem) {} + processes' \
+             anonymous {} + kernel (slab, vmalloc, stacks, page tables) {kernel} + the rest {rest}: the share of the \
+             {file} MiB page cache that MemAvailable does not count as available (up to half of it, as much as the \
+             low watermark), reclaimable slab, other kernel pages",
+            above("Shmem"),
+            above("AnonPages"),
+        );
+    }
     // The layout real arrays have: LUNs behind targets other than 0 (the lab's sit at target 0).
     let (s, _, st, console) = boot_once(&img, "bench-boot-targets", |luns| {
         for (i, l) in luns.iter_mut().enumerate() {
