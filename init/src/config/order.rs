@@ -4,8 +4,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::ServiceSpec;
 
-/// Names in an order where every service comes after all it depends on (ties by name, so the
-/// order is stable). Unknown dependencies are ignored here; the config parser refuses them.
+/// Names in an order where every service comes after all it depends on. Of the services that
+/// may come next, the one the most others wait for (directly or through others) comes first:
+/// starting a process costs time (a fork of PID 1 and its cgroup), and udevd, which the coldplug
+/// and multipathd wait for, should not wait behind services nobody waits for. Then by name, so
+/// the order is stable. Unknown dependencies are ignored here; the config parser refuses them.
 /// On a cycle, returns the names along it, first name repeated at the end.
 pub fn start_order(specs: &[ServiceSpec]) -> Result<Vec<String>, Vec<String>> {
     let known: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
@@ -16,13 +19,15 @@ pub fn start_order(specs: &[ServiceSpec]) -> Result<Vec<String>, Vec<String>> {
             (s.name.as_str(), d)
         })
         .collect();
+    let waiting = waiting_on(&deps);
     let mut order: Vec<String> = Vec::new();
     let mut done: BTreeSet<&str> = BTreeSet::new();
     while done.len() < deps.len() {
         let next = deps
             .iter()
-            .find(|(name, d)| !done.contains(*name) && d.iter().all(|x| done.contains(x)))
-            .map(|(name, _)| *name);
+            .filter(|(name, d)| !done.contains(*name) && d.iter().all(|x| done.contains(x)))
+            .map(|(name, _)| *name)
+            .min_by_key(|name| (std::cmp::Reverse(waiting.get(name).copied().unwrap_or(0)), *name));
         match next {
             Some(n) => {
                 done.insert(n);
@@ -32,6 +37,26 @@ pub fn start_order(specs: &[ServiceSpec]) -> Result<Vec<String>, Vec<String>> {
         }
     }
     Ok(order)
+}
+
+/// For each service, how many others wait for it, directly or through others (on a cycle, the
+/// walk stops where it has been).
+fn waiting_on<'a>(deps: &BTreeMap<&'a str, Vec<&'a str>>) -> BTreeMap<&'a str, usize> {
+    deps.keys()
+        .map(|&root| {
+            let mut seen: BTreeSet<&str> = BTreeSet::new();
+            let mut todo = vec![root];
+            while let Some(cur) = todo.pop() {
+                for (&name, d) in deps {
+                    if d.contains(&cur) && seen.insert(name) {
+                        todo.push(name);
+                    }
+                }
+            }
+            seen.remove(root);
+            (root, seen.len())
+        })
+        .collect()
 }
 
 /// Walks dependencies from an unfinished service until a name repeats.
@@ -71,7 +96,23 @@ mod tests {
             spec("udevd", &[]),
             spec("net", &[]),
         ];
-        assert_eq!(start_order(&specs).unwrap(), vec!["net", "udevd", "multipathd", "guests"]);
+        assert_eq!(start_order(&specs).unwrap(), vec!["udevd", "multipathd", "net", "guests"]);
+    }
+
+    #[test]
+    fn what_others_wait_for_starts_before_what_nobody_waits_for() {
+        let specs = [
+            spec("loopback", &[]),
+            spec("modules", &[]),
+            spec("udev-trigger", &["udevd"]),
+            spec("udevd", &[]),
+            spec("guest-web", &["bridge"]),
+            spec("bridge", &[]),
+        ];
+        assert_eq!(
+            start_order(&specs).unwrap(),
+            vec!["bridge", "udevd", "guest-web", "loopback", "modules", "udev-trigger"]
+        );
     }
 
     #[test]
