@@ -49,6 +49,13 @@ fn a_blade_boots_to_ready_answers_its_api_and_powers_off_in_order() {
         "{status:?}"
     );
     assert!(status.management.as_deref().unwrap_or("").contains("10.0.2.15"), "DHCP from slirp: {status:?}");
+    // udev named the NIC (its predictable name, which a node's management.interface may give)
+    // before the network came up on it: the kernel's eth0 would mean the coldplug had not.
+    assert!(
+        status.management.as_deref().unwrap_or("").starts_with("enp"),
+        "the management NIC by its predictable name: {:?}",
+        status.management
+    );
     assert!(status.degraded.is_empty(), "a clean boot is not degraded: {:?}\n{}", status.degraded, blade.report());
     // Where the time to ready went, phase by phase, in the boot table's order.
     let phases: Vec<(&str, usize)> = status.boot_phases.iter().map(|p| (p.name.as_str(), p.problems)).collect();
