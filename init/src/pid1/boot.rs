@@ -315,6 +315,17 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     if plan.settings.storage {
         out.phase(tx, "storage", |out| bring_up_storage(plan, tx, cluster.as_ref(), hbas, out));
     }
+    // The coldplug's second stage ran alongside the steps above; guests start once it is done
+    // (a device it replays may be one they use: /dev/net/tun gets its mode from udev).
+    let waited = Instant::now();
+    let limit = crate::config::values::secs(plan.settings.network_timeout_s);
+    match wait_oneshot(tx, "udev-trigger", limit, false) {
+        Ok(()) if waited.elapsed() >= Duration::from_millis(100) => {
+            info!(ms = waited.elapsed().as_millis() as u64, "waited for the udev coldplug to finish")
+        }
+        Ok(()) => {}
+        Err(e) => warn!("{e}; going on"),
+    }
     out.cluster = cluster;
     out
 }
