@@ -316,7 +316,8 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
         out.phase(tx, "storage", |out| bring_up_storage(plan, tx, cluster.as_ref(), hbas, out));
     }
     // The coldplug's second stage ran alongside the steps above; guests start once it is done
-    // (a device it replays may be one they use: /dev/net/tun gets its mode from udev).
+    // (a device it replays may be one they use: /dev/net/tun gets its mode from udev). One that
+    // failed or hangs leaves devices udev never handled: the blade says so.
     let waited = Instant::now();
     let limit = crate::config::values::secs(plan.settings.network_timeout_s);
     match wait_oneshot(tx, "udev-trigger", limit, false) {
@@ -324,7 +325,10 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
             info!(ms = waited.elapsed().as_millis() as u64, "waited for the udev coldplug to finish")
         }
         Ok(()) => {}
-        Err(e) => warn!("{e}; going on"),
+        Err(e) => {
+            error!("udev coldplug: {e}");
+            out.problems.push(format!("udev coldplug: {e}: devices present at boot may lack their udev rules"));
+        }
     }
     out.cluster = cluster;
     out

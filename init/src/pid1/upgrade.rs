@@ -172,8 +172,17 @@ impl Init {
 
     /// Each pass of the loop: once the evacuation is over, boot the release or say why not.
     pub(super) fn tick_upgrade(&mut self) {
-        let Some(run) = self.upgrade.as_ref().filter(|r| r.status.phase == "evacuating") else { return };
+        if self.upgrade.as_ref().is_none_or(|r| r.status.phase != "evacuating") {
+            return;
+        }
         let Some(ev) = self.coord.as_ref().and_then(|c| c.evacuation()).filter(|e| e.done) else { return };
+        // Taken out while it is decided on, so that the blade's own state can be read beside it.
+        let Some(mut run) = self.upgrade.take() else { return };
+        self.evacuation_over(&mut run, &ev);
+        self.upgrade = Some(run);
+    }
+
+    fn evacuation_over(&mut self, run: &mut Run, ev: &crate::migration::Evacuation) {
         let still_here: Vec<String> = self
             .coord
             .as_ref()
@@ -186,16 +195,9 @@ impl Init {
             })
             .map(|g| g.name)
             .collect();
-        let (stop_guests, to) = (run.status.stop_guests, run.status.to.clone().unwrap_or_default());
-        let Some(waited) = self.upgrade.as_mut().map(|r| r.evacuated.get_or_insert_with(Instant::now).elapsed()) else {
-            return;
-        };
-        let next = up::after_evacuation(&ev, &still_here, stop_guests, waited);
-        // Before it boots, loaded again: its command line now tells what the evacuation moved.
-        let reloaded = matches!(next, Next::Boot { .. })
-            .then(|| self.final_cmdline(self.moved(&ev)).and_then(|(line, f)| load(&f.kernel, &f.initrd, &line)));
-        let (version, Some(run)) = (self.version.clone(), self.upgrade.as_mut()) else { return };
-        match next {
+        let to = run.status.to.clone().unwrap_or_default();
+        let waited = run.evacuated.get_or_insert_with(Instant::now).elapsed();
+        match up::after_evacuation(ev, &still_here, run.status.stop_guests, waited) {
             Next::Wait(leaving) => {
                 run.status.detail =
                     format!("waiting for the paused copies of guests that moved to end: {}", leaving.join(", "));
@@ -208,9 +210,9 @@ impl Init {
                 if !stopping.is_empty() {
                     warn!(guests = ?stopping, "upgrade: stopping guests that could not move, as the operator allowed");
                 }
-                if let Some(Err(e)) = reloaded {
+                if let Err(e) = self.reload(run, self.moved(ev)) {
                     error!(release = %to, "upgrade stopped: {e}");
-                    return run.fail(format!("{e}; the blade stays drained on release {version}"));
+                    return run.fail(format!("{e}; the blade stays drained on release {}", self.version));
                 }
                 run.status.phase = "booting".into();
                 run.status.detail = format!("stopping services, then booting release {to} (kexec)");
@@ -231,12 +233,12 @@ impl Init {
         up::Moved { guests: ids.len(), pause_ms }
     }
 
-    /// The command line the release boots with once the evacuation moved `moved`, and the
-    /// files to load it with.
-    fn final_cmdline(&self, moved: up::Moved) -> Result<(String, &Files), String> {
-        let run = self.upgrade.as_ref().ok_or("no upgrade under way")?;
+    /// Loads the release again before it boots, its command line now telling what the
+    /// evacuation moved.
+    fn reload(&self, run: &Run, moved: up::Moved) -> Result<(), String> {
         let f = run.files.as_ref().ok_or("the fetched release is no longer held")?;
-        Ok((up::next_cmdline(&f.cmdline, &self.version, run.status.undrain, Some(moved))?, f))
+        let cmdline = up::next_cmdline(&f.cmdline, &self.version, run.status.undrain, Some(moved))?;
+        load(&f.kernel, &f.initrd, &cmdline)
     }
 
     /// After an upgraded boot: undrain once ready, healthy and the drain is known, if asked.
