@@ -12,7 +12,9 @@
 //!   [`Limits::body_timeout`], and the whole exchange, answer included, within
 //!   [`Limits::connection_timeout`]; connections are not kept alive;
 //! - exhaust threads or sockets: idle connections cost a task, not a thread; at most
-//!   [`Limits::max_connections`] are open at once and the excess is answered 503 and closed;
+//!   [`Limits::max_connections`] hold a slot at once; a newcomer beyond them takes the slot of
+//!   the oldest connection that has not sent a request head yet (closing it), and only when
+//!   every slot carries a request is it answered 503 and closed;
 //! - delay others: every handler runs on its own blocking thread (a slow LUN read or a main
 //!   loop that takes its time holds only its own request).
 
@@ -27,6 +29,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::warn;
 
 /// What the server accepts from one client.
@@ -154,49 +157,80 @@ struct Shared {
     name: String,
 }
 
-/// Connections still waiting for their request head, oldest first, each with the means to
-/// close it.
+/// Connections still waiting for their request head, oldest first. Each entry holds the
+/// connection's slot and the means to close it: a newcomer that finds every slot taken takes
+/// the oldest entry's slot at once, and closes its connection.
 #[derive(Default)]
 struct IdleQueue {
     next: u64,
-    queue: VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
+    queue: VecDeque<IdleEntry>,
+}
+
+struct IdleEntry {
+    id: u64,
+    close: tokio::sync::oneshot::Sender<()>,
+    permit: OwnedSemaphorePermit,
 }
 
 impl Shared {
-    /// Closes the oldest connection that has not sent its request head yet, if there is one.
-    fn evict_oldest_idle(&self) -> bool {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((_, close)) = idle.queue.pop_front() {
-            if close.send(()).is_ok() {
-                return true;
-            }
-        }
-        false
+    fn idle(&self) -> std::sync::MutexGuard<'_, IdleQueue> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Puts a connection that holds a slot on the idle queue: it may be closed to make room
-    /// until its request head is in.
-    fn register_idle(&self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
-        let (close_tx, close_rx) = tokio::sync::oneshot::channel();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+    /// Takes the slot of the oldest connection that has not sent its request head yet, and
+    /// tells that connection to close. None when every slot carries a request.
+    fn evict_oldest_idle(&self) -> Option<OwnedSemaphorePermit> {
+        let oldest = self.idle().queue.pop_front()?;
+        // Its task may have ended already (the receiver is gone): the slot is free either way.
+        let _ = oldest.close.send(());
+        Some(oldest.permit)
+    }
+
+    /// Puts a newly accepted connection, with its slot, on the idle queue: it may be closed to
+    /// make room until its request head is in.
+    fn register_idle(&self, permit: OwnedSemaphorePermit) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let (close, close_rx) = tokio::sync::oneshot::channel();
+        let mut idle = self.idle();
         idle.next += 1;
         let id = idle.next;
-        idle.queue.push_back((id, close_tx));
+        idle.queue.push_back(IdleEntry { id, close, permit });
         (id, close_rx)
     }
 
-    fn forget(&self, id: u64) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.queue.retain(|(i, _)| *i != id);
+    /// Takes connection `id` off the idle queue, with its slot. None when it is not there
+    /// (a newcomer took its slot, or it was taken off before).
+    fn take_idle(&self, id: u64) -> Option<OwnedSemaphorePermit> {
+        let mut idle = self.idle();
+        let at = idle.queue.iter().position(|e| e.id == id)?;
+        idle.queue.remove(at).map(|e| e.permit)
     }
 }
 
-/// Takes a connection off the idle queue when it goes, whichever way it goes.
-struct IdleGuard(Arc<Shared>, u64);
+/// One connection's hold on its slot. While the connection is idle, the slot sits on the idle
+/// queue (where a newcomer may take it); once a whole request head is in, [`Slot::claim`] moves
+/// it here, out of a newcomer's reach, until the connection ends. Dropping it (the connection's
+/// task ends, however) frees the slot wherever it is.
+struct Slot {
+    shared: Arc<Shared>,
+    id: u64,
+    claimed: Mutex<Option<OwnedSemaphorePermit>>,
+}
 
-impl Drop for IdleGuard {
+impl Slot {
+    /// The connection is a request now. False when a newcomer took its slot first (the
+    /// connection is being closed).
+    fn claim(&self) -> bool {
+        let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        if claimed.is_none() {
+            *claimed = self.shared.take_idle(self.id);
+        }
+        claimed.is_some()
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.forget(self.1);
+        self.shared.take_idle(self.id);
     }
 }
 
@@ -255,55 +289,43 @@ fn spawn_connection<S>(stream: S, peer: Option<SocketAddr>, shared: &Arc<Shared>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let shared = shared.clone();
-    // Full: make room by closing the oldest connection that has not even sent its request
-    // head (an attacker's idle socket, most likely), so that clients who do send a request are
-    // served however many idle sockets are held open. Only when every slot carries a request
-    // is the newcomer refused.
-    let immediate = shared.slots.clone().try_acquire_owned().ok();
+    // Full: make room by taking the slot of the oldest connection that has not even sent its
+    // request head (an attacker's idle socket, most likely) and closing it, so that clients who
+    // do send a request are served however many idle sockets are held open. The slot passes
+    // from hand to hand at once: the newcomer waits for nothing. Only when every slot carries
+    // a request is the newcomer refused.
+    let permit = match shared.slots.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => {
+            let evicted = shared.evict_oldest_idle();
+            if let Some(held_back) = refused.allow() {
+                let what =
+                    if evicted.is_some() { "closing the oldest idle connection" } else { "refusing a connection" };
+                warn!(api = %name, remote = ?peer, held_back, "{what}: {} already open", shared.limits.max_connections);
+            }
+            evicted
+        }
+    };
+    let Some(permit) = permit else {
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+        });
+        return;
+    };
     // Registered now, at accept, not when its task first runs: the accept loop takes a burst
     // of connections before any of their tasks runs, and a newcomer in that burst must find
     // the idle ones accepted before it already on the queue.
-    let registered = immediate.as_ref().map(|_| shared.register_idle());
-    let evicted = immediate.is_none() && shared.evict_oldest_idle();
-    if immediate.is_none() {
-        if let Some(held_back) = refused.allow() {
-            let what = if evicted { "closing the oldest idle connection" } else { "refusing a connection" };
-            warn!(api = %name, remote = ?peer, held_back, "{what}: {} already open", shared.limits.max_connections);
-        }
-    }
+    let (id, close_rx) = shared.register_idle(permit);
+    let slot = Arc::new(Slot { shared: shared.clone(), id, claimed: Mutex::new(None) });
+    let limits = shared.limits.clone();
     tokio::spawn(async move {
-        // Only a newcomer that closed an idle connection waits for the slot it freed: one that
-        // could not would queue for slots ahead of those that did (the semaphore is fair), and
-        // delay them past their wait.
-        let freed = match (&immediate, evicted) {
-            (None, true) => tokio::time::timeout(Duration::from_secs(1), shared.slots.clone().acquire_owned())
-                .await
-                .ok()
-                .and_then(|r| r.ok()),
-            _ => None,
-        };
-        let permit = match immediate {
-            Some(p) => p,
-            None => match freed {
-                Some(p) => p,
-                None => {
-                    let mut stream = stream;
-                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
-                    return;
-                }
-            },
-        };
-        let _permit = permit;
-        let (id, close_rx) = registered.unwrap_or_else(|| shared.register_idle());
-        let _guard = IdleGuard(shared.clone(), id);
-        let limits = shared.limits.clone();
-        let work = serve_connection(stream, peer, shared, id);
+        let work = serve_connection(stream, peer, slot);
         // Dropping the connection (at the deadline, or evicted while idle) closes the socket,
         // whatever it waited for.
         let mut work = std::pin::pin!(work);
-        // Some until the connection stops being idle (its sender is then dropped: Err) or is
-        // evicted (Ok).
+        // Some until the connection claims its slot (the sender goes with its queue entry:
+        // Err) or a newcomer takes the slot (Ok).
         let mut close_rx = Some(close_rx);
         let either = std::future::poll_fn(|cx| {
             use std::future::Future;
@@ -326,18 +348,19 @@ where
 
 /// One connection: its TLS handshake where the listener has TLS (a failed one is logged, with
 /// the client's address), then one request.
-async fn serve_connection<S>(stream: S, peer: Option<SocketAddr>, shared: Arc<Shared>, id: u64)
+async fn serve_connection<S>(stream: S, peer: Option<SocketAddr>, slot: Arc<Slot>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let shared = slot.shared.clone();
     let Some(acceptor) = shared.tls.clone() else {
-        return serve_http(stream, peer, None, shared, id).await;
+        return serve_http(stream, peer, None, slot).await;
     };
     let why = match tokio::time::timeout(shared.limits.head_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             let client_cert =
                 tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
-            return serve_http(tls, peer, Some(TlsInfo { client_cert }), shared, id).await;
+            return serve_http(tls, peer, Some(TlsInfo { client_cert }), slot).await;
         }
         Ok(Err(e)) => e.to_string(),
         Err(_) => "no TLS handshake in time".to_string(),
@@ -348,17 +371,20 @@ where
     }
 }
 
-async fn serve_http<S>(stream: S, peer: Option<SocketAddr>, tls: Option<TlsInfo>, shared: Arc<Shared>, id: u64)
+async fn serve_http<S>(stream: S, peer: Option<SocketAddr>, tls: Option<TlsInfo>, slot: Arc<Slot>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service_shared = shared.clone();
+    let shared = slot.shared.clone();
     let service = hyper::service::service_fn(move |req| {
-        let shared = service_shared.clone();
+        let shared = slot.shared.clone();
         let tls = tls.clone();
         // A whole head has arrived: this connection is a request now, not an idle socket.
-        shared.forget(id);
+        let claimed = slot.claim();
         async move {
+            if !claimed {
+                return Ok(to_hyper(ApiResponse::error(503, "too many connections: try again shortly")));
+            }
             Ok::<_, std::convert::Infallible>(answer(req, peer, tls, shared.handler.clone(), &shared.limits).await)
         }
     });
