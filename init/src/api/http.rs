@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tracing::{info, warn};
 
@@ -10,7 +11,7 @@ use super::server::{ApiRequest, ApiResponse, Handler, Throttle};
 use super::{Auth, Dispatch};
 use crate::config::credentials::Caller;
 use crate::config::error::shorten;
-use crate::proto::request::{Answer, Operator, Read, Refusal, Reply, Request, Why};
+use crate::proto::request::{Answer, Operator, Peer, Read, Refusal, Reply, Request, Why};
 use crate::proto::routes::{route, RouteError};
 
 /// The HTTP status code of a refusal: decided here, and nowhere else.
@@ -207,6 +208,15 @@ impl Handler for Api {
                         ),
                     ),
                 }
+            }
+            r @ Request::Peer(Peer::Incoming { .. }) => {
+                // The first arrivals after a boot wait for the blade to know what its QEMU
+                // provides (asked once the boot is done, seconds at most) rather than be taken
+                // unchecked; the source's call waits 40 s.
+                if !crate::qemu::offer::wait_asked(Duration::from_secs(20)) {
+                    warn!("an arrival is checked before QEMU has said what it provides (still asking it)");
+                }
+                render(self.ask(r))
             }
             r => render(self.ask(r)),
         }

@@ -281,6 +281,24 @@ pub fn metrics(s: &Status, now: f64) -> String {
             .filter_map(|x| Some((format!("{{service=\"{}\"}}", esc(&x.name)), x.memory_bytes? as f64)))
             .collect(),
     );
+    metric(
+        "bladevisor_service_cpu_seconds_total",
+        "CPU time the service's cgroup has used since the service started (its processes and all they ran).",
+        "counter",
+        s.services.iter().filter_map(|x| Some((format!("{{service=\"{}\"}}", esc(&x.name)), x.cpu_seconds?))).collect(),
+    );
+    if let Some(c) = &s.cpu_time {
+        metric(
+            "bladevisor_cpu_seconds_total",
+            "CPU time since boot, summed over the blade's CPUs: busy, idle, and bladevisor's own (part of busy).",
+            "counter",
+            vec![
+                ("{mode=\"busy\"}".into(), c.busy_s),
+                ("{mode=\"idle\"}".into(), c.idle_s),
+                ("{mode=\"init\"}".into(), c.init_s),
+            ],
+        );
+    }
     out
 }
 
@@ -347,6 +365,7 @@ mod tests {
             migrations: vec![],
             evacuation: None,
             kvm: false,
+            cpu_time: Some(crate::proto::CpuTime { busy_s: 12.5, idle_s: 30.0, init_s: 1.25 }),
             memory: Default::default(),
             services: vec![crate::supervisor::ServiceStatus {
                 name: "udevd".into(),
@@ -357,6 +376,7 @@ mod tests {
                 since_s: 1.0,
                 reason: None,
                 memory_bytes: Some(4 << 20),
+                cpu_seconds: Some(2.5),
             }],
             leases: None,
         }
@@ -377,6 +397,9 @@ mod tests {
         assert!(m.contains("bladevisor_guest_running{guest=\"web\"} 0\n"), "{m}");
         assert!(m.contains("bladevisor_service_restarts_total{service=\"udevd\"} 3\n"), "{m}");
         assert!(m.contains("bladevisor_service_memory_bytes{service=\"udevd\"} 4194304\n"), "{m}");
+        assert!(m.contains("bladevisor_service_cpu_seconds_total{service=\"udevd\"} 2.5\n"), "{m}");
+        assert!(m.contains("bladevisor_cpu_seconds_total{mode=\"busy\"} 12.5\n"), "{m}");
+        assert!(m.contains("bladevisor_cpu_seconds_total{mode=\"init\"} 1.25\n"), "{m}");
         assert!(m.contains("bladevisor_lun_paths_up{alias=\"vm1\",wwid=\"3600a\"} 1\n"), "{m}");
         assert!(m.contains("bladevisor_lun_state{alias=\"vm1\",state=\"degraded\"} 1\n"), "{m}");
         assert!(m.contains("bladevisor_lun_state{alias=\"vm1\",state=\"healthy\"} 0\n"), "{m}");

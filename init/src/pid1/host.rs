@@ -14,6 +14,15 @@ pub fn memory() -> proto::Memory {
     std::fs::read_to_string("/proc/meminfo").map(|t| proto::Memory::from_meminfo(&t)).unwrap_or_default()
 }
 
+/// CPU time since boot, from one read of `/proc/stat` and of PID 1's own stat.
+pub fn cpu_time() -> Option<proto::CpuTime> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let own = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
+    proto::CpuTime::from_proc(&stat, &own, u64::try_from(ticks).unwrap_or(100))
+}
+
 /// MAC addresses of the blade's NICs (loopback and all-zero addresses left out).
 pub fn blade_macs(class_net: &std::path::Path) -> Vec<String> {
     let mut macs: Vec<String> = std::fs::read_dir(class_net)

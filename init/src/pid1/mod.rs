@@ -218,8 +218,9 @@ impl Init {
             upgraded: self.after_upgrade.as_ref().map(|a| a.upgraded.clone()),
             kvm: self.kvm,
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpu_time: host::cpu_time(),
             memory: memory(),
-            services: self.services_with_memory(),
+            services: self.services_with_usage(),
             leases: self
                 .edge
                 .area
@@ -234,11 +235,13 @@ impl Init {
         (s.luns.clone(), s.hbas.clone(), s.table_source.clone())
     }
 
-    /// The services' status, each running one with the memory its cgroup uses.
-    fn services_with_memory(&self) -> Vec<crate::supervisor::ServiceStatus> {
+    /// The services' status, each running one with the memory its cgroup uses and the CPU
+    /// time it has used.
+    fn services_with_usage(&self) -> Vec<crate::supervisor::ServiceStatus> {
         let mut v = self.sup.status(Instant::now());
         for s in v.iter_mut().filter(|s| s.pid.is_some()) {
             s.memory_bytes = self.rt.cgroups.memory(&s.name);
+            s.cpu_seconds = self.rt.cgroups.cpu_seconds(&s.name);
         }
         v
     }
@@ -582,13 +585,6 @@ pub fn run() -> ! {
             let _ = power_tx.send(Event::PowerButton);
         });
     }
-    // What this blade's QEMU provides, for arriving guests: asked alongside the boot, at the
-    // lowest CPU priority (this thread, and the QEMU it runs inherits it), so that reading QEMU
-    // from the compressed root never holds up udev and storage on a blade with few CPUs.
-    crate::spawn_worker("qemu-offer", || {
-        let _ = rustix::process::setpriority_process(None, 19);
-        crate::qemu::offer::learn(Path::new(crate::qemu::QEMU))
-    });
     let boot_tx = tx.clone();
     crate::spawn_worker("boot", move || {
         // A bug in a boot step must still leave a blade that is ready (degraded) and can be
@@ -611,6 +607,13 @@ pub fn run() -> ! {
                 }
             });
         let _ = boot_tx.send(Event::Boot(BootAsk::Done(Box::new(outcome))));
+        // What this blade's QEMU provides, for arriving guests: asked once the boot is done
+        // (nothing before can arrive) and at the lowest CPU priority (this thread, and the QEMU
+        // it runs inherits it). Run during the boot, reading QEMU and its libraries out of the
+        // compressed root cost the boot's udev and storage steps about a second of CPU on the
+        // lab's two emulated CPUs. An arrival waits for the answer (api::http).
+        let _ = rustix::process::setpriority_process(None, 19);
+        crate::qemu::offer::learn(Path::new(crate::qemu::QEMU))
     });
     let mut init = Init {
         sup: Supervisor::new(image.services, Instant::now()),

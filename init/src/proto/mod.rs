@@ -149,6 +149,40 @@ pub fn meminfo_detail(text: &str) -> std::collections::BTreeMap<String, u64> {
         .collect()
 }
 
+/// Where the blade's CPU time has gone since boot, in seconds summed over its CPUs (from
+/// `/proc/stat`'s first line and PID 1's own `/proc/self/stat`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct CpuTime {
+    /// Running anything: processes (user, nice, system), interrupts, and what a hypervisor
+    /// under this blade took (steal).
+    pub busy_s: f64,
+    /// Idle, or waiting for I/O.
+    pub idle_s: f64,
+    /// bladevisor itself (PID 1, its threads, not its services).
+    pub init_s: f64,
+}
+
+impl CpuTime {
+    /// From the texts of `/proc/stat` and `/proc/self/stat`, with the kernel's clock ticks per
+    /// second (`sysconf(_SC_CLK_TCK)`). None when `/proc/stat` has no `cpu` line.
+    pub fn from_proc(stat: &str, self_stat: &str, ticks_per_s: u64) -> Option<CpuTime> {
+        let per_s = ticks_per_s.max(1) as f64;
+        // cpu  user nice system idle iowait irq softirq steal guest guest_nice; guest time is
+        // already counted in user.
+        let line = stat.lines().find(|l| l.split_whitespace().next() == Some("cpu"))?;
+        let f: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
+        let at = |i: usize| f.get(i).copied().unwrap_or(0);
+        let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+        let idle = at(3) + at(4);
+        // pid (comm) state ppid ... utime stime: fields 14 and 15, counted after the command's
+        // closing parenthesis (the name may hold spaces and parentheses).
+        let after = self_stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let g: Vec<u64> = after.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+        let init = g.get(11).copied().unwrap_or(0) + g.get(12).copied().unwrap_or(0);
+        Some(CpuTime { busy_s: busy as f64 / per_s, idle_s: idle as f64 / per_s, init_s: init as f64 / per_s })
+    }
+}
+
 /// `GET /v1/status`: one JSON object describing the blade.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -224,6 +258,9 @@ pub struct Status {
     /// Whether guests run with KVM (else TCG, much slower).
     pub kvm: bool,
     pub cpus: usize,
+    /// CPU time since boot: busy, idle, and bladevisor's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time: Option<CpuTime>,
     pub memory: Memory,
     pub services: Vec<ServiceStatus>,
     /// The lease area and where this blade stands in it (absent: the cluster has none).
@@ -255,6 +292,16 @@ mod tests {
         let got: Vec<(String, u64)> = d.into_iter().collect();
         let want = [("AnonPages", 50), ("Inactive(file)", 10), ("MemTotal", 2000), ("Shmem", 2)];
         assert_eq!(got, want.map(|(k, v)| (k.to_string(), v)), "{got:?}");
+    }
+
+    #[test]
+    fn cpu_time_sums_the_busy_and_idle_ticks_and_reads_pid_1s_own_past_its_name() {
+        let stat = "cpu  100 20 80 700 50 5 5 40 0 0\ncpu0 50 10 40 350 25 2 3 20 0 0\nintr 1\n";
+        // A command name with a space and a parenthesis must not shift the fields.
+        let own = "1 (bladevisor (x) 1) S 0 1 1 0 -1 4194560 1000 0 0 0 30 20 0 0 20 0 9 0 1 0 0";
+        let c = super::CpuTime::from_proc(stat, own, 100).unwrap();
+        assert_eq!(c, super::CpuTime { busy_s: 2.5, idle_s: 7.5, init_s: 0.5 });
+        assert_eq!(super::CpuTime::from_proc("intr 1\n", own, 100), None, "no cpu line");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -20,6 +20,8 @@ pub struct Offer {
 }
 
 static OFFER: OnceLock<Offer> = OnceLock::new();
+/// True once [`learn`] has finished, whatever it found.
+static ASKED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 
 /// The first column of `-machine help` after its header.
 pub fn parse_machines(help: &str) -> BTreeSet<String> {
@@ -89,6 +91,18 @@ pub fn learn(qemu: &Path) {
             warn!("cannot ask {} what it provides ({e}): arriving guests are not checked", qemu.display())
         }
     }
+    let (done, cv) = &ASKED;
+    *done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    cv.notify_all();
+}
+
+/// Waits until [`learn`] has finished (whatever it found), at most `limit`; false if it has
+/// not by then.
+pub fn wait_asked(limit: Duration) -> bool {
+    let (done, cv) = &ASKED;
+    let guard = done.lock().unwrap_or_else(|p| p.into_inner());
+    let (guard, _) = cv.wait_timeout_while(guard, limit, |d| !*d).unwrap_or_else(|p| p.into_inner());
+    *guard
 }
 
 /// What this blade's QEMU provides, once [`learn`] has asked it.
@@ -99,6 +113,21 @@ pub fn known() -> Option<&'static Offer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_arrival_waits_for_the_question_to_qemu_whatever_its_answer() {
+        assert!(!wait_asked(Duration::from_millis(50)), "not asked yet");
+        let asker = std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            learn(Path::new("/nonexistent/qemu-system-x86_64"));
+        });
+        let t = std::time::Instant::now();
+        assert!(wait_asked(Duration::from_secs(20)), "the waiter is woken when the asking is done");
+        assert!(t.elapsed() < Duration::from_secs(10), "woken, not timed out: {:?}", t.elapsed());
+        asker.join().unwrap();
+        assert_eq!(known(), None, "a QEMU that cannot be asked leaves the check off");
+        assert!(wait_asked(Duration::ZERO), "and later arrivals do not wait");
+    }
 
     const MACHINES_7_2: &str = "Supported machines are:\n\
         microvm              microvm (i386)\n\

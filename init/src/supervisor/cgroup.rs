@@ -74,6 +74,11 @@ impl Cgroups {
         fs::read_to_string(self.dir(name)?.join("memory.current")).ok()?.trim().parse().ok()
     }
 
+    /// CPU time the service's cgroup has used (`cpu.stat` usage_usec), alone.
+    pub fn cpu_seconds(&self, name: &str) -> Option<f64> {
+        parse_usage(fs::read_to_string(self.dir(name)?.join("cpu.stat")).ok().as_deref(), None, None).cpu_seconds
+    }
+
     fn dir(&self, name: &str) -> Option<PathBuf> {
         self.root.as_ref().map(|r| r.join(name))
     }

@@ -77,6 +77,10 @@ pub struct ServiceStatus {
     /// brought in), where cgroups are on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// CPU time its cgroup has used since it started (`cpu.stat`: its processes and all they
+    /// ran), where cgroups are on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -197,6 +201,7 @@ impl Supervisor {
             since_s: now.saturating_duration_since(u.since).as_secs_f64(),
             reason: u.reason.clone(),
             memory_bytes: None,
+            cpu_seconds: None,
         })
     }
 

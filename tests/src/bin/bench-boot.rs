@@ -113,6 +113,8 @@ fn main() {
     let mut used = vec![];
     let mut phases: Vec<(String, Vec<f64>)> = vec![];
     let mut by_process: Vec<(String, f64)> = vec![];
+    let mut cpu_by_process: Vec<(String, f64)> = vec![];
+    let mut cpu: Vec<bladevisor::proto::CpuTime> = vec![];
     let mut detail = std::collections::BTreeMap::new();
     let mut scanned = vec![];
     for i in 0..runs {
@@ -131,6 +133,9 @@ fn main() {
         // Where the memory goes, from the last run: each service's and guest's cgroup.
         by_process = st.services.iter().filter_map(|s| Some((s.name.clone(), mib(s.memory_bytes?)))).collect();
         by_process.sort_by(|a, b| b.1.total_cmp(&a.1));
+        cpu_by_process = st.services.iter().filter_map(|s| Some((s.name.clone(), s.cpu_seconds?))).collect();
+        cpu_by_process.sort_by(|a, b| b.1.total_cmp(&a.1));
+        cpu.extend(st.cpu_time.clone());
         detail = st.memory.detail.clone();
         for p in st.boot_phases {
             match phases.iter_mut().find(|(n, _)| *n == p.name) {
@@ -177,6 +182,20 @@ fn main() {
     println!("  boot phases (PID 1's, in order, medians): {}", phases.join(", "));
     let shown: Vec<String> = by_process.iter().map(|(n, m)| format!("{n} {m:.1}")).collect();
     println!("  memory by service at ready (MiB, cgroup memory.current, last run): {}", shown.join(", "));
+    // Where the CPUs went from kernel start to ready: whether the boot waits on work (busy) or
+    // on something else (idle).
+    if !cpu.is_empty() {
+        let m = |f: fn(&bladevisor::proto::CpuTime) -> f64| median(cpu.iter().map(f).collect());
+        let shown: Vec<String> = cpu_by_process.iter().map(|(n, c)| format!("{n} {c:.1}")).collect();
+        println!(
+            "  CPU time from kernel start to ready (s, summed over CPUs, medians): busy {:.1}, idle {:.1}; of the busy, \
+             bladevisor {:.1}; running services' cgroups (last run): {}",
+            m(|c| c.busy_s),
+            m(|c| c.idle_s),
+            m(|c| c.init_s),
+            shown.join(", ")
+        );
+    }
     let both: Vec<String> = detail
         .iter()
         .map(|(k, v)| format!("{k} {v} ({})", floor_detail.get(k).map(String::as_str).unwrap_or("?")))
