@@ -38,6 +38,41 @@ fn floor_initrd(dir: &Path) -> std::path::PathBuf {
     out
 }
 
+/// One boot of the floor: seconds from QEMU start to power-off, memory in use (MiB) and the
+/// `/proc/meminfo` fields it printed.
+fn floor_once(
+    img: &Image,
+    floor: &Path,
+    name: &str,
+    cmdline: &str,
+) -> (f64, Option<f64>, std::collections::BTreeMap<String, String>) {
+    let floor_img = Image { initrd: floor.to_path_buf(), ..img.clone() };
+    let spec = BladeSpec::new(name, "52:54:00:b1:ad:01", Boot::Direct { cmdline: cmdline.into() });
+    let mut b = Blade::start(spec, &floor_img);
+    b.wait_exit(Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
+    let s = b.started.elapsed().as_secs_f64();
+    let console = b.console();
+    let detail = console
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split("floor-mi ").nth(1)?.split_whitespace();
+            Some((w.next()?.trim_end_matches(':').to_string(), w.next()?.to_string()))
+        })
+        .collect();
+    let used = console
+        .split("floor-used-kib ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib as f64 / 1024.0);
+    (s, used, detail)
+}
+
+/// The lab blade has two CPUs; real blades have tens to hundreds, and the kernel sizes some of
+/// its memory by the CPUs that may ever be present (per-CPU areas; squashfs keeps one
+/// decompressor, with its window, per possible CPU). One more boot of each with this many
+/// possible CPUs (`possible_cpus=`, two still present) shows what each costs.
+const MANY_CPUS: u32 = 64;
+
 /// Each SCSI host's boot scan, as the console logged it: `host2 140 ms`.
 fn scans(console: &str) -> Vec<String> {
     console
@@ -55,9 +90,11 @@ fn scans(console: &str) -> Vec<String> {
 fn boot_once(
     img: &Image,
     name: &str,
+    extra_cmdline: &str,
     place: impl Fn(&mut Vec<bladevisor_lab::Lun>),
 ) -> (f64, String, bladevisor::proto::Status, String) {
-    let mut spec = BladeSpec::new(name, "52:54:00:b1:ad:01", Boot::Direct { cmdline: "bladevisor.node=blade1".into() });
+    let cmdline = format!("bladevisor.node=blade1 {extra_cmdline}").trim().to_string();
+    let mut spec = BladeSpec::new(name, "52:54:00:b1:ad:01", Boot::Direct { cmdline });
     let bdir = work_dir(name);
     spec.luns = lab_san(&bdir, 16);
     place(&mut spec.luns);
@@ -81,31 +118,16 @@ fn main() {
     let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let img = Image::built();
     let dir = work_dir("bench-boot");
-    let floor = floor_initrd(&dir);
+    let floor_cpio = floor_initrd(&dir);
 
     let mut floor_s = vec![];
     let mut floor_used = vec![];
     let mut floor_detail: std::collections::BTreeMap<String, String> = Default::default();
     for i in 0..runs {
-        let floor_img = Image { initrd: floor.clone(), ..img.clone() };
-        let spec =
-            BladeSpec::new(&format!("bench-floor-{i}"), "52:54:00:b1:ad:01", Boot::Direct { cmdline: String::new() });
-        let mut b = Blade::start(spec, &floor_img);
-        b.wait_exit(Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
-        floor_s.push(b.started.elapsed().as_secs_f64());
-        let console = b.console();
-        floor_detail = console
-            .lines()
-            .filter_map(|l| {
-                let mut w = l.split("floor-mi ").nth(1)?.split_whitespace();
-                Some((w.next()?.trim_end_matches(':').to_string(), w.next()?.to_string()))
-            })
-            .collect();
-        if let Some(kib) =
-            console.split("floor-used-kib ").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
-        {
-            floor_used.push(kib as f64 / 1024.0);
-        }
+        let (s, used, detail) = floor_once(&img, &floor_cpio, &format!("bench-floor-{i}"), "");
+        floor_s.push(s);
+        floor_used.extend(used);
+        floor_detail = detail;
     }
 
     let mut ready_s = vec![];
@@ -118,7 +140,7 @@ fn main() {
     let mut detail = std::collections::BTreeMap::new();
     let mut scanned = vec![];
     for i in 0..runs {
-        let (s, line, st, console) = boot_once(&img, &format!("bench-boot-{i}"), |_| {});
+        let (s, line, st, console) = boot_once(&img, &format!("bench-boot-{i}"), "", |_| {});
         ready_s.push(s);
         scanned = scans(&console);
         if let Some(ms) = line
@@ -168,8 +190,8 @@ fn main() {
     );
     println!(
         "  memory in use at ready:           {:6.0} MiB   goal <= 160    (floor, the kernel alone: {:.0} MiB; MemTotal - MemAvailable)",
-        median(used),
-        median(floor_used)
+        median(used.clone()),
+        median(floor_used.clone())
     );
     println!(
         "  QEMU start to ready:              {:6.1} s     = {:.2} x floor, goal <= 1.6 x   (floor, same kernel + 1 MiB busybox initrd, start to power-off: {:.1} s; kernel start to ready {:.1} s)",
@@ -220,7 +242,7 @@ fn main() {
         );
     }
     // The layout real arrays have: LUNs behind targets other than 0 (the lab's sit at target 0).
-    let (s, _, st, console) = boot_once(&img, "bench-boot-targets", |luns| {
+    let (s, _, st, console) = boot_once(&img, "bench-boot-targets", "", |luns| {
         for (i, l) in luns.iter_mut().enumerate() {
             l.scsi_id = Some(i as u32 + 1);
         }
@@ -231,6 +253,20 @@ fn main() {
         "  the same SAN with its LUNs at SCSI targets 1 and 2: ready {s:.1} s, storage phase {:.1} s, scans: {}",
         storage.unwrap_or(f64::NAN),
         scans(&console).join(", ")
+    );
+    let many = format!("possible_cpus={MANY_CPUS}");
+    let (_, floor_many, _) = floor_once(&img, &floor_cpio, "bench-floor-many", &many);
+    let (_, _, st_many, _) = boot_once(&img, "bench-boot-many", &many, |_| {});
+    let (floor_many, used_many) = (floor_many.unwrap_or(f64::NAN), st_many.memory.used_mib as f64);
+    let per_cpu = ((used_many - floor_many) - (median(used) - median(floor_used))) / f64::from(MANY_CPUS - 2);
+    let d = |k: &str| st_many.memory.detail.get(k).copied().unwrap_or(0);
+    println!(
+        "  with {MANY_CPUS} possible CPUs (two present): memory in use at ready {used_many:.0} MiB (floor {floor_many:.0} \
+         MiB): above the floor, {per_cpu:.2} MiB more per possible CPU than with two (slab {} MiB, vmalloc {} MiB, \
+         per-CPU areas {} MiB)",
+        d("SUnreclaim"),
+        d("VmallocUsed"),
+        d("Percpu")
     );
     println!("  the root by package, largest first (unpacked, from the manifest):");
     for row in root["by_package"].as_array().map(|v| &v[..v.len().min(20)]).unwrap_or(&[]) {
