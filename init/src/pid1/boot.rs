@@ -488,14 +488,19 @@ fn bring_up_storage(
     let limit = crate::config::values::secs(cfg.wait_s);
     let end = Instant::now() + limit;
     loop {
-        let luns = crate::storage::lock(&plan.storage).luns.clone();
-        let all = luns.len() == names.len() && luns.iter().all(|l| l.state == LunState::Healthy);
+        // Read where the watch keeps it (it refreshes every 100 ms while the boot waits); copied
+        // only for the report at the deadline.
+        let all = {
+            let s = crate::storage::lock(&plan.storage);
+            s.luns.len() == names.len() && s.luns.iter().all(|l| l.state == LunState::Healthy)
+        };
         if all {
-            info!(luns = luns.len(), "storage ready: every alias has its expected paths");
+            info!(luns = names.len(), "storage ready: every alias has its expected paths");
             storage::settled(&plan.storage);
             return;
         }
         if Instant::now() >= end {
+            let luns = crate::storage::lock(&plan.storage).luns.clone();
             let missing: Vec<&str> =
                 luns.iter().filter(|l| l.state == LunState::Missing).map(|l| l.alias.as_str()).collect();
             let degraded: Vec<&str> =

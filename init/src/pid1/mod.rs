@@ -240,8 +240,8 @@ impl Init {
     fn services_with_usage(&self) -> Vec<crate::supervisor::ServiceStatus> {
         let mut v = self.sup.status(Instant::now());
         for s in v.iter_mut().filter(|s| s.pid.is_some()) {
-            s.memory_bytes = self.rt.cgroups.memory(&s.name);
-            s.cpu_seconds = self.rt.cgroups.cpu_seconds(&s.name);
+            let u = self.rt.cgroups.usage(&s.name).unwrap_or_default();
+            (s.memory_bytes, s.cpu_seconds) = (u.memory_bytes, u.cpu_seconds);
         }
         v
     }

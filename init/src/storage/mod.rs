@@ -167,8 +167,9 @@ pub fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Storage> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Watches sysfs every second for the life of the blade, logging every change and handing it
-/// to `sink` (the main loop); releases aliases kept for guests that have stopped.
+/// Watches sysfs for the life of the blade (every 100 ms while the boot waits for the maps,
+/// every second after), logging every change and handing it to `sink` (the main loop);
+/// releases aliases kept for guests that have stopped.
 pub fn watch(shared: Shared, sys: Sysfs, sink: impl Fn(StorageEvent) + Send + 'static) {
     let releasing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     crate::spawn_worker("storage-watch", move || loop {

@@ -69,16 +69,6 @@ impl Cgroups {
         Some(parse_usage(read("cpu.stat").as_deref(), read("memory.current").as_deref(), read("io.stat").as_deref()))
     }
 
-    /// Memory the service's cgroup uses now (`memory.current`), alone.
-    pub fn memory(&self, name: &str) -> Option<u64> {
-        fs::read_to_string(self.dir(name)?.join("memory.current")).ok()?.trim().parse().ok()
-    }
-
-    /// CPU time the service's cgroup has used (`cpu.stat` usage_usec), alone.
-    pub fn cpu_seconds(&self, name: &str) -> Option<f64> {
-        parse_usage(fs::read_to_string(self.dir(name)?.join("cpu.stat")).ok().as_deref(), None, None).cpu_seconds
-    }
-
     fn dir(&self, name: &str) -> Option<PathBuf> {
         self.root.as_ref().map(|r| r.join(name))
     }
@@ -242,8 +232,9 @@ mod tests {
         std::fs::create_dir_all(tmp.path().join("bv/guest-web")).unwrap();
         std::fs::write(tmp.path().join("bv/guest-web/memory.current"), "4096\n").unwrap();
         assert_eq!(cg.usage("guest-web").unwrap().memory_bytes, Some(4096));
-        assert_eq!(cg.memory("guest-web"), Some(4096));
+        std::fs::write(tmp.path().join("bv/guest-web/cpu.stat"), "usage_usec 1500000\n").unwrap();
+        assert_eq!(cg.usage("guest-web").unwrap().cpu_seconds, Some(1.5));
         assert_eq!(Cgroups::disabled().usage("guest-web"), None);
-        assert_eq!(Cgroups::disabled().memory("guest-web"), None);
+        assert_eq!(Cgroups::disabled().usage("guest-web").and_then(|u| u.memory_bytes), None);
     }
 }
