@@ -282,6 +282,15 @@ pub fn metrics(s: &Status, now: f64) -> String {
             .collect(),
     );
     metric(
+        "bladevisor_service_memory_file_bytes",
+        "Of the service's memory, the file pages (page cache the kernel may drop and read again).",
+        "gauge",
+        s.services
+            .iter()
+            .filter_map(|x| Some((format!("{{service=\"{}\"}}", esc(&x.name)), x.memory_file_bytes? as f64)))
+            .collect(),
+    );
+    metric(
         "bladevisor_service_cpu_seconds_total",
         "CPU time the service's cgroup has used since the service started (its processes and all they ran).",
         "counter",
@@ -376,6 +385,7 @@ mod tests {
                 since_s: 1.0,
                 reason: None,
                 memory_bytes: Some(4 << 20),
+                memory_file_bytes: Some(3 << 20),
                 cpu_seconds: Some(2.5),
             }],
             leases: None,
@@ -397,6 +407,7 @@ mod tests {
         assert!(m.contains("bladevisor_guest_running{guest=\"web\"} 0\n"), "{m}");
         assert!(m.contains("bladevisor_service_restarts_total{service=\"udevd\"} 3\n"), "{m}");
         assert!(m.contains("bladevisor_service_memory_bytes{service=\"udevd\"} 4194304\n"), "{m}");
+        assert!(m.contains("bladevisor_service_memory_file_bytes{service=\"udevd\"} 3145728\n"), "{m}");
         assert!(m.contains("bladevisor_service_cpu_seconds_total{service=\"udevd\"} 2.5\n"), "{m}");
         assert!(m.contains("bladevisor_cpu_seconds_total{mode=\"busy\"} 12.5\n"), "{m}");
         assert!(m.contains("bladevisor_cpu_seconds_total{mode=\"init\"} 1.25\n"), "{m}");
@@ -426,6 +437,7 @@ mod tests {
             usage: Some(crate::supervisor::cgroup::Usage {
                 cpu_seconds: Some(2.5),
                 memory_bytes: Some(1 << 20),
+                memory_file_bytes: None,
                 io_read_bytes: Some(4096),
                 io_write_bytes: Some(0),
                 disks: vec![crate::supervisor::cgroup::DiskIo {

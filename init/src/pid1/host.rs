@@ -9,9 +9,16 @@ use tracing::warn;
 use super::Event;
 use crate::proto;
 
-/// Memory in MiB, from one read of `/proc/meminfo`.
+/// Memory in MiB, from one read of `/proc/meminfo` and of the free pages on the kernel's
+/// per-CPU lists (`/proc/zoneinfo`).
 pub fn memory() -> proto::Memory {
-    std::fs::read_to_string("/proc/meminfo").map(|t| proto::Memory::from_meminfo(&t)).unwrap_or_default()
+    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else { return proto::Memory::default() };
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { nix::libc::sysconf(nix::libc::_SC_PAGESIZE) };
+    let page_kib = u64::try_from(page).unwrap_or(4096) / 1024;
+    let per_cpu_free_kib =
+        std::fs::read_to_string("/proc/zoneinfo").map(|z| proto::per_cpu_free_kib(&z, page_kib)).unwrap_or(0);
+    proto::Memory::from_meminfo(&meminfo, per_cpu_free_kib)
 }
 
 /// CPU time since boot, from one read of `/proc/stat` and of PID 1's own stat.

@@ -241,7 +241,7 @@ impl Init {
         let mut v = self.sup.status(Instant::now());
         for s in v.iter_mut().filter(|s| s.pid.is_some()) {
             let u = self.rt.cgroups.usage(&s.name).unwrap_or_default();
-            (s.memory_bytes, s.cpu_seconds) = (u.memory_bytes, u.cpu_seconds);
+            (s.memory_bytes, s.memory_file_bytes, s.cpu_seconds) = (u.memory_bytes, u.memory_file_bytes, u.cpu_seconds);
         }
         v
     }

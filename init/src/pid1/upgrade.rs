@@ -290,8 +290,7 @@ fn fetch_and_load(
     if plan.version == current {
         return Ok(UpgradeReport::Current(plan.version));
     }
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    plan.fits(crate::proto::Memory::from_meminfo(&meminfo).available_mib)?;
+    plan.fits(super::host::memory().available_mib)?;
     let file = |(url, want): &(String, crate::release::Artifact)| -> Result<OwnedFd, String> {
         let data = fetch::get_bytes(url, Instant::now() + FILE_TIME, want.bytes as usize)?;
         up::check(url, &data, want)?;

@@ -99,21 +99,26 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// From the text of `/proc/meminfo`, read once: the totals as the operator budgets them
-    /// (used is MemTotal - MemAvailable) and the detail.
-    pub fn from_meminfo(text: &str) -> Memory {
+    /// From the text of `/proc/meminfo`, read once, and the free pages on the kernel's per-CPU
+    /// lists (`per_cpu_free_kib`): the totals as the operator budgets them and the detail.
+    /// Available is MemAvailable plus those free pages, which the kernel counts in neither
+    /// MemFree nor MemAvailable though any allocation may take them; used is the rest of
+    /// MemTotal. The detail keeps MemAvailable as the kernel gives it.
+    pub fn from_meminfo(text: &str, per_cpu_free_kib: u64) -> Memory {
         let field = |k: &str| -> u64 {
             text.lines()
                 .find_map(|l| l.strip_prefix(k)?.strip_prefix(':')?.split_whitespace().next()?.parse().ok())
                 .unwrap_or(0)
-                / 1024
         };
-        let (total_mib, available_mib) = (field("MemTotal"), field("MemAvailable"));
+        let total_kib = field("MemTotal");
+        let available_kib = field("MemAvailable").saturating_add(per_cpu_free_kib).min(total_kib);
+        let mut detail = meminfo_detail(text);
+        detail.insert(PER_CPU_FREE.into(), per_cpu_free_kib / 1024);
         Memory {
-            total_mib,
-            used_mib: total_mib.saturating_sub(available_mib),
-            available_mib,
-            detail: meminfo_detail(text),
+            total_mib: total_kib / 1024,
+            used_mib: (total_kib - available_kib) / 1024,
+            available_mib: available_kib / 1024,
+            detail,
         }
     }
 }
@@ -147,6 +152,21 @@ pub fn meminfo_detail(text: &str) -> std::collections::BTreeMap<String, u64> {
             KEYS.contains(&k).then(|| (k.to_string(), kib / 1024))
         })
         .collect()
+}
+
+/// `Memory::detail`'s key for the free pages held on the kernel's per-CPU lists.
+pub const PER_CPU_FREE: &str = "FreeInPerCpuLists";
+
+/// KiB of free pages the kernel holds on its per-CPU page lists, from the text of
+/// `/proc/zoneinfo` (each CPU's `count:` in each zone's pagesets, in pages). They are free to any
+/// allocation (the kernel drains the lists when memory runs short) but `/proc/meminfo` counts them
+/// in neither MemFree nor MemAvailable; by default each list may hold up to the zone's low
+/// watermark divided by its CPUs, tens of MiB once the boot has churned through pages.
+pub fn per_cpu_free_kib(zoneinfo: &str, page_kib: u64) -> u64 {
+    zoneinfo
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("count:")?.trim().parse::<u64>().ok())
+        .fold(0u64, |sum, pages| sum.saturating_add(pages.saturating_mul(page_kib)))
 }
 
 /// Where the blade's CPU time has gone since boot, in seconds summed over its CPUs (from
@@ -306,9 +326,22 @@ mod tests {
 
     #[test]
     fn memory_totals_come_from_the_same_meminfo_text() {
-        let m = super::Memory::from_meminfo("MemTotal: 2048000 kB\nMemFree: 1024000 kB\nMemAvailable: 1536000 kB\n");
+        let text = "MemTotal: 2048000 kB\nMemFree: 1024000 kB\nMemAvailable: 1536000 kB\n";
+        let m = super::Memory::from_meminfo(text, 0);
         assert_eq!((m.total_mib, m.available_mib, m.used_mib), (2000, 1500, 500));
         assert_eq!(m.detail.get("MemFree"), Some(&1000));
+        // Free pages on the per-CPU lists are available, though MemAvailable leaves them out.
+        let m = super::Memory::from_meminfo(text, 102400);
+        assert_eq!((m.total_mib, m.available_mib, m.used_mib), (2000, 1600, 400));
+        assert_eq!((m.detail.get("MemAvailable"), m.detail.get(super::PER_CPU_FREE)), (Some(&1500), Some(&100)));
+        assert_eq!(super::Memory::from_meminfo(text, u64::MAX).used_mib, 0, "never more available than the total");
+    }
+
+    #[test]
+    fn per_cpu_free_pages_are_summed_over_cpus_and_zones() {
+        let zoneinfo = "Node 0, zone    DMA32\n  pages free     1000\n  pagesets\n    cpu: 0\n              count: 100\n              high:  2900\n    cpu: 1\n              count: 28\n  node_unreclaimable:  0\nNode 0, zone   Normal\n  pagesets\n    cpu: 0\n              count: 128\n";
+        assert_eq!(super::per_cpu_free_kib(zoneinfo, 4), 256 * 4);
+        assert_eq!(super::per_cpu_free_kib("", 4), 0);
     }
 
     use super::*;

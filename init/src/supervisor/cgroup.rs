@@ -66,7 +66,12 @@ impl Cgroups {
     pub fn usage(&self, name: &str) -> Option<Usage> {
         let dir = self.dir(name)?;
         let read = |f: &str| fs::read_to_string(dir.join(f)).ok();
-        Some(parse_usage(read("cpu.stat").as_deref(), read("memory.current").as_deref(), read("io.stat").as_deref()))
+        Some(parse_usage(
+            read("cpu.stat").as_deref(),
+            read("memory.current").as_deref(),
+            read("memory.stat").as_deref(),
+            read("io.stat").as_deref(),
+        ))
     }
 
     fn dir(&self, name: &str) -> Option<PathBuf> {
@@ -114,6 +119,10 @@ pub struct Usage {
     pub cpu_seconds: Option<f64>,
     /// Memory in use (`memory.current`).
     pub memory_bytes: Option<u64>,
+    /// Of that, file pages: the page cache it brought in, which the kernel may drop and read
+    /// again (`memory.stat` file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_file_bytes: Option<u64>,
     /// Bytes read and written, all devices (`io.stat`).
     pub io_read_bytes: Option<u64>,
     pub io_write_bytes: Option<u64>,
@@ -168,7 +177,12 @@ pub fn parse_io_devices(io_stat: &str) -> Vec<DiskIo> {
 }
 
 /// Reads a cgroup's `cpu.stat`, `memory.current` and `io.stat` texts.
-pub fn parse_usage(cpu_stat: Option<&str>, memory_current: Option<&str>, io_stat: Option<&str>) -> Usage {
+pub fn parse_usage(
+    cpu_stat: Option<&str>,
+    memory_current: Option<&str>,
+    memory_stat: Option<&str>,
+    io_stat: Option<&str>,
+) -> Usage {
     let cpu_seconds = cpu_stat
         .and_then(|t| t.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse::<u64>().ok()));
     let io = io_stat.map(|t| {
@@ -180,6 +194,8 @@ pub fn parse_usage(cpu_stat: Option<&str>, memory_current: Option<&str>, io_stat
     Usage {
         cpu_seconds: cpu_seconds.map(|u| u as f64 / 1e6),
         memory_bytes: memory_current.and_then(|t| t.trim().parse().ok()),
+        memory_file_bytes: memory_stat
+            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("file ")).and_then(|v| v.trim().parse().ok())),
         io_read_bytes: io.map(|x| x.0),
         io_write_bytes: io.map(|x| x.1),
         disks: io_stat.map(parse_io_devices).unwrap_or_default(),
@@ -217,16 +233,22 @@ mod tests {
         let cpu = "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n";
         let io =
             "253:0 rbytes=1048576 wbytes=4096 rios=10 wios=1 dbytes=0 dios=0\n8:0 rbytes=512 wbytes=0 rios=1 wios=0\n";
-        let u = parse_usage(Some(cpu), Some("33554432\n"), Some(io));
+        let u = parse_usage(
+            Some(cpu),
+            Some("33554432\n"),
+            Some("anon 8388608\nfile 20971520\nfile_mapped 4096\n"),
+            Some(io),
+        );
         assert_eq!(u.cpu_seconds, Some(2.5));
         assert_eq!(u.memory_bytes, Some(32 << 20));
+        assert_eq!(u.memory_file_bytes, Some(20 << 20), "the file line, not file_mapped");
         assert_eq!((u.io_read_bytes, u.io_write_bytes), (Some(1048576 + 512), Some(4096)));
         assert_eq!(
             u.disks[0],
             DiskIo { device: "253:0".into(), read_bytes: 1048576, write_bytes: 4096, reads: 10, writes: 1 }
         );
         assert_eq!(u.disks.len(), 2);
-        assert_eq!(parse_usage(None, None, None), Usage::default(), "a controller that is off gives nothing");
+        assert_eq!(parse_usage(None, None, None, None), Usage::default(), "a controller that is off gives nothing");
         let tmp = tempfile::tempdir().unwrap();
         let cg = Cgroups::at(&tmp.path().join("bv")).unwrap();
         std::fs::create_dir_all(tmp.path().join("bv/guest-web")).unwrap();

@@ -77,6 +77,9 @@ pub struct ServiceStatus {
     /// brought in), where cgroups are on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// Of that, the file pages (page cache the kernel may drop and read again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_file_bytes: Option<u64>,
     /// CPU time its cgroup has used since it started (`cpu.stat`: its processes and all they
     /// ran), where cgroups are on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,6 +204,7 @@ impl Supervisor {
             since_s: now.saturating_duration_since(u.since).as_secs_f64(),
             reason: u.reason.clone(),
             memory_bytes: None,
+            memory_file_bytes: None,
             cpu_seconds: None,
         })
     }

@@ -68,6 +68,7 @@ impl Blade for FakeBlade {
             since_s: 1.0,
             reason: None,
             memory_bytes: None,
+            memory_file_bytes: None,
             cpu_seconds: None,
         })
     }
