@@ -81,6 +81,18 @@ pub fn iface_by_mac(class_net: &Path, mac: &str) -> Option<String> {
     names.into_iter().next()
 }
 
+/// Whether udevd has handled the interface's "add" event (named it, for one): its database entry
+/// (`<udev>/data/n<ifindex>`) is written once the rules have run. Where no udevd runs (no
+/// `<udev>/control`), there is nothing to wait for. Until then the name may still change, and a
+/// NIC that is up cannot be renamed.
+pub fn udev_handled(class_net: &Path, udev: &Path, iface: &str) -> bool {
+    if !udev.join("control").exists() {
+        return true;
+    }
+    std::fs::read_to_string(class_net.join(iface).join("ifindex"))
+        .is_ok_and(|i| udev.join("data").join(format!("n{}", i.trim())).exists())
+}
+
 /// The one-shot service that gives the peer link (traffic between blades) its address.
 pub fn peer_link_service(iface: &str, cidr: &str) -> ServiceSpec {
     let argv = vec!["/usr/lib/bladevisor/net-static".to_string(), iface.to_string(), cidr.to_string()];
@@ -186,6 +198,16 @@ mod tests {
         fake_nic(t.path(), "ib0", true, "32");
         assert_eq!(physical_nics(t.path()), vec!["ens3", "ens4"]);
         assert_eq!(choose_interface(t.path(), &Management::default()).unwrap(), "ens3");
+        // Handled by udevd once its database entry is there; without udevd, at once.
+        let udev = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("ens3/ifindex"), "2\n").unwrap();
+        assert!(udev_handled(t.path(), udev.path(), "ens3"), "no udevd: nothing to wait for");
+        std::fs::write(udev.path().join("control"), "").unwrap();
+        assert!(!udev_handled(t.path(), udev.path(), "ens3"), "udevd has not handled it yet");
+        std::fs::create_dir(udev.path().join("data")).unwrap();
+        std::fs::write(udev.path().join("data/n2"), "").unwrap();
+        assert!(udev_handled(t.path(), udev.path(), "ens3"));
+        assert!(!udev_handled(t.path(), udev.path(), "ens4"), "no ifindex: not there yet");
         let named = Management { interface: Some("ens4".into()), ..Management::default() };
         assert_eq!(choose_interface(t.path(), &named).unwrap(), "ens4");
         let missing = Management { interface: Some("eth9".into()), ..Management::default() };

@@ -25,6 +25,8 @@ pub struct BootPlan {
     pub etc: PathBuf,
     pub run: PathBuf,
     pub class_net: PathBuf,
+    /// `/run/udev`: whether udevd has handled a NIC yet.
+    pub udev: PathBuf,
     /// `/sys`: where HBAs, disks and maps are read.
     pub sys: PathBuf,
     /// Where multipath's configuration is written.
@@ -137,11 +139,21 @@ fn wait_oneshot(tx: &Sender<Event>, name: &str, limit: Duration, or_ready: bool)
 fn bring_up_network(plan: &BootPlan, tx: &Sender<Event>, mgmt: &Management) -> Result<String, String> {
     let limit = crate::config::values::secs(plan.settings.network_timeout_s);
     let end = Instant::now() + limit;
+    // The boot goes on once the drivers are loaded, while udevd may still be naming the NICs:
+    // wait until it has handled this one (its name is final; an interface that is up could not
+    // be renamed).
     let iface = loop {
-        match crate::net::choose_interface(&plan.class_net, mgmt) {
+        let chosen = crate::net::choose_interface(&plan.class_net, mgmt).and_then(|i| {
+            if crate::net::udev_handled(&plan.class_net, &plan.udev, &i) {
+                Ok(i)
+            } else {
+                Err(format!("udevd has not handled {i} yet"))
+            }
+        });
+        match chosen {
             Ok(i) => break i,
             Err(e) if Instant::now() >= end => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     };
     let spec = crate::net::address_service(&iface, mgmt);
@@ -186,9 +198,9 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     let baked = load_baked(&baked_path);
     let named = plan.cmdline.node.as_deref();
     // NICs (whose MACs say who this blade is) exist once udev has replayed the kernel's events
-    // for the devices it loads drivers for, and handled the devices those drivers made: the
-    // coldplug says so by being ready (it goes on with the other devices, which nothing here
-    // waits for).
+    // for the devices it loads drivers for: the coldplug says so by being ready. It goes on with
+    // the devices those drivers made (disks, NICs) and the others, which nothing here waits for
+    // as a whole: the network waits for its NIC, storage for its paths.
     let macs = out.phase(tx, "udev", |_| {
         let limit = crate::config::values::secs(plan.settings.network_timeout_s);
         if let Err(e) = wait_oneshot(tx, "udev-trigger", limit, true) {
@@ -315,23 +327,60 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     if plan.settings.storage {
         out.phase(tx, "storage", |out| bring_up_storage(plan, tx, cluster.as_ref(), hbas, out));
     }
-    // The coldplug's second stage ran alongside the steps above; guests start once it is done
-    // (a device it replays may be one they use: /dev/net/tun gets its mode from udev). One that
-    // failed or hangs leaves devices udev never handled: the blade says so.
+    // Guests start once udevd has handled the device nodes they open (their modes and groups
+    // come from udev rules), not once the whole coldplug is done: its second stage (ttys, memory
+    // blocks, ...) goes on after ready. The modules service loads tun first.
     let waited = Instant::now();
     let limit = crate::config::values::secs(plan.settings.network_timeout_s);
-    match wait_oneshot(tx, "udev-trigger", limit, false) {
+    let handled = wait_oneshot(tx, "modules", limit, false).and_then(|()| {
+        let end = Instant::now() + limit;
+        loop {
+            match guest_devices_pending(&plan.sys, &plan.udev) {
+                pending if pending.is_empty() => return Ok(()),
+                pending if Instant::now() >= end => {
+                    return Err(format!("udevd has not handled {} within {limit:?}", pending.join(", ")))
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    match handled {
         Ok(()) if waited.elapsed() >= Duration::from_millis(100) => {
-            info!(ms = waited.elapsed().as_millis() as u64, "waited for the udev coldplug to finish")
+            info!(ms = waited.elapsed().as_millis() as u64, "waited for udevd to handle the guests' device nodes")
         }
         Ok(()) => {}
         Err(e) => {
-            error!("udev coldplug: {e}");
-            out.problems.push(format!("udev coldplug: {e}: devices present at boot may lack their udev rules"));
+            error!("guests' devices: {e}");
+            out.problems.push(format!("guests' devices: {e}: guests may not open them"));
         }
+    }
+    if service_state(tx, "udev-trigger") == Some(ServiceState::Failed) {
+        out.problems.push(
+            "udev coldplug: service udev-trigger failed: devices present at boot may lack their udev rules".into(),
+        );
     }
     out.cluster = cluster;
     out
+}
+
+/// The device nodes a guest's QEMU opens, by their name in `/sys/class/misc`.
+const GUEST_DEVICES: [&str; 3] = ["kvm", "tun", "vhost-net"];
+
+/// Those of the guests' device nodes present whose "add" event udevd has not handled yet (its
+/// database entry, `<udev>/data/c<major>:<minor>`, is written once the rules have run). Where
+/// no udevd runs (no `<udev>/control`), none.
+fn guest_devices_pending(sys: &Path, udev: &Path) -> Vec<String> {
+    if !udev.join("control").exists() {
+        return vec![];
+    }
+    GUEST_DEVICES
+        .iter()
+        .filter(|name| {
+            std::fs::read_to_string(sys.join("class/misc").join(name).join("dev"))
+                .is_ok_and(|dev| !udev.join("data").join(format!("c{}", dev.trim())).exists())
+        })
+        .map(|name| format!("/dev/{name}"))
+        .collect()
 }
 
 /// Trusts the fetch CA for `https://` fetches: the kernel command line's (base64 DER), else the
@@ -526,6 +575,24 @@ mod tests {
 
     fn baked() -> Result<Option<ClusterConfig>, String> {
         Ok(Some(parse_cluster(Path::new("baked.toml"), "[cluster]\nname = \"lab\"\n").unwrap()))
+    }
+
+    #[test]
+    fn guests_wait_only_for_their_device_nodes_that_udevd_has_not_handled() {
+        let (sys, udev) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for (name, dev) in [("tun", "10:200"), ("kvm", "10:232"), ("fuse", "10:229")] {
+            std::fs::create_dir_all(sys.path().join("class/misc").join(name)).unwrap();
+            std::fs::write(sys.path().join("class/misc").join(name).join("dev"), format!("{dev}\n")).unwrap();
+        }
+        assert!(guest_devices_pending(sys.path(), udev.path()).is_empty(), "no udevd: nothing to wait for");
+        std::fs::write(udev.path().join("control"), "").unwrap();
+        // vhost-net is absent (its module not loaded): not waited for; fuse is not a guest's.
+        assert_eq!(guest_devices_pending(sys.path(), udev.path()), ["/dev/kvm", "/dev/tun"]);
+        std::fs::create_dir(udev.path().join("data")).unwrap();
+        std::fs::write(udev.path().join("data/c10:200"), "").unwrap();
+        assert_eq!(guest_devices_pending(sys.path(), udev.path()), ["/dev/kvm"]);
+        std::fs::write(udev.path().join("data/c10:232"), "").unwrap();
+        assert!(guest_devices_pending(sys.path(), udev.path()).is_empty());
     }
 
     #[test]

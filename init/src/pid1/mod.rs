@@ -578,6 +578,7 @@ pub fn run() -> ! {
         etc: config::etc_dir(),
         run: run_dir,
         class_net: PathBuf::from("/sys/class/net"),
+        udev: PathBuf::from("/run/udev"),
     };
     if is_pid1 {
         let power_tx = tx.clone();
