@@ -81,16 +81,21 @@ pub fn iface_by_mac(class_net: &Path, mac: &str) -> Option<String> {
     names.into_iter().next()
 }
 
-/// Whether udevd has handled the interface's "add" event (named it, for one): its database entry
-/// (`<udev>/data/n<ifindex>`) is written once the rules have run. Where no udevd runs (no
-/// `<udev>/control`), there is nothing to wait for. Until then the name may still change, and a
-/// NIC that is up cannot be renamed.
+/// Whether udevd has handled the "add" event of the device whose udev database id is `id`
+/// (`n<ifindex>` for a NIC, `c<major>:<minor>` for a character device): its entry,
+/// `<udev>/data/<id>`, is written once the rules have run. Where no udevd runs (no
+/// `<udev>/control`), there is nothing to wait for.
+pub fn udev_has_handled(udev: &Path, id: &str) -> bool {
+    !udev.join("control").exists() || udev.join("data").join(id).exists()
+}
+
+/// Whether udevd has handled the interface (named it, for one). Until then the name may still
+/// change, and a NIC that is up cannot be renamed.
 pub fn udev_handled(class_net: &Path, udev: &Path, iface: &str) -> bool {
-    if !udev.join("control").exists() {
-        return true;
+    match std::fs::read_to_string(class_net.join(iface).join("ifindex")) {
+        Ok(i) => udev_has_handled(udev, &format!("n{}", i.trim())),
+        Err(_) => !udev.join("control").exists(),
     }
-    std::fs::read_to_string(class_net.join(iface).join("ifindex"))
-        .is_ok_and(|i| udev.join("data").join(format!("n{}", i.trim())).exists())
 }
 
 /// The one-shot service that gives the peer link (traffic between blades) its address.

@@ -332,7 +332,7 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     // blocks, ...) goes on after ready. The modules service loads tun first.
     let waited = Instant::now();
     let limit = crate::config::values::secs(plan.settings.network_timeout_s);
-    let handled = wait_oneshot(tx, "modules", limit, false).and_then(|()| {
+    let handled = wait_oneshot(tx, "modules", limit, false).map_err(|e| format!("{e} (it loads tun)")).and_then(|()| {
         let end = Instant::now() + limit;
         loop {
             match guest_devices_pending(&plan.sys, &plan.udev) {
@@ -366,18 +366,14 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
 /// The device nodes a guest's QEMU opens, by their name in `/sys/class/misc`.
 const GUEST_DEVICES: [&str; 3] = ["kvm", "tun", "vhost-net"];
 
-/// Those of the guests' device nodes present whose "add" event udevd has not handled yet (its
-/// database entry, `<udev>/data/c<major>:<minor>`, is written once the rules have run). Where
-/// no udevd runs (no `<udev>/control`), none.
+/// Those of the guests' device nodes present whose "add" event udevd has not handled yet. Where
+/// no udevd runs, none.
 fn guest_devices_pending(sys: &Path, udev: &Path) -> Vec<String> {
-    if !udev.join("control").exists() {
-        return vec![];
-    }
     GUEST_DEVICES
         .iter()
         .filter(|name| {
             std::fs::read_to_string(sys.join("class/misc").join(name).join("dev"))
-                .is_ok_and(|dev| !udev.join("data").join(format!("c{}", dev.trim())).exists())
+                .is_ok_and(|dev| !crate::net::udev_has_handled(udev, &format!("c{}", dev.trim())))
         })
         .map(|name| format!("/dev/{name}"))
         .collect()
