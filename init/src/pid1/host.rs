@@ -13,9 +13,7 @@ use crate::proto;
 /// per-CPU lists (`/proc/zoneinfo`).
 pub fn memory() -> proto::Memory {
     let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else { return proto::Memory::default() };
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { nix::libc::sysconf(nix::libc::_SC_PAGESIZE) };
-    let page_kib = u64::try_from(page).unwrap_or(4096) / 1024;
+    let page_kib = rustix::param::page_size() as u64 / 1024;
     let per_cpu_free_kib =
         std::fs::read_to_string("/proc/zoneinfo").map(|z| proto::per_cpu_free_kib(&z, page_kib)).unwrap_or(0);
     proto::Memory::from_meminfo(&meminfo, per_cpu_free_kib)
@@ -25,9 +23,7 @@ pub fn memory() -> proto::Memory {
 pub fn cpu_time() -> Option<proto::CpuTime> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let own = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
-    proto::CpuTime::from_proc(&stat, &own, u64::try_from(ticks).unwrap_or(100))
+    proto::CpuTime::from_proc(&stat, &own, rustix::param::clock_ticks_per_second())
 }
 
 /// MAC addresses of the blade's NICs (loopback and all-zero addresses left out).

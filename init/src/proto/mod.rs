@@ -105,14 +105,12 @@ impl Memory {
     /// MemFree nor MemAvailable though any allocation may take them; used is the rest of
     /// MemTotal. The detail keeps MemAvailable as the kernel gives it.
     pub fn from_meminfo(text: &str, per_cpu_free_kib: u64) -> Memory {
-        let field = |k: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k)?.strip_prefix(':')?.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
+        let kib = meminfo_kib(text);
+        let field = |k: &str| kib.get(k).copied().unwrap_or(0);
         let total_kib = field("MemTotal");
         let available_kib = field("MemAvailable").saturating_add(per_cpu_free_kib).min(total_kib);
-        let mut detail = meminfo_detail(text);
+        let mut detail: std::collections::BTreeMap<String, u64> =
+            kib.iter().map(|(k, v)| (k.to_string(), v / 1024)).collect();
         detail.insert(PER_CPU_FREE.into(), per_cpu_free_kib / 1024);
         Memory {
             total_mib: total_kib / 1024,
@@ -123,8 +121,8 @@ impl Memory {
     }
 }
 
-/// The fields of `/proc/meminfo` that `Memory::detail` carries, in MiB.
-pub fn meminfo_detail(text: &str) -> std::collections::BTreeMap<String, u64> {
+/// The fields of `/proc/meminfo` that `Memory` reads and its detail carries, in KiB.
+fn meminfo_kib(text: &str) -> std::collections::BTreeMap<&str, u64> {
     const KEYS: [&str; 18] = [
         "MemTotal",
         "MemFree",
@@ -149,7 +147,7 @@ pub fn meminfo_detail(text: &str) -> std::collections::BTreeMap<String, u64> {
         .filter_map(|l| {
             let (k, v) = l.split_once(':')?;
             let kib: u64 = v.split_whitespace().next()?.parse().ok()?;
-            KEYS.contains(&k).then(|| (k.to_string(), kib / 1024))
+            KEYS.contains(&k).then_some((k, kib))
         })
         .collect()
 }
@@ -305,10 +303,13 @@ pub struct Capacity {
 mod tests {
     #[test]
     fn memory_detail_takes_the_named_meminfo_fields_in_mib() {
-        let d = super::meminfo_detail(
+        let mut d = super::Memory::from_meminfo(
             "MemTotal: 2048000 kB\nAnonPages:   51200 kB\nShmem: 2048 kB\nbogus\nMlocked: x kB\n\
              Inactive(file): 10240 kB\nHugePages_Total: 0\n",
-        );
+            0,
+        )
+        .detail;
+        assert_eq!(d.remove(super::PER_CPU_FREE), Some(0));
         let got: Vec<(String, u64)> = d.into_iter().collect();
         let want = [("AnonPages", 50), ("Inactive(file)", 10), ("MemTotal", 2000), ("Shmem", 2)];
         assert_eq!(got, want.map(|(k, v)| (k.to_string(), v)), "{got:?}");

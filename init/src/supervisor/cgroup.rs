@@ -176,7 +176,7 @@ pub fn parse_io_devices(io_stat: &str) -> Vec<DiskIo> {
         .collect()
 }
 
-/// Reads a cgroup's `cpu.stat`, `memory.current` and `io.stat` texts.
+/// Reads a cgroup's `cpu.stat`, `memory.current`, `memory.stat` and `io.stat` texts.
 pub fn parse_usage(
     cpu_stat: Option<&str>,
     memory_current: Option<&str>,
