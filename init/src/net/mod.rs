@@ -89,12 +89,33 @@ pub fn udev_has_handled(udev: &Path, id: &str) -> bool {
     !udev.join("control").exists() || udev.join("data").join(id).exists()
 }
 
-/// Whether udevd has handled the interface (named it, for one). Until then the name may still
-/// change, and a NIC that is up cannot be renamed.
-pub fn udev_handled(class_net: &Path, udev: &Path, iface: &str) -> bool {
-    match std::fs::read_to_string(class_net.join(iface).join("ifindex")) {
-        Ok(i) => udev_has_handled(udev, &format!("n{}", i.trim())),
-        Err(_) => !udev.join("control").exists(),
+/// Whether udevd is done naming the interface: until then the name may still change, and a NIC
+/// that is up cannot be renamed. Done once its database entry is there, says neither that the
+/// rename is under way nor that the event is still being handled (udevd writes the entry with
+/// `ID_RENAMING=1` just before it renames, `ID_PROCESSING=1` in later versions: seen in the lab,
+/// eth0 chosen from such an entry and renamed enp0s4 a few ms later, its DHCP client failing),
+/// and the name it holds (`ID_NET_NAME`, what udev's rules chose), if any, is the interface's.
+/// Where no udevd runs, at once.
+pub fn udev_named(class_net: &Path, udev: &Path, iface: &str) -> Result<(), String> {
+    let not_yet = || Err(format!("udevd has not handled {iface} yet"));
+    if !udev.join("control").exists() {
+        return Ok(());
+    }
+    let Ok(index) = std::fs::read_to_string(class_net.join(iface).join("ifindex")) else { return not_yet() };
+    let id = format!("n{}", index.trim());
+    if !udev_has_handled(udev, &id) {
+        return not_yet();
+    }
+    // udevd's own entry, a few hundred bytes: read no more than a page's worth of lines.
+    let mut entry = String::new();
+    let file = std::fs::File::open(udev.join("data").join(&id)).map_err(|e| format!("udev entry of {iface}: {e}"))?;
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, 64 * 1024), &mut entry)
+        .map_err(|e| format!("udev entry of {iface}: {e}"))?;
+    let busy = entry.lines().any(|l| l == "E:ID_RENAMING=1" || l == "E:ID_PROCESSING=1");
+    match entry.lines().find_map(|l| l.strip_prefix("E:ID_NET_NAME=")) {
+        Some(name) if name != iface => Err(format!("udevd is renaming {iface} to {name}")),
+        _ if busy => Err(format!("udevd is still handling {iface}")),
+        _ => Ok(()),
     }
 }
 
@@ -203,16 +224,27 @@ mod tests {
         fake_nic(t.path(), "ib0", true, "32");
         assert_eq!(physical_nics(t.path()), vec!["ens3", "ens4"]);
         assert_eq!(choose_interface(t.path(), &Management::default()).unwrap(), "ens3");
-        // Handled by udevd once its database entry is there; without udevd, at once.
+        // Named by udevd once its database entry is there with this name; without udevd, at once.
         let udev = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("ens3/ifindex"), "2\n").unwrap();
-        assert!(udev_handled(t.path(), udev.path(), "ens3"), "no udevd: nothing to wait for");
+        assert_eq!(udev_named(t.path(), udev.path(), "ens3"), Ok(()), "no udevd: nothing to wait for");
         std::fs::write(udev.path().join("control"), "").unwrap();
-        assert!(!udev_handled(t.path(), udev.path(), "ens3"), "udevd has not handled it yet");
+        assert_eq!(udev_named(t.path(), udev.path(), "ens3"), Err("udevd has not handled ens3 yet".into()));
         std::fs::create_dir(udev.path().join("data")).unwrap();
-        std::fs::write(udev.path().join("data/n2"), "").unwrap();
-        assert!(udev_handled(t.path(), udev.path(), "ens3"));
-        assert!(!udev_handled(t.path(), udev.path(), "ens4"), "no ifindex: not there yet");
+        std::fs::write(udev.path().join("data/n2"), "I:123\nE:ID_NET_NAME=enp0s4\nE:ID_NET_DRIVER=virtio_net\n")
+            .unwrap();
+        assert_eq!(
+            udev_named(t.path(), udev.path(), "ens3"),
+            Err("udevd is renaming ens3 to enp0s4".into()),
+            "the entry is written, the rename not done"
+        );
+        std::fs::write(udev.path().join("data/n2"), "I:123\nE:ID_NET_NAME=ens3\nE:ID_RENAMING=1\n").unwrap();
+        assert_eq!(udev_named(t.path(), udev.path(), "ens3"), Err("udevd is still handling ens3".into()));
+        std::fs::write(udev.path().join("data/n2"), "I:123\nE:ID_NET_NAME=ens3\n").unwrap();
+        assert_eq!(udev_named(t.path(), udev.path(), "ens3"), Ok(()));
+        std::fs::write(udev.path().join("data/n2"), "I:123\nE:ID_NET_DRIVER=virtio_net\n").unwrap();
+        assert_eq!(udev_named(t.path(), udev.path(), "ens3"), Ok(()), "no rule names it: it keeps its name");
+        assert!(udev_named(t.path(), udev.path(), "ens4").is_err(), "no ifindex: not there yet");
         let named = Management { interface: Some("ens4".into()), ..Management::default() };
         assert_eq!(choose_interface(t.path(), &named).unwrap(), "ens4");
         let missing = Management { interface: Some("eth9".into()), ..Management::default() };

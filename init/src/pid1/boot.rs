@@ -121,6 +121,17 @@ fn add_service(tx: &Sender<Event>, spec: crate::config::ServiceSpec) -> Result<(
         .unwrap_or_else(|| Err("the main loop did not answer".into()))
 }
 
+/// Starts a service the image declares for the boot to start (`enabled = false`); an image
+/// without it is fine.
+fn start_deferred(tx: &Sender<Event>, name: &str) {
+    match ask_loop(tx, |r| Event::Boot(BootAsk::StartService(name.to_string(), r))) {
+        Some(Ok(())) => {}
+        Some(Err(crate::supervisor::RequestError::UnknownService(_))) => {}
+        Some(Err(e)) => warn!("cannot start {name}: {e}"),
+        None => warn!("cannot start {name}: the main loop did not answer"),
+    }
+}
+
 /// Waits until a one-shot service has finished (or cannot: failed, stopped), up to `limit`; with
 /// `or_ready`, until it has said it is ready (its readiness check passed) if that comes first.
 fn wait_oneshot(tx: &Sender<Event>, name: &str, limit: Duration, or_ready: bool) -> Result<(), String> {
@@ -140,16 +151,11 @@ fn bring_up_network(plan: &BootPlan, tx: &Sender<Event>, mgmt: &Management) -> R
     let limit = crate::config::values::secs(plan.settings.network_timeout_s);
     let end = Instant::now() + limit;
     // The boot goes on once the drivers are loaded, while udevd may still be naming the NICs:
-    // wait until it has handled this one (its name is final; an interface that is up could not
-    // be renamed).
+    // wait until it has named this one (its name is final; an interface that is up could not be
+    // renamed).
     let iface = loop {
-        let chosen = crate::net::choose_interface(&plan.class_net, mgmt).and_then(|i| {
-            if crate::net::udev_handled(&plan.class_net, &plan.udev, &i) {
-                Ok(i)
-            } else {
-                Err(format!("udevd has not handled {i} yet"))
-            }
-        });
+        let chosen = crate::net::choose_interface(&plan.class_net, mgmt)
+            .and_then(|i| crate::net::udev_named(&plan.class_net, &plan.udev, &i).map(|()| i));
         match chosen {
             Ok(i) => break i,
             Err(e) if Instant::now() >= end => return Err(e),
@@ -198,12 +204,12 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     let baked = load_baked(&baked_path);
     let named = plan.cmdline.node.as_deref();
     // NICs (whose MACs say who this blade is) exist once udev has replayed the kernel's events
-    // for the devices it loads drivers for: the coldplug says so by being ready. It goes on with
-    // the devices those drivers made (disks, NICs) and the others, which nothing here waits for
-    // as a whole: the network waits for its NIC, storage for its paths.
+    // for the devices it loads drivers for: the coldplug's first stage says so by exiting.
+    // udevd goes on with the devices those drivers made (disks, NICs), which nothing here waits
+    // for as a whole: the network waits for its NIC, storage for its paths.
     let macs = out.phase(tx, "udev", |_| {
         let limit = crate::config::values::secs(plan.settings.network_timeout_s);
-        if let Err(e) = wait_oneshot(tx, "udev-trigger", limit, true) {
+        if let Err(e) = wait_oneshot(tx, "udev-trigger", limit, false) {
             warn!("{e}; looking for NICs anyway");
         }
         super::blade_macs(&plan.class_net)
@@ -327,9 +333,12 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     if plan.settings.storage {
         out.phase(tx, "storage", |out| bring_up_storage(plan, tx, cluster.as_ref(), hbas, out));
     }
+    // The coldplug's second stage (ttys, memory blocks, ...: nothing above waits for them) only
+    // now, so that its events did not queue in front of the disks' and the multipath maps'.
+    start_deferred(tx, "udev-coldplug");
     // Guests start once udevd has handled the device nodes they open (their modes and groups
-    // come from udev rules), not once the whole coldplug is done: its second stage (ttys, memory
-    // blocks, ...) goes on after ready. The modules service loads tun first.
+    // come from udev rules), not once the whole coldplug is done: its second stage goes on after
+    // ready. The modules service loads tun first.
     let waited = Instant::now();
     let limit = crate::config::values::secs(plan.settings.network_timeout_s);
     let handled = wait_oneshot(tx, "modules", limit, false).map_err(|e| format!("{e} (it loads tun)")).and_then(|()| {

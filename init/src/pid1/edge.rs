@@ -210,6 +210,9 @@ impl Init {
             BootAsk::ServiceState(name, reply) => {
                 let _ = reply.send(self.sup.state(&name));
             }
+            BootAsk::StartService(name, reply) => {
+                let _ = reply.send(self.sup.start_for_boot(&name, Instant::now()));
+            }
             BootAsk::Phase(super::BootProgress::Started(name)) => {
                 self.boot_progress.1 = Some((name, std::time::Instant::now()));
             }

@@ -54,6 +54,8 @@ pub enum Event {
 pub enum BootAsk {
     AddService(Box<config::ServiceSpec>, Sender<Result<(), String>>),
     ServiceState(String, Sender<Option<ServiceState>>),
+    /// Start a service the image declares `enabled = false` for the boot to start.
+    StartService(String, Sender<Result<(), crate::supervisor::RequestError>>),
     /// A boot phase started or ended.
     Phase(BootProgress),
     /// The blade has its credentials: the TLS port may open.

@@ -20,6 +20,10 @@ pub fn render_conf(aliases: &[Alias]) -> String {
          \t# Queue I/O for a minute when every path is down (a fabric blip), then fail it.\n\
          \tno_path_retry 12\n\
          \tflush_on_last_del yes\n\
+         \t# A LUN is a guest's disk: its partition table is the guest's data, which the host\n\
+         \t# neither parses (kpartx) nor maps (a partition map held open would keep the map from\n\
+         \t# being flushed when the LUN is removed).\n\
+         \tskip_kpartx yes\n\
          }\n\
          # Only the LUNs of the alias file are multipathed: the blade's local disks are not.\n\
          blacklist {\n\
@@ -88,6 +92,7 @@ mod tests {
         ];
         let c = render_conf(&aliases);
         assert!(c.contains("blacklist {\n\twwid \".*\"\n}\n"), "{c}");
+        assert!(c.contains("\n\tskip_kpartx yes\n"), "guests' partitions are not mapped on the host: {c}");
         assert!(
             c.contains(
                 "blacklist_exceptions {\n\twwid \"^35000c50015ea71ac$\"\n\twwid \"^Vendor_FF01\\.000033$\"\n}\n"

@@ -447,6 +447,16 @@ impl Supervisor {
 
     /// Operator: start a stopped, exited or failed service (its failure streak starts over).
     pub fn request_start(&mut self, name: &str, now: Instant) -> Result<(), RequestError> {
+        self.start_on_request(name, "operator", now)
+    }
+
+    /// The boot: start a service the image declares `enabled = false` because it must wait for
+    /// a step of the boot (the coldplug's second stage, once storage is up).
+    pub fn start_for_boot(&mut self, name: &str, now: Instant) -> Result<(), RequestError> {
+        self.start_on_request(name, "the boot", now)
+    }
+
+    fn start_on_request(&mut self, name: &str, by: &str, now: Instant) -> Result<(), RequestError> {
         if self.shutting_down {
             return Err(RequestError::ShuttingDown);
         }
@@ -455,7 +465,7 @@ impl Supervisor {
             u.state,
             ServiceState::Stopped | ServiceState::Exited | ServiceState::Failed | ServiceState::Backoff
         ) {
-            info!(service = %name, "start requested by operator");
+            info!(service = %name, "start requested by {by}");
             u.streak = 0;
             u.reason = None;
             u.set(ServiceState::Waiting, now);

@@ -246,6 +246,29 @@ fn disabled_services_wait_for_an_operator() {
 }
 
 #[test]
+fn a_service_the_boot_starts_waits_for_it_then_for_its_dependencies() {
+    let t0 = Instant::now();
+    let mut rt = Fake::default();
+    let mut s = Supervisor::new(
+        specs(
+            "[services.d]\nargv=[\"/bin/d\"]\nready = { path = \"/run/d\" }\n\
+             [services.rest]\nargv=[\"/bin/rest\"]\nafter = [\"d\"]\nenabled = false\n",
+        ),
+        t0,
+    );
+    s.tick(&mut rt, t0);
+    assert_eq!(rt.names(), vec!["d"], "not started at boot");
+    s.start_for_boot("rest", t0).unwrap();
+    s.tick(&mut rt, t0);
+    assert_eq!(rt.names(), vec!["d"], "its dependency is not ready yet");
+    rt.ready.insert("/run/d".into());
+    s.tick(&mut rt, t0);
+    s.tick(&mut rt, t0);
+    assert_eq!(rt.names(), vec!["d", "rest"]);
+    assert_eq!(s.start_for_boot("none", t0), Err(RequestError::UnknownService("none".into())));
+}
+
+#[test]
 fn a_discarded_service_is_killed_without_its_policy_and_forgotten() {
     let t0 = Instant::now();
     let mut rt = Fake::default();
