@@ -50,6 +50,21 @@ fn the_demo_guest_runs_from_its_lun_restarts_after_a_crash_and_stops_on_request(
     wait(&blade, "the guest to run", Duration::from_secs(120), || guest(&blade).state == GuestState::Running);
     let status = ok(blade.status());
     assert!(!status.kvm, "no KVM inside a TCG lab blade: guests run under TCG");
+    // A clean boot: the one-shots the image runs (the coldplug's two stages, modules, the
+    // guests' bridge, ...) end well, and no service has restarted (a program missing from the
+    // image would show here as a script's exit 127 and a restart).
+    use bladevisor::supervisor::ServiceState::{Exited, Failed};
+    let done = |n: &str| ok(blade.status()).services.iter().any(|s| s.name == n && matches!(s.state, Exited | Failed));
+    wait(&blade, "the coldplug's second stage and the bridge to finish", Duration::from_secs(180), || {
+        done("udev-coldplug") && done("bridge-br0")
+    });
+    let services = ok(blade.status()).services;
+    let unclean: Vec<String> = services
+        .iter()
+        .filter(|s| s.restarts > 0 || s.state == Failed)
+        .map(|s| format!("{} {:?} restarts {} last exit {:?}", s.name, s.state, s.restarts, s.last_exit))
+        .collect();
+    assert!(unclean.is_empty(), "services that failed or restarted during the boot: {unclean:?}\n{}", blade.report());
     wait(&blade, "the counter on the guest's console", Duration::from_secs(400), || last_count(&console(&blade)) >= 3);
     let before = last_count(&console(&blade));
     wait(&blade, "the counter to keep going", Duration::from_secs(60), || last_count(&console(&blade)) > before);
