@@ -81,40 +81,41 @@ pub fn iface_by_mac(class_net: &Path, mac: &str) -> Option<String> {
     names.into_iter().next()
 }
 
-/// Whether udevd has handled the "add" event of the device whose udev database id is `id`
-/// (`n<ifindex>` for a NIC, `c<major>:<minor>` for a character device): its entry,
-/// `<udev>/data/<id>`, is written once the rules have run. Where no udevd runs (no
+/// udevd's database entry for the device whose id is `id` (`n<ifindex>` for a NIC,
+/// `c<major>:<minor>` for a character device), once udevd has handled its event: None while
+/// there is none, or while it marks the event as still under way (`ID_RENAMING=1`, written just
+/// before a NIC is renamed, `ID_PROCESSING=1` in later udev versions). An entry is a few hundred
+/// bytes: no more than 64 KiB of it is read.
+fn udev_entry(udev: &Path, id: &str) -> Option<String> {
+    let file = std::fs::File::open(udev.join("data").join(id)).ok()?;
+    let mut entry = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, 64 * 1024), &mut entry).ok()?;
+    let busy = entry.lines().any(|l| l == "E:ID_RENAMING=1" || l == "E:ID_PROCESSING=1");
+    (!busy).then_some(entry)
+}
+
+/// Whether udevd has handled the "add" event of the device whose udev database id is `id`: its
+/// entry is there and not marked as under way (`udev_entry`). Where no udevd runs (no
 /// `<udev>/control`), there is nothing to wait for.
 pub fn udev_has_handled(udev: &Path, id: &str) -> bool {
-    !udev.join("control").exists() || udev.join("data").join(id).exists()
+    !udev.join("control").exists() || udev_entry(udev, id).is_some()
 }
 
 /// Whether udevd is done naming the interface: until then the name may still change, and a NIC
-/// that is up cannot be renamed. Done once its database entry is there, says neither that the
-/// rename is under way nor that the event is still being handled (udevd writes the entry with
-/// `ID_RENAMING=1` just before it renames, `ID_PROCESSING=1` in later versions: seen in the lab,
-/// eth0 chosen from such an entry and renamed enp0s4 a few ms later, its DHCP client failing),
-/// and the name it holds (`ID_NET_NAME`, what udev's rules chose), if any, is the interface's.
-/// Where no udevd runs, at once.
+/// that is up cannot be renamed. Done once udevd has handled it (`udev_entry`: seen in the lab,
+/// eth0 chosen from an entry marked `ID_RENAMING=1` and renamed enp0s4 a few ms later, its DHCP
+/// client failing) and the name the entry holds (`ID_NET_NAME`, what udev's rules chose), if any,
+/// is the interface's. Where no udevd runs, at once.
 pub fn udev_named(class_net: &Path, udev: &Path, iface: &str) -> Result<(), String> {
-    let not_yet = || Err(format!("udevd has not handled {iface} yet"));
     if !udev.join("control").exists() {
         return Ok(());
     }
-    let Ok(index) = std::fs::read_to_string(class_net.join(iface).join("ifindex")) else { return not_yet() };
-    let id = format!("n{}", index.trim());
-    if !udev_has_handled(udev, &id) {
-        return not_yet();
-    }
-    // udevd's own entry, a few hundred bytes: read no more than a page's worth of lines.
-    let mut entry = String::new();
-    let file = std::fs::File::open(udev.join("data").join(&id)).map_err(|e| format!("udev entry of {iface}: {e}"))?;
-    std::io::Read::read_to_string(&mut std::io::Read::take(file, 64 * 1024), &mut entry)
-        .map_err(|e| format!("udev entry of {iface}: {e}"))?;
-    let busy = entry.lines().any(|l| l == "E:ID_RENAMING=1" || l == "E:ID_PROCESSING=1");
+    let entry = std::fs::read_to_string(class_net.join(iface).join("ifindex"))
+        .ok()
+        .and_then(|index| udev_entry(udev, &format!("n{}", index.trim())))
+        .ok_or_else(|| format!("udevd has not handled {iface} yet"))?;
     match entry.lines().find_map(|l| l.strip_prefix("E:ID_NET_NAME=")) {
         Some(name) if name != iface => Err(format!("udevd is renaming {iface} to {name}")),
-        _ if busy => Err(format!("udevd is still handling {iface}")),
         _ => Ok(()),
     }
 }
@@ -239,7 +240,7 @@ mod tests {
             "the entry is written, the rename not done"
         );
         std::fs::write(udev.path().join("data/n2"), "I:123\nE:ID_NET_NAME=ens3\nE:ID_RENAMING=1\n").unwrap();
-        assert_eq!(udev_named(t.path(), udev.path(), "ens3"), Err("udevd is still handling ens3".into()));
+        assert_eq!(udev_named(t.path(), udev.path(), "ens3"), Err("udevd has not handled ens3 yet".into()));
         std::fs::write(udev.path().join("data/n2"), "I:123\nE:ID_NET_NAME=ens3\n").unwrap();
         assert_eq!(udev_named(t.path(), udev.path(), "ens3"), Ok(()));
         std::fs::write(udev.path().join("data/n2"), "I:123\nE:ID_NET_DRIVER=virtio_net\n").unwrap();

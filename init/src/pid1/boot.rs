@@ -132,14 +132,12 @@ fn start_deferred(tx: &Sender<Event>, name: &str) {
     }
 }
 
-/// Waits until a one-shot service has finished (or cannot: failed, stopped), up to `limit`; with
-/// `or_ready`, until it has said it is ready (its readiness check passed) if that comes first.
-fn wait_oneshot(tx: &Sender<Event>, name: &str, limit: Duration, or_ready: bool) -> Result<(), String> {
+/// Waits until a one-shot service has finished (or cannot: failed, stopped), up to `limit`.
+fn wait_oneshot(tx: &Sender<Event>, name: &str, limit: Duration) -> Result<(), String> {
     let end = Instant::now() + limit;
     loop {
         match service_state(tx, name) {
             None | Some(ServiceState::Exited) => return Ok(()),
-            Some(ServiceState::Running) if or_ready => return Ok(()),
             Some(ServiceState::Failed) | Some(ServiceState::Stopped) => return Err(format!("service {name} failed")),
             _ if Instant::now() >= end => return Err(format!("service {name} did not finish within {limit:?}")),
             _ => std::thread::sleep(Duration::from_millis(100)),
@@ -185,7 +183,7 @@ fn bring_up_peer_link(
         .ok_or_else(|| format!("no NIC has the peer link's MAC {}", link.mac))?;
     info!(interface = %iface, address = %link.address, "bringing up the peer link");
     add_service(tx, crate::net::peer_link_service(&iface, &link.address))?;
-    wait_oneshot(tx, "peer-link", Duration::from_secs(10), false)
+    wait_oneshot(tx, "peer-link", Duration::from_secs(10))
 }
 
 /// Hands the storage watch's events to the main loop.
@@ -209,7 +207,7 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     // for as a whole: the network waits for its NIC, storage for its paths.
     let macs = out.phase(tx, "udev", |_| {
         let limit = crate::config::values::secs(plan.settings.network_timeout_s);
-        if let Err(e) = wait_oneshot(tx, "udev-trigger", limit, false) {
+        if let Err(e) = wait_oneshot(tx, "udev-trigger", limit) {
             warn!("{e}; looking for NICs anyway");
         }
         super::blade_macs(&plan.class_net)
@@ -341,7 +339,7 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     // ready. The modules service loads tun first.
     let waited = Instant::now();
     let limit = crate::config::values::secs(plan.settings.network_timeout_s);
-    let handled = wait_oneshot(tx, "modules", limit, false).map_err(|e| format!("{e} (it loads tun)")).and_then(|()| {
+    let handled = wait_oneshot(tx, "modules", limit).map_err(|e| format!("{e} (it loads tun)")).and_then(|()| {
         let end = Instant::now() + limit;
         loop {
             match guest_devices_pending(&plan.sys, &plan.udev) {
@@ -596,7 +594,10 @@ mod tests {
         std::fs::create_dir(udev.path().join("data")).unwrap();
         std::fs::write(udev.path().join("data/c10:200"), "").unwrap();
         assert_eq!(guest_devices_pending(sys.path(), udev.path()), ["/dev/kvm"]);
-        std::fs::write(udev.path().join("data/c10:232"), "").unwrap();
+        // An entry a later udevd marks as still being handled is not handled yet.
+        std::fs::write(udev.path().join("data/c10:232"), "I:123\nE:ID_PROCESSING=1\n").unwrap();
+        assert_eq!(guest_devices_pending(sys.path(), udev.path()), ["/dev/kvm"]);
+        std::fs::write(udev.path().join("data/c10:232"), "I:123\n").unwrap();
         assert!(guest_devices_pending(sys.path(), udev.path()).is_empty());
     }
 
