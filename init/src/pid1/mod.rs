@@ -135,6 +135,8 @@ pub struct Init {
     coord: Option<Coordinator>,
     /// What the coordinator's effects need at the edge: reply channels, cancel flags, consoles.
     edge: edge::Edge,
+    /// Whether guests get KVM: asked once the boot's coldplug has loaded the CPU's KVM module
+    /// (it is a module, loaded by udev: at PID 1's start `/dev/kvm` does not exist yet).
     kvm: bool,
     /// Problems found during boot (configuration, mounts), kept for status.
     boot_problems: Vec<String>,
@@ -301,6 +303,7 @@ impl Init {
     /// The boot sequence is done: take on the node's identity and open the API.
     fn boot_done(&mut self, outcome: boot::BootOutcome) {
         self.node = outcome.node.clone();
+        self.kvm = crate::qemu::kvm_usable(Path::new("/dev/kvm"));
         if self.is_pid1 {
             if let Err(e) = nix::unistd::sethostname(&self.node) {
                 warn!("cannot set hostname {}: {e}", self.node);
@@ -633,7 +636,7 @@ pub fn run() -> ! {
         storage,
         coord: None,
         edge: Default::default(),
-        kvm: crate::qemu::kvm_usable(std::path::Path::new("/dev/kvm")),
+        kvm: false,
         boot_problems: degraded,
         shutdown: None,
         upgrade: None,
