@@ -300,9 +300,9 @@ pub fn run(plan: &BootPlan, tx: &Sender<Event>) -> BootOutcome {
     // 3. Who this blade is, and the peer link the other blades' supervisors and migration
     //    streams use.
     out.phase(tx, "identity", |out| {
-        // The MACs again: a NIC whose driver loaded only as the coldplug ended (a QEMU blade's
-        // virtio NIC, made once virtio-pci had probed) exists by now; the management network
-        // came up on one.
+        // The MACs again: a NIC that appeared after the coldplug's first stage (a driver slow to
+        // make it, one the settle did not wait for) counts too; the management network is up
+        // on one by now.
         let macs = super::blade_macs(&plan.class_net);
         out.node = match &cluster {
             Some(c) => match find_node(c, named, &macs) {
