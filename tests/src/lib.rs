@@ -294,6 +294,8 @@ pub struct Blade {
     pub tls_port: u16,
     pub started: Instant,
     child: Child,
+    /// QEMU's arguments (also written to `qemu.args` for people), to start the same again.
+    args: Vec<String>,
     /// Times QEMU was started again after it aborted before the blade ran anything.
     restarts: u32,
 }
@@ -427,7 +429,7 @@ impl Blade {
         let started = Instant::now();
         let child = Self::qemu(&args, &dir);
         let (console, qmp_path) = (dir.join("console.log"), dir.join("qmp.sock"));
-        Blade { console, qmp_path, spec, dir, api_port, tls_port, started, child, restarts: 0 }
+        Blade { console, qmp_path, spec, dir, api_port, tls_port, started, child, args, restarts: 0 }
     }
 
     /// Starts QEMU with these arguments, its stderr to the work folder's `qemu.stderr`.
@@ -450,11 +452,12 @@ impl Blade {
     /// says so. The aborted run's console and stderr are kept beside (`*.aborted-N`).
     fn restart_after_host_fault(&mut self, st: std::process::ExitStatus) -> bool {
         use std::os::unix::process::ExitStatusExt as _;
-        if st.signal() != Some(6) || self.restarts >= 2 || self.console().contains("Run /init") {
+        if st.signal() != Some(nix::sys::signal::Signal::SIGABRT as i32)
+            || self.restarts >= 2
+            || self.console().contains("Run /init")
+        {
             return false;
         }
-        let Ok(args) = std::fs::read_to_string(self.dir.join("qemu.args")) else { return false };
-        let args: Vec<String> = args.lines().map(String::from).collect();
         self.restarts += 1;
         let stderr = self.qemu_stderr();
         let fault = stderr.lines().last().unwrap_or("no message on its stderr").to_string();
@@ -467,7 +470,7 @@ impl Blade {
             self.spec.name
         );
         self.started = Instant::now();
-        self.child = Self::qemu(&args, &self.dir);
+        self.child = Self::qemu(&self.args, &self.dir);
         true
     }
 
