@@ -58,7 +58,9 @@ pub fn is_qemu_word(s: &str) -> bool {
     (1..=64).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// The NIC models a guest may have: QEMU's common ones, every one migratable.
+/// The NIC models a guest may have: QEMU's common ones, every one migratable. Each needs its
+/// iPXE ROM (`efi-<model>.rom`, `efi-virtio.rom` for virtio) in the image: mkosi.conf leaves out
+/// the ROMs of every other model.
 pub const NIC_MODELS: &[&str] = &["virtio-net-pci", "e1000", "e1000e", "rtl8139", "vmxnet3"];
 
 /// Why a token is unfit to be the cluster's credential, if it is: it must be printable ASCII
