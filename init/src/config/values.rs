@@ -59,9 +59,14 @@ pub fn is_qemu_word(s: &str) -> bool {
 }
 
 /// The NIC models a guest may have: QEMU's common ones, every one migratable. Each needs its
-/// iPXE ROM (`efi-<model>.rom`, `efi-virtio.rom` for virtio) in the image: mkosi.conf leaves out
-/// the ROMs of every other model.
+/// iPXE ROM (`nic_rom`) in the image: mkosi.conf leaves out the ROMs of every other model (a
+/// test below holds the two together).
 pub const NIC_MODELS: &[&str] = &["virtio-net-pci", "e1000", "e1000e", "rtl8139", "vmxnet3"];
+
+/// The iPXE ROM QEMU loads for a NIC model on the guests' (pinned, modern) machine types.
+pub fn nic_rom(model: &str) -> String {
+    format!("efi-{}.rom", if model == "virtio-net-pci" { "virtio" } else { model })
+}
 
 /// Why a token is unfit to be the cluster's credential, if it is: it must be printable ASCII
 /// without spaces (it travels in an HTTP header) and long enough not to be guessed.
@@ -81,6 +86,22 @@ pub fn token_problem(t: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_image_keeps_the_rom_of_every_nic_model_a_guest_may_have() {
+        // mkosi.conf's RemoveFiles= entries: exact paths, or a prefix ending in '*'.
+        let conf = include_str!("../../../mkosi.conf");
+        let removed: Vec<&str> = conf.lines().map(str::trim).filter(|l| l.starts_with("/usr/lib/ipxe/")).collect();
+        assert!(!removed.is_empty(), "mkosi.conf no longer removes any iPXE ROM: this test reads the wrong lines");
+        for model in NIC_MODELS {
+            let rom = format!("/usr/lib/ipxe/qemu/{}", nic_rom(model));
+            let by = removed.iter().find(|r| match r.split_once('*') {
+                Some((prefix, suffix)) => rom.starts_with(prefix) && rom.ends_with(suffix),
+                None => **r == rom,
+            });
+            assert_eq!(by, None, "NIC model {model} needs {rom}, which mkosi.conf removes");
+        }
+    }
 
     #[test]
     fn seconds_must_be_finite_and_in_range() {

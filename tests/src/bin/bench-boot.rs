@@ -193,7 +193,7 @@ fn main() {
         mib(kernel)
     );
     println!(
-        "  root image, kept in RAM:          {:6.1} MiB   ({}, {:.1} MiB unpacked, {} files)",
+        "  root image, kept in RAM:          {:6.1} MiB   ({}, {:.1} MiB of files, {} files)",
         mib(root["compressed_bytes"].as_u64().unwrap_or(0)),
         root["format"].as_str().unwrap_or("?"),
         mib(root["unpacked_bytes"].as_u64().unwrap_or(0)),
